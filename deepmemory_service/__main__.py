@@ -1,0 +1,3 @@
+from deepmemory_service.cli import main
+
+raise SystemExit(main())

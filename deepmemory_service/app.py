@@ -1,0 +1,223 @@
+"""The application factory: backend under /v1/api and, in role "all", the gateway beside it."""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import attrs
+import structlog
+from aiohttp import web
+
+from deepmemory_service import (
+    leases,
+    listener,
+    metrics_view,
+    migrations,
+    openapi,
+    plugins,
+    search,
+    sse,
+    views,
+)
+from deepmemory_service.broadcaster import Broadcaster
+from deepmemory_service.config import Settings
+from deepmemory_service.db import Database
+from deepmemory_service.embedders import Embedder
+from deepmemory_service.errors import Handler, Unauthorized, error_middleware
+from deepmemory_service.events import JobEvents
+from deepmemory_service.generators import QuestionGenerator
+from deepmemory_service.keys import (
+    BACKEND,
+    BROADCASTER,
+    DATABASE,
+    DRAIN,
+    EMBEDDER,
+    GENERATOR,
+    METRICS,
+    SERVICES,
+    SETTINGS,
+    STORES,
+    SUPERVISORS,
+    TRAINER,
+)
+from deepmemory_service.logs import request_context
+from deepmemory_service.metrics import Metrics
+from deepmemory_service.services import Services
+from deepmemory_service.side_tasks import SideTasks
+from deepmemory_service.store import StoreRegistry
+from deepmemory_service.supervisor import RunSupervisor, SupervisorRegistry
+from deepmemory_service.trainers import Trainer
+
+log = structlog.get_logger(__name__)
+
+OPEN_PATHS = frozenset({"/v1/api/healthz", "/v1/api/openapi.json"})
+
+
+@attrs.frozen
+class Parts:
+    """Implementations to use instead of the configured ones (tests, benchmarks)."""
+
+    generator: QuestionGenerator | None = None
+    embedder: Embedder | None = None
+    trainer: Trainer | None = None
+
+
+@web.middleware
+async def service_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path in OPEN_PATHS:
+        return await handler(request)
+    expected = request.app[SETTINGS].service_token.encode()
+    given = request.headers.get("Authorization", "")
+    scheme, _, token = given.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+        raise Unauthorized("Missing or invalid service token (Authorization: Bearer <token>)")
+    return await handler(request)
+
+
+@attrs.define
+class Backend:
+    svc: Services
+    supervisors: SupervisorRegistry
+    drained: bool = False
+
+    async def drain(self) -> None:
+        """Stops the work, fails this instance's running runs (subscribers see `failed`),
+        then ends the open streams. Idempotent."""
+        if self.drained:
+            return
+        self.drained = True
+        await self.supervisors.stop()
+        try:
+            released = await leases.release_all(self.svc)
+            if released:
+                log.info("runs released at shutdown", runs=len(released))
+        except Exception:
+            log.exception("could not release runs at shutdown")
+        self.svc.broadcaster.close_all()
+
+
+@asynccontextmanager
+async def open_backend(
+    settings: Settings, parts: Parts, *, background: bool = True
+) -> AsyncIterator[Backend]:
+    """Database, parts and supervisors; with `background`, the lease and event side tasks."""
+    await migrations.migrate_url(settings.database.url)
+    db = await Database.connect(
+        settings.database.url,
+        min_size=settings.database.pool_min,
+        max_size=settings.database.pool_max,
+    )
+    broadcaster = Broadcaster(settings.supervisor.subscriber_queue)
+    embedder = parts.embedder or plugins.build_embedder(settings)
+    svc = Services(
+        settings=settings,
+        db=db,
+        broadcaster=broadcaster,
+        events=JobEvents(db, broadcaster, settings.instance_id),
+        generator=parts.generator or plugins.build_generator(settings),
+        embedder=embedder,
+        trainer=parts.trainer or plugins.build_trainer(settings),
+        stores=StoreRegistry(
+            settings.store.path,
+            settings.data_dir,
+            embedder.name,
+            embedder.dimension,
+            settings.activeloop.token or None,
+        ),
+        metrics=Metrics(),
+    )
+
+    def subscribers_for(sup: RunSupervisor) -> int:
+        job = sup.current_job_id
+        return broadcaster.subscribers_of({job}) if job else 0
+
+    supervisors = SupervisorRegistry(
+        settings.supervisor.idle_s, settings.supervisor.inbox_size, subscribers_for
+    )
+    side = SideTasks()
+    if background:
+        await leases.sweep_once(svc)
+        side.start("lease-heartbeat", lambda: leases.heartbeat(svc, supervisors.working_runs))
+        side.start("lease-sweeper", lambda: leases.sweeper(svc))
+        side.start("event-listener", lambda: listener.listen(svc), restart_after_s=0.5)
+    backend = Backend(svc, supervisors)
+    try:
+        yield backend
+    finally:
+        await backend.drain()
+        await side.stop()
+        for part in (svc.generator, svc.embedder, svc.trainer):
+            await part.aclose()
+        await db.close()
+
+
+def _resources(parts: Parts) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        async with open_backend(app[SETTINGS], parts) as backend:
+            svc = backend.svc
+            app[SERVICES] = svc
+            app[SUPERVISORS] = backend.supervisors
+            app[DATABASE] = svc.db
+            app[BROADCASTER] = svc.broadcaster
+            app[STORES] = svc.stores
+            app[EMBEDDER] = svc.embedder
+            app[GENERATOR] = svc.generator
+            app[TRAINER] = svc.trainer
+            app[METRICS] = svc.metrics
+            app[DRAIN] = backend.drain
+            log.info("backend ready", instance_id=svc.owner)
+            yield
+
+    return ctx
+
+
+async def _drain(app: web.Application) -> None:
+    # on_shutdown runs before the runner waits for open handlers: SSE streams end now
+    if DRAIN in app:
+        await app[DRAIN]()
+
+
+def create_backend(settings: Settings, parts: Parts) -> web.Application:
+    app = web.Application(middlewares=[service_auth])
+    app[SETTINGS] = settings
+    app.cleanup_ctx.append(_resources(parts))
+    app.on_shutdown.append(_drain)
+    app.add_routes(views.routes)
+    app.add_routes(sse.routes)
+    app.add_routes(search.routes)
+    app.add_routes(openapi.routes)
+    return app
+
+
+def complete_secrets(settings: Settings) -> Settings:
+    """One-process mode may run without configured tokens: random ones live with the process."""
+    return attrs.evolve(
+        settings,
+        service_token=settings.service_token or secrets.token_urlsafe(32),
+        secret_key=settings.secret_key or secrets.token_urlsafe(32),
+    )
+
+
+def create_app(settings: Settings, parts: Parts | None = None) -> web.Application:
+    settings = complete_secrets(settings)
+    role = settings.http.role
+    if role in ("all", "backend") and not settings.database.url:
+        raise ValueError("settings.database.url must be resolved before create_app")
+    app = web.Application(
+        middlewares=[request_context, error_middleware],
+        client_max_size=settings.http.max_body_bytes,
+    )
+    app[SETTINGS] = settings
+    if role in ("all", "backend"):
+        backend = create_backend(settings, parts or Parts())
+        app.add_subapp("/v1/api", backend)
+        app[BACKEND] = backend
+        app.router.add_get("/metrics", metrics_view.metrics_handler(backend))
+    if role in ("all", "gateway"):
+        from deepmemory_service.gateway import setup_gateway
+
+        setup_gateway(app)
+    return app

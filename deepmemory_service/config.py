@@ -1,0 +1,306 @@
+"""Configuration: `config/default.toml`, overridden by `DEEPMEMORY_*` environment variables.
+
+A top-level key `k` is overridden by `DEEPMEMORY_K`; key `k` of section `[s]` by
+`DEEPMEMORY_S_K`. Values are structured into frozen attrs classes with cattrs, so a bad
+value stops start-up with a message that names the setting.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+import cattrs
+import platformdirs
+from attrs import frozen
+
+from deepmemory_service.validation import problems
+
+ENV_PREFIX = "DEEPMEMORY_"
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "default.toml"
+
+GeneratorName = Literal["offline", "llm"]
+EmbedderName = Literal["hashing", "minilm", "openai"]
+TrainerName = Literal["local", "activeloop"]
+Role = Literal["all", "backend", "gateway"]
+
+
+class ConfigError(Exception):
+    """A setting is missing or has a bad value; the message names it."""
+
+
+@frozen
+class DatabaseSettings:
+    url: str
+    pool_min: int
+    pool_max: int
+
+
+@frozen
+class HttpSettings:
+    host: str
+    port: int
+    max_body_bytes: int
+    role: Role
+    backend_url: str
+    allowed_origins: tuple[str, ...]
+
+
+@frozen
+class StoreSettings:
+    path: str
+    chunk_chars: int
+    chunk_overlap: int
+
+
+@frozen
+class GenerationSettings:
+    questions_per_chunk: int
+    max_questions_per_chunk: int
+    batch_size: int
+    progress_hz: float
+
+
+@frozen
+class SupervisorSettings:
+    idle_s: float
+    inbox_size: int
+    subscriber_queue: int
+
+
+@frozen
+class LeaseSettings:
+    ttl_s: float
+    heartbeat_s: float
+    sweep_s: float
+
+
+@frozen
+class LLMSettings:
+    base_url: str
+    model: str
+    api_key: str = attrs.field(repr=False)
+    timeout_s: float
+    max_retries: int
+    backoff_base_s: float
+    backoff_max_s: float
+
+
+@frozen
+class TrainSettings:
+    timeout_s: float
+    poll_s: float
+    holdout: float
+    epochs: int
+
+
+@frozen
+class ActiveloopSettings:
+    token: str = attrs.field(repr=False)
+    endpoint: str
+
+
+@frozen
+class OpenAIEmbeddingSettings:
+    base_url: str
+    model: str
+    api_key: str = attrs.field(repr=False)
+    dimension: int
+    timeout_s: float
+
+
+@frozen
+class Settings:
+    data_dir: str
+    concurrency: int
+    generator: GeneratorName
+    embedder: EmbedderName
+    trainer: TrainerName
+    service_token: str = attrs.field(repr=False)
+    admin_token: str = attrs.field(repr=False)
+    secret_key: str = attrs.field(repr=False)
+    instance_id: str
+    log_level: str
+    log_format: Literal["auto", "console", "json"]
+    database: DatabaseSettings
+    http: HttpSettings
+    store: StoreSettings
+    generation: GenerationSettings
+    supervisor: SupervisorSettings
+    lease: LeaseSettings
+    llm: LLMSettings
+    train: TrainSettings
+    activeloop: ActiveloopSettings
+    openai_embeddings: OpenAIEmbeddingSettings
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+    def store_path(self, user_id: object) -> str:
+        return self.store.path.format(data_dir=self.data_dir, user_id=user_id)
+
+    @property
+    def is_cloud(self) -> bool:
+        """The spec's definition: the vector store path starts with hub://."""
+        return self.store.path.startswith("hub://")
+
+
+def _converter() -> cattrs.Converter:
+    conv = cattrs.Converter(forbid_extra_keys=True)
+
+    def strict_int(value: Any, _: type) -> int:
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise ValueError(f"expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise ValueError(f"expected an integer, got {value!r}") from None
+
+    def strict_float(value: Any, _: type) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ValueError(f"expected a number, got {value!r}")
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"expected a number, got {value!r}") from None
+
+    def strict_bool(value: Any, _: type) -> bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in {"1", "true", "yes", "on"}:
+            return True
+        if text in {"0", "false", "no", "off"}:
+            return False
+        raise ValueError(f"expected true or false, got {value!r}")
+
+    def strict_str(value: Any, _: type) -> str:
+        if not isinstance(value, str):
+            raise ValueError(f"expected a string, got {value!r}")
+        return value
+
+    def origins(value: Any, _: type) -> tuple[str, ...]:
+        if isinstance(value, str):
+            return tuple(v.strip() for v in value.split(",") if v.strip())
+        return tuple(strict_str(v, str) for v in value)
+
+    conv.register_structure_hook(int, strict_int)
+    conv.register_structure_hook(float, strict_float)
+    conv.register_structure_hook(bool, strict_bool)
+    conv.register_structure_hook(str, strict_str)
+    conv.register_structure_hook_func(lambda t: t == tuple[str, ...], origins)
+    return conv
+
+
+_CONVERTER = _converter()
+
+
+def env_names() -> dict[str, tuple[str, ...]]:
+    """Every environment variable name → its path in the settings tree."""
+    names: dict[str, tuple[str, ...]] = {}
+    for field in attrs.fields(Settings):
+        sub = _SECTIONS.get(field.name)
+        if sub is None:
+            names[ENV_PREFIX + field.name.upper()] = (field.name,)
+        else:
+            for inner in attrs.fields(sub):
+                names[f"{ENV_PREFIX}{field.name.upper()}_{inner.name.upper()}"] = (
+                    field.name,
+                    inner.name,
+                )
+    return names
+
+
+_SECTIONS: dict[str, type] = {
+    "database": DatabaseSettings,
+    "http": HttpSettings,
+    "store": StoreSettings,
+    "generation": GenerationSettings,
+    "supervisor": SupervisorSettings,
+    "lease": LeaseSettings,
+    "llm": LLMSettings,
+    "train": TrainSettings,
+    "activeloop": ActiveloopSettings,
+    "openai_embeddings": OpenAIEmbeddingSettings,
+}
+
+
+def _setting_name(parts: list[str]) -> str:
+    """`["llm", "timeout_s"]` → `DEEPMEMORY_LLM_TIMEOUT_S (llm.timeout_s)`."""
+    return f"{ENV_PREFIX}{'_'.join(parts).upper()} ({'.'.join(parts)})"
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Read the TOML defaults, apply the environment, then `overrides` (dotted keys)."""
+    env = os.environ if environ is None else environ
+    path = Path(env.get("DEEPMEMORY_CONFIG") or DEFAULT_CONFIG)
+    try:
+        raw: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"configuration file not found: {path}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from exc
+
+    for name, where in env_names().items():
+        if name in env:
+            _put(raw, where, env[name])
+    for dotted, value in (overrides or {}).items():
+        _put(raw, tuple(dotted.split(".")), value)
+
+    try:
+        settings = _CONVERTER.structure(raw, Settings)
+    except cattrs.ClassValidationError as exc:
+        messages = [f"{_setting_name(path)}: {text}" for path, text in problems(exc)]
+        raise ConfigError("bad configuration: " + "; ".join(messages)) from None
+    return _complete(settings)
+
+
+def _put(raw: dict[str, Any], where: tuple[str, ...], value: Any) -> None:
+    node = raw
+    for key in where[:-1]:
+        node = node.setdefault(key, {})
+    node[where[-1]] = value
+
+
+def _complete(settings: Settings) -> Settings:
+    """Fill in the derived defaults and check what types alone cannot."""
+    problems = []
+    if settings.concurrency < 1:
+        problems.append("DEEPMEMORY_CONCURRENCY must be at least 1")
+    if not 1 <= settings.http.port <= 65535:
+        problems.append("DEEPMEMORY_HTTP_PORT must be between 1 and 65535")
+    gen = settings.generation
+    if not 1 <= gen.questions_per_chunk <= gen.max_questions_per_chunk:
+        problems.append(
+            "DEEPMEMORY_GENERATION_QUESTIONS_PER_CHUNK must be between 1 and "
+            f"DEEPMEMORY_GENERATION_MAX_QUESTIONS_PER_CHUNK ({gen.max_questions_per_chunk})"
+        )
+    if not 0.0 < settings.train.holdout < 1.0:
+        problems.append("DEEPMEMORY_TRAIN_HOLDOUT must be between 0 and 1")
+    if settings.llm.max_retries < 0:
+        problems.append("DEEPMEMORY_LLM_MAX_RETRIES must not be negative")
+    if settings.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        problems.append("DEEPMEMORY_LOG_LEVEL must be debug, info, warning or error")
+    if settings.secret_key and len(settings.secret_key.encode()) < 32:
+        # HS256 keys shorter than the hash are guessable (RFC 7518 §3.2)
+        problems.append("DEEPMEMORY_SECRET_KEY must be at least 32 bytes long")
+    if "{user_id}" not in settings.store.path:
+        problems.append("DEEPMEMORY_STORE_PATH must contain {user_id}")
+    if settings.http.role == "gateway" and not settings.http.backend_url:
+        problems.append("DEEPMEMORY_HTTP_BACKEND_URL is required with role gateway")
+    if problems:
+        raise ConfigError("bad configuration: " + "; ".join(problems))
+
+    data_dir = settings.data_dir or platformdirs.user_data_dir("deepmemory-service")
+    instance = settings.instance_id or f"{socket.gethostname()}-{os.getpid()}"
+    return attrs.evolve(settings, data_dir=str(Path(data_dir).expanduser()), instance_id=instance)

@@ -1,0 +1,394 @@
+"""The one module that talks to PostgreSQL (asyncpg). SQL text lives in `sql/queries.sql`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from functools import cache
+from importlib import resources
+from typing import Any, TypeVar
+
+import asyncpg
+import attrs
+import structlog
+
+from deepmemory_service.models import (
+    Chunk,
+    Job,
+    JobEvent,
+    JobKind,
+    Pair,
+    Run,
+    RunStatus,
+)
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+UniqueViolation = asyncpg.UniqueViolationError
+# errors that mean "the connection or server went away", worth a reconnect and retry
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    OSError,
+    ConnectionError,
+)
+
+
+@cache
+def queries() -> dict[str, str]:
+    text = resources.files("deepmemory_service").joinpath("sql/queries.sql").read_text()
+    named: dict[str, str] = {}
+    for block in re.split(r"^-- name: ", text, flags=re.MULTILINE)[1:]:
+        name, _, body = block.partition("\n")
+        named[name.strip()] = body.strip()
+    return named
+
+
+def _run(row: asyncpg.Record) -> Run:
+    return Run(
+        id=row["id"],
+        user_id=row["user_id"],
+        status=RunStatus(row["status"]),
+        error_message=row["error_message"],
+        questions_per_chunk=row["questions_per_chunk"],
+        auto_train=row["auto_train"],
+        chunk_id_max=row["chunk_id_max"],
+        total_chunks=row["total_chunks"],
+        generated_chunks=row["generated_chunks"],
+        pair_count=row["pair_count"],
+        metrics=row["metrics"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        completed_at=row["completed_at"],
+    )
+
+
+def _job(row: asyncpg.Record) -> Job:
+    return Job(row["id"], row["run_id"], row["user_id"], JobKind(row["kind"]), row["status"])
+
+
+def _event(row: asyncpg.Record) -> JobEvent:
+    return JobEvent(row["id"], row["job_id"], row["event"], row["data"])
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for kind in ("json", "jsonb"):
+        await conn.set_type_codec(kind, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+@attrs.frozen
+class RunListing:
+    run: Run
+    latest_job_id: uuid.UUID | None
+
+
+@attrs.frozen
+class UserSettingsRow:
+    enabled: bool
+    last_trained_at: Any
+    last_training_run_id: uuid.UUID | None
+    can_enable: bool
+    can_enable_reason: str | None
+    trained_chunk_count: int
+    metrics: dict[str, Any] | None
+
+
+async def retrying(step: Callable[[], Awaitable[T]], attempts: int = 5) -> T:
+    """`step()`, again after a pause while the database is unreachable (pool reconnects)."""
+    for attempt in range(attempts):
+        try:
+            return await step()
+        except CONNECTION_ERRORS as exc:
+            if attempt == attempts - 1:
+                raise
+            log.warning("database unavailable; retrying", attempt=attempt + 1, error=str(exc))
+            await asyncio.sleep(0.2 * 2**attempt)
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+class LeaseLost(Exception):
+    """This instance no longer owns the run (it failed, was swept, or was deleted)."""
+
+
+@attrs.define
+class Conn:
+    """Typed queries over one connection (inside a transaction when one was begun)."""
+
+    raw: asyncpg.Connection
+
+    async def _fetchrow(self, name: str, *args: Any) -> asyncpg.Record | None:
+        row: asyncpg.Record | None = await self.raw.fetchrow(queries()[name], *args)
+        return row
+
+    async def _fetch(self, name: str, *args: Any) -> list[asyncpg.Record]:
+        rows: list[asyncpg.Record] = await self.raw.fetch(queries()[name], *args)
+        return rows
+
+    async def _fetchval(self, name: str, *args: Any) -> Any:
+        return await self.raw.fetchval(queries()[name], *args)
+
+    async def lock_user(self, user_id: uuid.UUID) -> None:
+        await self.raw.execute(queries()["user_lock"], user_id)
+
+    # runs
+
+    async def blocking_run(self, user_id: uuid.UUID) -> tuple[uuid.UUID, RunStatus] | None:
+        row = await self._fetchrow("blocking_run", user_id)
+        return None if row is None else (row["id"], RunStatus(row["status"]))
+
+    async def create_run(
+        self,
+        run_id: uuid.UUID,
+        user_id: uuid.UUID,
+        questions_per_chunk: int,
+        auto_train: bool,
+        owner: str,
+        lease_s: float,
+    ) -> Run:
+        row = await self._fetchrow(
+            "create_run", run_id, user_id, questions_per_chunk, auto_train, owner, lease_s
+        )
+        assert row is not None
+        return _run(row)
+
+    async def get_run(
+        self, run_id: uuid.UUID, user_id: uuid.UUID, *, for_update: bool = False
+    ) -> Run | None:
+        name = "get_run_for_update" if for_update else "get_run"
+        row = await self._fetchrow(name, run_id, user_id)
+        return None if row is None else _run(row)
+
+    async def list_runs(self, user_id: uuid.UUID, limit: int) -> list[RunListing]:
+        rows = await self._fetch("list_runs", user_id, limit)
+        return [RunListing(_run(r), r["latest_job_id"]) for r in rows]
+
+    async def latest_job_id(self, run_id: uuid.UUID) -> uuid.UUID | None:
+        value: uuid.UUID | None = await self._fetchval("latest_job_id", run_id)
+        return value
+
+    async def resume_run(self, run: Run, to: RunStatus, owner: str, lease_s: float) -> Run:
+        row = await self._fetchrow(
+            "resume_run", run.id, run.user_id, to, owner, lease_s, run.status
+        )
+        assert row is not None, "resume_run runs under the user lock with the row locked"
+        return _run(row)
+
+    async def start_training(self, run: Run, owner: str, lease_s: float) -> Run:
+        row = await self._fetchrow("start_training", run.id, run.user_id, owner, lease_s)
+        assert row is not None, "start_training runs under the user lock with the row locked"
+        return _run(row)
+
+    async def count_pairs(self, run_id: uuid.UUID) -> int:
+        value: int = await self._fetchval("count_pairs", run_id)
+        return value
+
+    async def delete_run(self, run_id: uuid.UUID, user_id: uuid.UUID) -> None:
+        await self.raw.execute(queries()["delete_run"], run_id, user_id)
+
+    async def finish_generation(self, run_id: uuid.UUID, owner: str) -> Run | None:
+        row = await self._fetchrow("finish_generation", run_id, owner)
+        return None if row is None else _run(row)
+
+    async def fail_run(
+        self, run_id: uuid.UUID, from_status: RunStatus, to: RunStatus, message: str, owner: str
+    ) -> Run | None:
+        row = await self._fetchrow("fail_run", run_id, to, message, from_status, owner)
+        return None if row is None else _run(row)
+
+    async def complete_run(
+        self, run_id: uuid.UUID, owner: str, metrics: dict[str, Any]
+    ) -> Run | None:
+        row = await self._fetchrow("complete_run", run_id, owner, metrics)
+        return None if row is None else _run(row)
+
+    async def renew_leases(
+        self, owner: str, lease_s: float, run_ids: Sequence[uuid.UUID]
+    ) -> list[uuid.UUID]:
+        rows = await self._fetch("renew_leases", owner, lease_s, list(run_ids))
+        return [r["id"] for r in rows]
+
+    async def expire_leases(self, message: str) -> list[Run]:
+        return [_run(r) for r in await self._fetch("expire_leases", message)]
+
+    async def release_leases(self, owner: str, message: str) -> list[Run]:
+        return [_run(r) for r in await self._fetch("release_leases", owner, message)]
+
+    async def run_counts(self) -> dict[str, int]:
+        return {r["status"]: r["count"] for r in await self._fetch("run_counts")}
+
+    # pairs and chunks
+
+    async def uncovered_chunks(self, run: Run, after_id: int, limit: int) -> list[Chunk]:
+        rows = await self._fetch(
+            "uncovered_chunks", run.user_id, run.chunk_id_max, after_id, run.id, limit
+        )
+        return [Chunk(r["id"], r["text"]) for r in rows]
+
+    async def insert_pairs(
+        self, run_id: uuid.UUID, pairs: Sequence[Pair], owner: str
+    ) -> tuple[int, int]:
+        """Stores a batch; returns the run's (generated_chunks, pair_count) after it.
+
+        The CTE's INSERT runs even when the run is no longer ours; raising inside the
+        transaction rolls it back, so a swept or deleted run never gains pairs here.
+        """
+        async with self.raw.transaction():
+            row = await self._fetchrow(
+                "insert_pairs",
+                run_id,
+                [p.chunk_id for p in pairs],
+                [p.question_index for p in pairs],
+                [p.question for p in pairs],
+                owner,
+            )
+            if row is None:
+                raise LeaseLost(f"run {run_id} is no longer generating on this instance")
+        return row["generated_chunks"], row["pair_count"]
+
+    async def run_pairs(self, run_id: uuid.UUID) -> list[tuple[int, str]]:
+        return [(r["chunk_id"], r["question"]) for r in await self._fetch("run_pairs", run_id)]
+
+    async def distinct_pair_chunks(self, run_id: uuid.UUID) -> int:
+        value: int = await self._fetchval("distinct_pair_chunks", run_id)
+        return value
+
+    async def chunk_texts(self, user_id: uuid.UUID, ids: Sequence[int]) -> dict[int, str]:
+        rows = await self._fetch("chunk_texts", user_id, list(ids))
+        return {r["id"]: r["text"] for r in rows}
+
+    async def add_document(
+        self, user_id: uuid.UUID, title: str | None, texts: Sequence[str]
+    ) -> tuple[uuid.UUID, list[int]]:
+        document_id = uuid.uuid4()
+        await self.raw.execute(
+            queries()["insert_document"], document_id, user_id, title, len(texts)
+        )
+        rows = await self._fetch(
+            "insert_chunks",
+            user_id,
+            [document_id] * len(texts),
+            list(range(len(texts))),
+            list(texts),
+        )
+        return document_id, [r["id"] for r in rows]
+
+    async def add_to_corpus(
+        self, user_id: uuid.UUID, added: int, embedder: str, dimension: int
+    ) -> int:
+        value: int = await self._fetchval("add_to_corpus", user_id, added, embedder, dimension)
+        return value
+
+    async def total_chunks(self, user_id: uuid.UUID) -> int:
+        value: int | None = await self._fetchval("total_chunks", user_id)
+        return value or 0
+
+    # jobs and events
+
+    async def create_job(self, run_id: uuid.UUID, user_id: uuid.UUID, kind: JobKind) -> Job:
+        row = await self._fetchrow("create_job", uuid.uuid4(), run_id, user_id, kind)
+        assert row is not None
+        return _job(row)
+
+    async def get_job(self, job_id: uuid.UUID, user_id: uuid.UUID) -> Job | None:
+        row = await self._fetchrow("get_job", job_id, user_id)
+        return None if row is None else _job(row)
+
+    async def finish_job(self, job_id: uuid.UUID, status: str) -> None:
+        await self.raw.execute(queries()["finish_job"], job_id, status)
+
+    async def running_jobs_of_run(self, run_id: uuid.UUID) -> list[uuid.UUID]:
+        return [r["id"] for r in await self._fetch("running_jobs_of_run", run_id)]
+
+    async def insert_event(
+        self, job_id: uuid.UUID, event: str, data: dict[str, Any], origin: str
+    ) -> int:
+        row = await self._fetchrow("insert_event", job_id, event, data, origin)
+        assert row is not None
+        event_id: int = row["id"]
+        return event_id
+
+    async def events_after(
+        self, job_id: uuid.UUID, after_id: int, limit: int = 500
+    ) -> list[JobEvent]:
+        return [_event(r) for r in await self._fetch("events_after", job_id, after_id, limit)]
+
+    async def get_event(self, event_id: int) -> JobEvent | None:
+        row = await self._fetchrow("get_event", event_id)
+        return None if row is None else _event(row)
+
+    # settings
+
+    async def get_settings(self, user_id: uuid.UUID) -> UserSettingsRow | None:
+        row = await self._fetchrow("get_settings", user_id)
+        return None if row is None else UserSettingsRow(**dict(row))
+
+    async def record_training(
+        self,
+        user_id: uuid.UUID,
+        run_id: uuid.UUID,
+        trained_chunks: int,
+        can_enable: bool,
+        reason: str | None,
+        metrics: dict[str, Any],
+    ) -> None:
+        await self.raw.execute(
+            queries()["record_training"],
+            user_id,
+            run_id,
+            trained_chunks,
+            can_enable,
+            reason,
+            metrics,
+        )
+
+    async def set_enabled(self, user_id: uuid.UUID, enabled: bool) -> None:
+        await self.raw.execute(queries()["set_enabled"], user_id, enabled)
+
+
+@attrs.define
+class Database:
+    pool: asyncpg.Pool
+    url: str = attrs.field(repr=False)
+
+    @classmethod
+    async def connect(cls, url: str, *, min_size: int = 2, max_size: int = 10) -> Database:
+        pool = await asyncpg.create_pool(
+            url,
+            min_size=min_size,
+            max_size=max_size,
+            init=_init_connection,
+            # a dead server must surface as an error, not a hang
+            timeout=10,
+            command_timeout=60,
+        )
+        return cls(pool, url)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    @asynccontextmanager
+    async def conn(self) -> AsyncIterator[Conn]:
+        async with self.pool.acquire() as raw:
+            yield Conn(raw)
+
+    @asynccontextmanager
+    async def tx(self, *, lock_user: uuid.UUID | None = None) -> AsyncIterator[Conn]:
+        """A transaction; with `lock_user`, holding that user's advisory lock until commit."""
+        async with self.pool.acquire() as raw, raw.transaction():
+            conn = Conn(raw)
+            if lock_user is not None:
+                await conn.lock_user(lock_user)
+            yield conn
+
+    async def listen(self, channel: str, callback: Any) -> asyncpg.Connection:
+        """A dedicated connection LISTENing on `channel`; the caller closes it."""
+        raw: asyncpg.Connection = await asyncpg.connect(self.url, timeout=10)
+        await raw.add_listener(channel, callback)
+        return raw

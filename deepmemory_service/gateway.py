@@ -1,0 +1,391 @@
+"""The gateway (the spec's proxy layer): authenticates the user, injects `user_id` from the
+identity (never from the request), forwards to the backend with the service token, and
+serves the Deep Memory page. Backend statuses and bodies pass through unchanged."""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import structlog
+from aiohttp import web
+from yarl import URL
+
+from deepmemory_service import auth
+from deepmemory_service.config import Settings
+from deepmemory_service.errors import BadGateway, BadRequest, InvalidInput, Unauthorized
+from deepmemory_service.keys import BACKEND_CLIENT, SETTINGS
+from deepmemory_service.payloads import parse_uuid
+
+log = structlog.get_logger(__name__)
+
+WEB = Path(str(resources.files("deepmemory_service").joinpath("web")))
+CALL_TIMEOUT = aiohttp.ClientTimeout(total=60, sock_connect=5)
+# a stream lasts as long as its job: only connecting is bounded
+STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=None)
+SESSION_S = 7 * 24 * 3600
+CLIENT_POLL_S = 0.5
+# the page and the login form load only their own files; nobody may frame them (clickjacking
+# a Delete button), and a token in the login URL never leaves as a Referer to another site
+# ("no-referrer" would be stricter, but then a browser sends `Origin: null` with the login
+# form, which the origin check must refuse)
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+routes = web.RouteTableDef()
+
+
+def _backend_base(request: web.Request) -> URL:
+    configured = request.app[SETTINGS].http.backend_url
+    if configured:
+        return URL(configured)
+    # one process: the socket this request came in on, never the Host header (a spoofed
+    # Host would send the service token elsewhere)
+    transport = request.transport
+    sockname = transport.get_extra_info("sockname") if transport else None
+    if not sockname:
+        raise BadGateway("Backend unavailable: cannot tell this server's own address")
+    host, port = sockname[0], sockname[1]
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104  # mapped, not bound
+    return URL.build(scheme="http", host=host, port=port)
+
+
+def _headers(request: web.Request) -> dict[str, str]:
+    headers = {"Authorization": f"Bearer {request.app[SETTINGS].service_token}"}
+    request_id = request.headers.get("X-Request-ID")
+    if request_id:
+        headers["X-Request-ID"] = request_id[:64]
+    return headers
+
+
+def _user(request: web.Request) -> uuid.UUID:
+    identity = auth.identify(request, request.app[SETTINGS])
+    structlog.contextvars.bind_contextvars(user_id=str(identity.user_id))
+    return identity.user_id
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    if not raw:
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("body: not valid JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidInput("body: must be a JSON object")
+    return body
+
+
+async def _forward(
+    request: web.Request,
+    method: str,
+    path: str,
+    *,
+    body: dict[str, Any] | None = None,
+    query: Mapping[str, str] | None = None,
+) -> web.Response:
+    url = _backend_base(request).with_path(f"/v1/api{path}").with_query(query or {})
+    session = request.app[BACKEND_CLIENT]
+    try:
+        async with session.request(
+            method, url, json=body, headers=_headers(request), timeout=CALL_TIMEOUT
+        ) as upstream:
+            payload = await upstream.read()
+            # a busy backend says when to come back; the client should hear it too
+            passed = {k: v for k, v in upstream.headers.items() if k.lower() == "retry-after"}
+            return web.Response(
+                body=payload,
+                status=upstream.status,
+                content_type=upstream.content_type,
+                headers=passed,
+            )
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise _unavailable(exc) from None
+
+
+def _unavailable(exc: BaseException) -> BadGateway:
+    log.warning("backend call failed", error=type(exc).__name__)
+    if isinstance(exc, TimeoutError):
+        reason = "no reply in time"
+    elif isinstance(exc, aiohttp.ClientConnectorError):
+        reason = "cannot connect"
+    elif isinstance(exc, aiohttp.ServerDisconnectedError):
+        reason = "the connection closed before a reply"
+    else:
+        reason = type(exc).__name__
+    return BadGateway(f"Backend unavailable: {reason}")
+
+
+def _query_for(request: web.Request, user_id: uuid.UUID) -> dict[str, str]:
+    """The client's query, with `user_id` taken from the identity only."""
+    query = {k: v for k, v in request.query.items() if k != "user_id"}
+    query["user_id"] = str(user_id)
+    return query
+
+
+async def _with_user(request: web.Request, user_id: uuid.UUID) -> dict[str, Any]:
+    body = await _json_object(request)
+    body["user_id"] = str(user_id)
+    return body
+
+
+def _run_id(request: web.Request) -> str:
+    return str(parse_uuid("runId", request.match_info["runId"]))
+
+
+@routes.post("/api/deep-memory/proceed")
+async def proceed(request: web.Request) -> web.Response:
+    user_id = _user(request)
+    body = await _json_object(request)
+    if "training_run_id" not in body:
+        raise InvalidInput("training_run_id: field required")
+    forwarded = {"training_run_id": body["training_run_id"], "user_id": str(user_id)}
+    return await _forward(request, "POST", "/deep-memory/proceed", body=forwarded)
+
+
+@routes.delete("/api/deep-memory/runs/{runId}")
+async def delete_run(request: web.Request) -> web.Response:
+    user_id = _user(request)
+    return await _forward(
+        request, "DELETE", f"/deep-memory/runs/{_run_id(request)}", query={"user_id": str(user_id)}
+    )
+
+
+@routes.get("/api/deep-memory/runs/{runId}")
+async def get_run(request: web.Request) -> web.Response:
+    user_id = _user(request)
+    return await _forward(
+        request, "GET", f"/deep-memory/runs/{_run_id(request)}", query={"user_id": str(user_id)}
+    )
+
+
+@routes.get("/api/deep-memory/runs")
+async def list_runs(request: web.Request) -> web.Response:
+    user_id = _user(request)
+    return await _forward(request, "GET", "/deep-memory/runs", query=_query_for(request, user_id))
+
+
+@routes.get("/api/deep-memory/settings")
+async def get_settings(request: web.Request) -> web.Response:
+    user_id = _user(request)
+    return await _forward(request, "GET", "/deep-memory/settings", query={"user_id": str(user_id)})
+
+
+@routes.put("/api/deep-memory/settings")
+async def put_settings(request: web.Request) -> web.Response:
+    user_id = _user(request)
+    return await _forward(
+        request, "PUT", "/deep-memory/settings", body=await _with_user(request, user_id)
+    )
+
+
+@routes.post("/api/deep-memory/generate")
+async def generate(request: web.Request) -> web.Response:
+    user_id = _user(request)
+    return await _forward(
+        request, "POST", "/deep-memory/generate", body=await _with_user(request, user_id)
+    )
+
+
+@routes.post("/api/deep-memory/train")
+async def train(request: web.Request) -> web.Response:
+    user_id = _user(request)
+    return await _forward(
+        request, "POST", "/deep-memory/train", body=await _with_user(request, user_id)
+    )
+
+
+@routes.get("/api/deep-memory/search")
+async def search(request: web.Request) -> web.Response:
+    user_id = _user(request)
+    return await _forward(request, "GET", "/search", query=_query_for(request, user_id))
+
+
+@routes.post("/api/documents")
+async def documents(request: web.Request) -> web.Response:
+    user_id = _user(request)
+    return await _forward(request, "POST", "/documents", body=await _with_user(request, user_id))
+
+
+@routes.get("/api/events/stream/{job_id}")
+async def stream(request: web.Request) -> web.StreamResponse:
+    """Streamed through as it comes, never buffered; Last-Event-ID goes upstream."""
+    user_id = _user(request)
+    job_id = parse_uuid("job_id", request.match_info["job_id"])
+    url = (
+        _backend_base(request)
+        .with_path(f"/v1/api/events/stream/{job_id}")
+        .with_query({"user_id": str(user_id)})
+    )
+    headers = _headers(request)
+    if "Last-Event-ID" in request.headers:
+        headers["Last-Event-ID"] = request.headers["Last-Event-ID"][:32]
+    session = request.app[BACKEND_CLIENT]
+    try:
+        upstream = await session.get(url, headers=headers, timeout=STREAM_TIMEOUT)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise _unavailable(exc) from None
+    try:
+        if upstream.status != 200:
+            return web.Response(
+                body=await upstream.read(),
+                status=upstream.status,
+                content_type=upstream.content_type,
+            )
+        down = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+            }
+        )
+        await down.prepare(request)
+        await _pipe(request, upstream, down)
+        return down
+    finally:
+        # closing (not releasing) drops the connection, so the backend sees its subscriber go
+        upstream.close()
+
+
+def _connected(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is not None and not transport.is_closing()
+
+
+async def _pipe(
+    request: web.Request, upstream: aiohttp.ClientResponse, down: web.StreamResponse
+) -> None:
+    """Copies until the upstream ends or the client leaves, whichever comes first."""
+
+    async def copy() -> None:
+        try:
+            async for piece in upstream.content.iter_any():
+                await down.write(piece)
+        except (ConnectionResetError, aiohttp.ClientPayloadError):
+            pass  # one side went away: the stream is over
+
+    async def client_gone() -> None:
+        # aiohttp does not cancel a handler whose client left, and a quiet job writes nothing
+        # that would fail, so look at the connection itself
+        while _connected(request):  # noqa: ASYNC110
+            await asyncio.sleep(CLIENT_POLL_S)
+
+    tasks = {asyncio.ensure_future(copy()), asyncio.ensure_future(client_gone())}
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+LOGIN_FORM = """<!doctype html><html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Log in · Deep Memory</title><link rel="stylesheet" href="/static/deep-memory.css">
+</head><body><main class="card narrow"><h1>Log in</h1>{error}
+<form method="post" action="/login"><label for="token">Access token</label>
+<textarea id="token" name="token" rows="4" required></textarea>
+<button type="submit">Log in</button></form>
+<p class="hint">Mint one with <code>deepmemory-service token --user UUID</code>.</p>
+</main></body></html>"""
+
+
+def _redirect(location: str) -> web.Response:
+    return web.Response(status=303, headers={"Location": location, **PAGE_HEADERS})
+
+
+def _login_page(error: str | None = None, status: int = 200) -> web.Response:
+    block = f'<p class="error" role="alert">{html.escape(error)}</p>' if error else ""
+    return web.Response(
+        text=LOGIN_FORM.format(error=block),
+        status=status,
+        content_type="text/html",
+        headers=PAGE_HEADERS,
+    )
+
+
+async def _log_in(request: web.Request, token: str) -> web.StreamResponse:
+    settings = request.app[SETTINGS]
+    try:
+        verified = auth.verify(settings, token)
+    except Unauthorized as exc:
+        return _login_page(exc.detail, 401)
+    response = _redirect("/deep-memory")
+    # the cookie goes when the token does: the browser never sends one the gateway refuses
+    max_age = min(SESSION_S, verified.expires_at - int(time.time()))
+    auth.set_session(response, request, token, max(max_age, 1))
+    return response
+
+
+@routes.get("/login")
+async def login_get(request: web.Request) -> web.StreamResponse:
+    token = request.query.get("token")
+    if token:
+        return await _log_in(request, token.strip())
+    return _login_page()
+
+
+@routes.post("/login")
+async def login_post(request: web.Request) -> web.StreamResponse:
+    # another site must not log a visitor into its own account (login CSRF)
+    auth.check_origin(request, request.app[SETTINGS])
+    form = await request.post()
+    token = form.get("token")
+    if not isinstance(token, str) or not token.strip():
+        return _login_page("Paste a token to log in.", 400)
+    return await _log_in(request, token.strip())
+
+
+@routes.post("/logout")
+async def logout(request: web.Request) -> web.StreamResponse:
+    response = _redirect("/login")
+    response.del_cookie(auth.COOKIE, path="/")
+    return response
+
+
+@routes.get("/deep-memory")
+async def page(request: web.Request) -> web.StreamResponse:
+    try:
+        auth.identify(request, request.app[SETTINGS])
+    except Unauthorized:
+        return _redirect("/login")
+    return web.FileResponse(WEB / "deep-memory.html", headers=PAGE_HEADERS)
+
+
+@routes.get("/")
+async def home(_request: web.Request) -> web.StreamResponse:
+    return _redirect("/deep-memory")
+
+
+async def _client(app: web.Application) -> AsyncIterator[None]:
+    connector = aiohttp.TCPConnector(limit=200, enable_cleanup_closed=True)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        app[BACKEND_CLIENT] = session
+        yield
+
+
+def setup_gateway(app: web.Application, settings: Settings | None = None) -> None:
+    """Settings are read per request from app[SETTINGS], which create_app fills with the
+    completed secrets; `settings` is only a fallback for an app that has none yet."""
+    if SETTINGS not in app:
+        if settings is None:
+            raise ValueError("setup_gateway needs settings: app[SETTINGS] is not set")
+        app[SETTINGS] = settings
+    app.cleanup_ctx.append(_client)
+    app.add_routes(routes)
+    app.router.add_static("/static", WEB, show_index=False)

@@ -1,0 +1,286 @@
+"""Generation of a run's pairs: chunk workers under a semaphore, batched idempotent writes.
+
+A producer pages the run's uncovered chunks (keyset by id, so memory stays flat however
+large the run), `concurrency` workers ask the generator for questions, and one writer
+stores pairs in batches (one round trip each) and reports coalesced progress. The first
+worker failure cancels the others at once; the writer still stores what was produced,
+then the run becomes `generating_failed` and can be resumed from there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+import attrs
+import structlog
+
+from deepmemory_service import jobs, training
+from deepmemory_service.db import CONNECTION_ERRORS, LeaseLost, retrying
+from deepmemory_service.events import Progress
+from deepmemory_service.generators import GenerationError
+from deepmemory_service.models import Chunk, Job, Pair, Run, RunStatus
+from deepmemory_service.services import Services
+from deepmemory_service.supervisor import RunSupervisor
+
+log = structlog.get_logger(__name__)
+
+_END: Any = object()
+PAGE = 500
+# how long the writer holds a partial batch before writing it anyway
+FLUSH_S = 0.05
+
+
+class WorkerLost(Exception):
+    """The run's work stopped for a reason outside the generator (database, lease)."""
+
+
+@attrs.define
+class Pipeline:
+    svc: Services
+    sup: RunSupervisor
+    run: Run
+    progress: Progress
+    done: int
+    chunks: asyncio.Queue[Any] = attrs.field(init=False)
+    results: asyncio.Queue[Any] = attrs.field(init=False)
+    failure: BaseException | None = None
+    failed_chunk: int | None = None
+    _tasks: list[asyncio.Task[None]] = attrs.field(factory=list)
+    # workers inside a generator call: the only ones a failure cancels, so an answer
+    # already paid for is still stored
+    _calling: set[asyncio.Task[Any]] = attrs.field(factory=set)
+
+    def __attrs_post_init__(self) -> None:
+        c = self.svc.settings.concurrency
+        self.chunks = asyncio.Queue(maxsize=2 * c)
+        self.results = asyncio.Queue(maxsize=4 * c)
+
+    def _fail(self, exc: BaseException, chunk: Chunk | None = None) -> None:
+        if self.failure is None:
+            self.failure = exc
+            self.failed_chunk = chunk.id if chunk else None
+            current = asyncio.current_task()
+            producer = self._tasks[0]
+            if producer is not current:
+                producer.cancel()
+            for task in self._calling:
+                if task is not current:
+                    task.cancel()
+            # idle workers wait for a chunk that will never come: send each one home
+            while not self.chunks.empty():
+                self.chunks.get_nowait()
+            for _ in range(self.svc.settings.concurrency):
+                self.chunks.put_nowait(_END)
+
+    async def _producer(self) -> None:
+        after = 0
+        try:
+            while True:
+                async with self.svc.db.conn() as conn:
+                    page = await conn.uncovered_chunks(self.run, after, PAGE)
+                if not page:
+                    break
+                for chunk in page:
+                    await self.chunks.put(chunk)
+                after = page[-1].id
+            for _ in range(self.svc.settings.concurrency):
+                await self.chunks.put(_END)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._fail(exc)
+
+    async def _worker(self) -> None:
+        qpc = self.run.questions_per_chunk
+        generator = self.svc.generator
+        me = asyncio.current_task()
+        assert me is not None
+        while self.failure is None:
+            chunk = await self.chunks.get()
+            if chunk is _END or self.failure is not None:
+                return
+            self.sup.workers_busy += 1
+            self._calling.add(me)
+            try:
+                questions = await generator.generate(chunk, qpc)
+                if len(questions) != qpc or not all(q.strip() for q in questions):
+                    raise GenerationError(
+                        f"generator {generator.name} returned {len(questions)} questions "
+                        f"for chunk {chunk.id}, expected {qpc} non-empty ones"
+                    )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._fail(exc, chunk)
+                return
+            finally:
+                self._calling.discard(me)
+                self.sup.workers_busy -= 1
+            pairs = [Pair(chunk.id, i, q.strip()) for i, q in enumerate(questions)]
+            await self.results.put(pairs)
+
+    async def _writer(self) -> None:
+        batch: list[Pair] = []
+        batch_size = self.svc.settings.generation.batch_size
+        deadline = 0.0
+        ended = False
+        try:
+            while not ended:
+                try:
+                    if batch:
+                        timeout = max(0.0, deadline - time.monotonic())
+                        item = await asyncio.wait_for(self.results.get(), timeout)
+                    else:
+                        item = await self.results.get()
+                except TimeoutError:
+                    await self._write(batch)
+                    batch = []
+                    continue
+                if item is _END:
+                    ended = True
+                    await self._write(batch)
+                    return
+                if not batch:
+                    deadline = time.monotonic() + FLUSH_S
+                batch.extend(item)
+                if len(batch) >= batch_size:
+                    await self._write(batch)
+                    batch = []
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._fail(exc)
+            # keep draining so no worker blocks on a full queue before it is cancelled
+            while not ended:
+                ended = await self.results.get() is _END
+
+    async def _write(self, batch: list[Pair]) -> None:
+        if not batch:
+            return
+
+        async def store() -> int:
+            async with self.svc.db.conn() as conn:
+                covered, _ = await conn.insert_pairs(self.run.id, batch, self.svc.owner)
+            return covered
+
+        try:
+            # the insert is idempotent, so a retry after a lost reply adds nothing twice
+            covered = await retrying(store)
+        except CONNECTION_ERRORS as exc:
+            raise WorkerLost(f"database unavailable while storing pairs: {exc}") from exc
+        metrics = self.svc.metrics
+        metrics.chunks_generated += covered - self.done
+        metrics.pairs_written += len(batch)
+        self.done = covered
+        await self.progress.update(
+            RunStatus.GENERATING,
+            covered,
+            self.run.total_chunks,
+            f"Generated questions for {covered}/{self.run.total_chunks} chunks",
+        )
+
+    async def run_all(self) -> None:
+        writer = asyncio.create_task(self._writer(), name=f"writer:{self.run.id}")
+        self._tasks = [asyncio.create_task(self._producer(), name=f"producer:{self.run.id}")]
+        self._tasks += [
+            asyncio.create_task(self._worker(), name=f"worker:{self.run.id}:{i}")
+            for i in range(self.svc.settings.concurrency)
+        ]
+        try:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        except asyncio.CancelledError:
+            for task in [*self._tasks, writer]:
+                task.cancel()
+            await asyncio.gather(*self._tasks, writer, return_exceptions=True)
+            raise
+        await self.results.put(_END)
+        await writer
+        if self.failure is not None:
+            raise self.failure
+
+
+def failure_message(exc: BaseException, chunk_id: int | None, done: int, total: int) -> str:
+    where = f" at chunk {chunk_id}" if chunk_id is not None else ""
+    reason = str(exc) or type(exc).__name__
+    return f"Question generation failed{where}: {reason} ({done}/{total} chunks done)"
+
+
+async def generate(svc: Services, sup: RunSupervisor, run: Run, job: Job) -> None:
+    """The whole generation job; on success, a `generated` run (and training if auto_train)."""
+    events = svc.events
+    progress = events.progress(job.id, run.id, svc.settings.generation.progress_hz)
+    await events.emit(
+        job.id,
+        "status",
+        {
+            "run_id": str(run.id),
+            "status": RunStatus.GENERATING,
+            "message": f"Generating questions from chunk {run.generated_chunks}/{run.total_chunks}",
+        },
+    )
+    pipeline = Pipeline(svc, sup, run, progress, done=run.generated_chunks)
+    started = time.monotonic()
+    try:
+        await pipeline.run_all()
+    except asyncio.CancelledError:
+        # shutdown: the run is released as failed by the shutdown path; the job ends here
+        with contextlib.suppress(Exception):
+            await progress.flush()
+        raise
+    except LeaseLost as exc:
+        log.warning("run lost during generation", error=str(exc))
+        await jobs.end_failed(svc, job, run, RunStatus.GENERATING_FAILED, str(exc))
+        return
+    except Exception as exc:
+        message = failure_message(exc, pipeline.failed_chunk, pipeline.done, run.total_chunks)
+        log.warning("generation failed", error=message)
+        svc.metrics.generation_failures += 1
+        await progress.flush()
+        await jobs.fail(svc, job, run, RunStatus.GENERATING, RunStatus.GENERATING_FAILED, message)
+        return
+
+    await progress.flush()
+    async with svc.db.conn() as conn:
+        finished = await conn.finish_generation(run.id, svc.owner)
+    if finished is None:
+        # not every snapshot chunk is covered (or the run is no longer ours): never leave
+        # it `generating`; a failed run can be resumed, and resume covers what is missing
+        async with svc.db.conn() as conn:
+            current = await conn.get_run(run.id, run.user_id)
+        message = (
+            f"Generation ended with {current.generated_chunks}/{current.total_chunks} chunks "
+            "covered; proceed to cover the rest"
+            if current is not None
+            else "run deleted while generating"
+        )
+        await jobs.fail(svc, job, run, RunStatus.GENERATING, RunStatus.GENERATING_FAILED, message)
+        return
+    elapsed = time.monotonic() - started
+    log.info(
+        "generation finished",
+        chunks=finished.generated_chunks,
+        pairs=finished.pair_count,
+        seconds=round(elapsed, 3),
+    )
+    if finished.auto_train:
+        async with svc.db.tx(lock_user=run.user_id) as conn:
+            current = await conn.get_run(run.id, run.user_id, for_update=True)
+            if current is None or current.status is not RunStatus.GENERATED:
+                return
+            training_run = await conn.start_training(current, svc.owner, svc.settings.lease.ttl_s)
+        await events.emit(
+            job.id,
+            "status",
+            {
+                "run_id": str(run.id),
+                "status": RunStatus.GENERATED,
+                "message": f"Generated {finished.pair_count} pairs; training next",
+            },
+        )
+        sup.current_status = RunStatus.TRAINING
+        await training.train(svc, sup, training_run, job)
+        return
+    await jobs.end_done(svc, job, run, RunStatus.GENERATED, pairs=finished.pair_count)

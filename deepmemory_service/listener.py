@@ -1,0 +1,51 @@
+"""Events of jobs running on other instances: PostgreSQL NOTIFY → this instance's subscribers.
+
+The payload names the stored event; it is read only when someone here is subscribed to that
+job. If the listening connection drops, a subscriber misses nothing for long: the task is
+restarted, and each SSE stream replays from the database by Last-Event-ID anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Any
+
+import structlog
+
+from deepmemory_service.services import Services
+
+log = structlog.get_logger(__name__)
+CHANNEL = "deepmemory_events"
+CHECK_S = 5.0
+
+
+async def listen(svc: Services) -> None:
+    pending: asyncio.Queue[int] = asyncio.Queue()
+
+    def on_notify(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        try:
+            note = json.loads(payload)
+            if note.get("origin") == svc.owner:
+                return
+            if svc.broadcaster.has_subscribers(uuid.UUID(note["job_id"])):
+                pending.put_nowait(int(note["id"]))
+        except (ValueError, KeyError, TypeError):
+            log.warning("bad notification payload", payload=payload[:200])
+
+    conn = await svc.db.listen(CHANNEL, on_notify)
+    try:
+        while True:
+            try:
+                event_id = await asyncio.wait_for(pending.get(), CHECK_S)
+            except TimeoutError:
+                # a dead connection says nothing; ask it something to find out
+                await conn.fetchval("SELECT 1", timeout=CHECK_S)
+                continue
+            async with svc.db.conn() as db:
+                event = await db.get_event(event_id)
+            if event is not None:
+                svc.broadcaster.publish(event)
+    finally:
+        await asyncio.shield(conn.close(timeout=2))

@@ -1,0 +1,213 @@
+"""The LLM question generator: an OpenAI-compatible chat-completions client.
+
+One shared connection pool; a per-call timeout; retries with exponential backoff and full
+jitter that honour `Retry-After` on 429/503; strict parsing of the reply (a reply that is
+not exactly the questions asked for is a retryable fault, never a silent empty pair).
+The API key goes only into the Authorization header: never into logs, reprs or messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import random
+import re
+import time
+from collections import Counter
+from typing import Any
+
+import aiohttp
+import attrs
+import structlog
+
+from deepmemory_service.config import LLMSettings
+from deepmemory_service.generators import GenerationError
+from deepmemory_service.models import Chunk
+
+log = structlog.get_logger(__name__)
+
+SYSTEM_PROMPT = (
+    "You write search questions for a retrieval system. Given a passage, write questions "
+    "that the passage answers. Rules: every question must be answerable from the passage "
+    "alone; be specific and self-contained: name the subject instead of saying 'the "
+    "passage', 'the text' or 'according to'; phrase each question the way a person would "
+    "type it into a search box; make the questions differ from each other; never include "
+    'the answer. Reply with JSON only: {"questions": ["...", "..."]}.'
+)
+_FENCE = re.compile(r"^```(?:json)?\s*|\s*```$", re.MULTILINE)
+
+
+@attrs.define
+class LLMStats:
+    calls: int = 0
+    successes: int = 0
+    retries: int = 0
+    faults: Counter[str] = attrs.field(factory=Counter)
+
+
+@attrs.frozen
+class UpstreamFault(Exception):
+    """One failed call: what kind, in words, whether another try may succeed."""
+
+    kind: str
+    message: str
+    retryable: bool
+    retry_after_s: float | None = None
+
+
+def user_prompt(chunk: Chunk, count: int) -> str:
+    return (
+        f'Write exactly {count} questions about this passage.\n\nPassage:\n"""\n{chunk.text}\n"""'
+    )
+
+
+def parse_questions(content: str, count: int) -> list[str]:
+    """Exactly `count` distinct, non-empty questions from the model's reply, or a fault."""
+    text = _FENCE.sub("", content.strip())
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise UpstreamFault("bad_reply", "the reply is not valid JSON", True) from None
+    questions = data.get("questions") if isinstance(data, dict) else None
+    if not isinstance(questions, list):
+        raise UpstreamFault("bad_reply", 'the reply has no "questions" list', True)
+    seen: list[str] = []
+    for q in questions:
+        if isinstance(q, str) and q.strip() and q.strip() not in seen:
+            seen.append(q.strip())
+    if len(seen) < count:
+        raise UpstreamFault(
+            "wrong_count", f"the reply has {len(seen)} usable questions, {count} were asked", True
+        )
+    return seen[:count]
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header: a number of seconds or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class LLMQuestionGenerator:
+    name = "llm"
+
+    def __init__(
+        self,
+        settings: LLMSettings,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.stats = LLMStats()
+        self._session = session
+        self._owns_session = session is None
+        self._rng = rng or random.Random()  # noqa: S311  # jitter, not secrets
+        self._url = settings.base_url.rstrip("/") + "/chat/completions"
+
+    def __repr__(self) -> str:
+        return f"<LLMQuestionGenerator model={self.settings.model} url={self._url}>"
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            # one pool for every worker; no per-host cap below the configured concurrency
+            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+            self._session = aiohttp.ClientSession(connector=connector)
+        return self._session
+
+    def _backoff(self, attempt: int) -> float:
+        ceiling = min(self.settings.backoff_max_s, self.settings.backoff_base_s * 2**attempt)
+        return self._rng.uniform(0, ceiling)
+
+    async def generate(self, chunk: Chunk, count: int) -> list[str]:
+        attempts = self.settings.max_retries + 1
+        for attempt in range(attempts):
+            try:
+                questions = await self._call(chunk, count)
+            except UpstreamFault as fault:
+                self.stats.faults[fault.kind] += 1
+                if not fault.retryable or attempt == attempts - 1:
+                    tries = f"after {attempt + 1} attempt{'s' if attempt else ''}"
+                    raise GenerationError(f"LLM call failed {tries}: {fault.message}") from None
+                delay = self._backoff(attempt)
+                if fault.retry_after_s is not None:
+                    delay = max(delay, min(fault.retry_after_s, self.settings.backoff_max_s))
+                self.stats.retries += 1
+                log.info(
+                    "llm call retried",
+                    kind=fault.kind,
+                    attempt=attempt + 1,
+                    delay_s=round(delay, 3),
+                    chunk_id=chunk.id,
+                )
+                await asyncio.sleep(delay)
+            else:
+                self.stats.successes += 1
+                return questions
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def _call(self, chunk: Chunk, count: int) -> list[str]:
+        self.stats.calls += 1
+        payload: dict[str, Any] = {
+            "model": self.settings.model,
+            "messages": [
+                {"role": "system", "content": SYSTEM_PROMPT},
+                {"role": "user", "content": user_prompt(chunk, count)},
+            ],
+            "temperature": 0.3,
+            "response_format": {"type": "json_object"},
+        }
+        headers = (
+            {"Authorization": f"Bearer {self.settings.api_key}"} if self.settings.api_key else {}
+        )
+        timeout = self.settings.timeout_s
+        try:
+            async with (
+                asyncio.timeout(timeout),
+                self._client().post(self._url, json=payload, headers=headers) as resp,
+            ):
+                status = resp.status
+                body = await resp.read()
+                wait = retry_after(resp.headers.get("Retry-After"))
+        except TimeoutError:
+            raise UpstreamFault(
+                "timeout", f"chat/completions timed out after {timeout:g}s", True
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamFault(
+                "connection", f"cannot reach the LLM API ({type(exc).__name__})", True
+            ) from None
+        if status in (429, 503):
+            raise UpstreamFault("rate_limited", f"HTTP {status} from chat/completions", True, wait)
+        if status >= 500:
+            raise UpstreamFault("server_error", f"HTTP {status} from chat/completions", True)
+        if status == 401:
+            raise UpstreamFault(
+                "unauthorized", "the LLM API rejected the API key (HTTP 401)", False
+            )
+        if status >= 400:
+            raise UpstreamFault("client_error", f"HTTP {status} from chat/completions", False)
+        try:
+            content = json.loads(body)["choices"][0]["message"]["content"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise UpstreamFault(
+                "bad_reply", "the response is not a chat completion", True
+            ) from None
+        if not isinstance(content, str):
+            raise UpstreamFault("bad_reply", "the completion has no text content", True)
+        return parse_questions(content, count)
+
+    async def aclose(self) -> None:
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+            self._session = None

@@ -1,0 +1,66 @@
+"""`GET /metrics`: runs by status, generation and LLM counters, inboxes, SSE subscribers."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from deepmemory_service.keys import SERVICES, SUPERVISORS
+from deepmemory_service.metrics import render
+from deepmemory_service.models import RunStatus
+
+
+def metrics_handler(backend: web.Application) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handler(_request: web.Request) -> web.Response:
+        svc = backend[SERVICES]
+        sups = backend[SUPERVISORS].all()
+        m = svc.metrics
+        async with svc.db.conn() as conn:
+            counts = await conn.run_counts()
+        samples: list[tuple[str, str, dict[str, str], float]] = [
+            ("deepmemory_runs", "gauge", {"status": s.value}, counts.get(s.value, 0))
+            for s in RunStatus
+        ]
+        samples += [
+            ("deepmemory_chunks_generated_total", "counter", {}, m.chunks_generated),
+            ("deepmemory_pairs_written_total", "counter", {}, m.pairs_written),
+            ("deepmemory_generation_failures_total", "counter", {}, m.generation_failures),
+            ("deepmemory_training_runs_total", "counter", {}, m.training_runs),
+            ("deepmemory_training_failures_total", "counter", {}, m.training_failures),
+            ("deepmemory_supervisors", "gauge", {}, len(sups)),
+            ("deepmemory_inbox_depth", "gauge", {}, sum(s.inbox.qsize() for s in sups)),
+            ("deepmemory_workers_busy", "gauge", {}, sum(s.workers_busy for s in sups)),
+            ("deepmemory_sse_subscribers", "gauge", {}, svc.broadcaster.subscriber_count),
+            ("deepmemory_events_published_total", "counter", {}, svc.broadcaster.published),
+        ]
+        stats: Any = getattr(svc.generator, "stats", None)
+        if stats is not None:
+            for name, value in _numbers(stats):
+                samples.append((f"deepmemory_llm_{name}_total", "counter", {}, value))
+        return web.Response(
+            text=render(samples),
+            content_type="text/plain",
+            charset="utf-8",
+            headers={"X-Content-Type-Options": "nosniff"},
+        )
+
+    return handler
+
+
+def _numbers(stats: Any) -> list[tuple[str, float]]:
+    values = stats if isinstance(stats, dict) else getattr(stats, "__dict__", {})
+    if hasattr(stats, "__attrs_attrs__"):
+        values = {a.name: getattr(stats, a.name) for a in stats.__attrs_attrs__}
+    out: list[tuple[str, float]] = []
+    for name, value in values.items():
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int | float):
+            out.append((name, float(value)))
+        elif isinstance(value, dict):
+            out += [
+                (f"{name}_{k}", float(v)) for k, v in value.items() if isinstance(v, int | float)
+            ]
+    return out

@@ -1,0 +1,102 @@
+"""Values of the domain: run statuses, runs, chunks, jobs, events."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime
+from typing import Any
+
+from attrs import frozen
+
+
+class RunStatus(enum.StrEnum):
+    GENERATING = "generating"
+    GENERATED = "generated"
+    TRAINING = "training"
+    COMPLETED = "completed"
+    GENERATING_FAILED = "generating_failed"
+    TRAINING_FAILED = "training_failed"
+
+    @property
+    def is_failed(self) -> bool:
+        return self in FAILED_STATUSES
+
+    @property
+    def is_running(self) -> bool:
+        return self in (RunStatus.GENERATING, RunStatus.TRAINING)
+
+
+FAILED_STATUSES = frozenset({RunStatus.GENERATING_FAILED, RunStatus.TRAINING_FAILED})
+BLOCKING_STATUSES = frozenset(set(RunStatus) - {RunStatus.COMPLETED})
+
+
+class JobKind(enum.StrEnum):
+    GENERATE = "generate"
+    TRAIN = "train"
+
+
+@frozen
+class Run:
+    id: uuid.UUID
+    user_id: uuid.UUID
+    status: RunStatus
+    error_message: str | None
+    questions_per_chunk: int
+    auto_train: bool
+    chunk_id_max: int
+    total_chunks: int
+    generated_chunks: int
+    pair_count: int
+    metrics: dict[str, Any] | None
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None
+
+
+@frozen
+class Chunk:
+    id: int
+    text: str
+
+
+@frozen
+class Pair:
+    """One synthetic question about one chunk."""
+
+    chunk_id: int
+    question_index: int
+    question: str
+
+
+@frozen
+class Job:
+    id: uuid.UUID
+    run_id: uuid.UUID
+    user_id: uuid.UUID
+    kind: JobKind
+    status: str
+
+
+@frozen
+class JobEvent:
+    """One stored event of a job's stream; `id` orders the stream and serves Last-Event-ID."""
+
+    id: int
+    job_id: uuid.UUID
+    event: str
+    data: dict[str, Any]
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.event in TERMINAL_EVENTS
+
+
+TERMINAL_EVENTS = frozenset({"done", "failed"})
+
+
+@frozen
+class JobAccepted:
+    job_id: uuid.UUID
+    training_run_id: uuid.UUID
+    message: str | None = None

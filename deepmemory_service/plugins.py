@@ -1,0 +1,40 @@
+"""The configured generator, embedder and trainer, built by name (heavy ones imported lazily)."""
+
+from __future__ import annotations
+
+from deepmemory_service.config import Settings
+from deepmemory_service.embedders import Embedder, HashingEmbedder
+from deepmemory_service.generators import OfflineQuestionGenerator, QuestionGenerator
+from deepmemory_service.trainers import Trainer
+
+
+def build_generator(settings: Settings) -> QuestionGenerator:
+    if settings.generator == "llm":
+        from deepmemory_service.llm import LLMQuestionGenerator
+
+        return LLMQuestionGenerator(settings.llm)
+    return OfflineQuestionGenerator()
+
+
+def build_embedder(settings: Settings) -> Embedder:
+    if settings.embedder == "minilm":
+        from deepmemory_service.embedders import MiniLMEmbedder
+
+        return MiniLMEmbedder()
+    if settings.embedder == "openai":
+        from deepmemory_service.embedders import OpenAIEmbedder
+
+        return OpenAIEmbedder(settings.openai_embeddings)
+    return HashingEmbedder()
+
+
+def build_trainer(settings: Settings) -> Trainer:
+    if settings.trainer == "activeloop":
+        from deepmemory_service.trainer_activeloop import ActiveloopTrainer
+
+        return ActiveloopTrainer(
+            settings.train, settings.activeloop.token, endpoint=settings.activeloop.endpoint or None
+        )
+    from deepmemory_service.trainer_local import LocalTrainer
+
+    return LocalTrainer(settings.train)

@@ -1,0 +1,126 @@
+"""The run commands: generate, proceed, train, delete.
+
+Each runs inside the user's supervisor (one at a time per user in this process) and inside
+a transaction holding the user's advisory lock (one at a time per user across instances).
+Work starts only after the transaction commits, so a crash in between leaves a leased run
+that the sweeper turns into a failed, recoverable one.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import structlog
+
+from deepmemory_service import generation, training
+from deepmemory_service.db import UniqueViolation
+from deepmemory_service.errors import (
+    BadRequest,
+    BlockingRunExists,
+    InvalidInput,
+    not_failed,
+    run_not_found,
+)
+from deepmemory_service.models import Job, JobAccepted, JobKind, Run, RunStatus
+from deepmemory_service.services import Services
+from deepmemory_service.supervisor import RunSupervisor
+
+log = structlog.get_logger(__name__)
+
+
+def _launch(svc: Services, sup: RunSupervisor, run: Run, job: Job) -> None:
+    if job.kind is JobKind.GENERATE:
+        sup.start_work(run.id, job.id, run.status, generation.generate(svc, sup, run, job))
+    else:
+        sup.start_work(run.id, job.id, run.status, training.train(svc, sup, run, job))
+
+
+async def generate(
+    svc: Services, sup: RunSupervisor, questions_per_chunk: int | None, auto_train: bool
+) -> JobAccepted:
+    user_id = sup.user_id
+    gen = svc.settings.generation
+    qpc = gen.questions_per_chunk if questions_per_chunk is None else questions_per_chunk
+    if not 1 <= qpc <= gen.max_questions_per_chunk:
+        raise InvalidInput(
+            f"questions_per_chunk: must be between 1 and {gen.max_questions_per_chunk}, got {qpc}"
+        )
+    try:
+        async with svc.db.tx(lock_user=user_id) as conn:
+            blocking = await conn.blocking_run(user_id)
+            if blocking is not None:
+                raise BlockingRunExists(*blocking)
+            if await conn.total_chunks(user_id) == 0:
+                raise BadRequest(
+                    "No chunks to generate from: add documents first (POST /v1/api/documents)"
+                )
+            run = await conn.create_run(
+                uuid.uuid4(), user_id, qpc, auto_train, svc.owner, svc.settings.lease.ttl_s
+            )
+            job = await conn.create_job(run.id, user_id, JobKind.GENERATE)
+    except UniqueViolation:
+        # the partial unique index caught a race the lock did not (it should never happen)
+        async with svc.db.conn() as conn:
+            blocking = await conn.blocking_run(user_id)
+        if blocking is None:
+            raise
+        raise BlockingRunExists(*blocking) from None
+    log.info(
+        "run created", run_id=str(run.id), total_chunks=run.total_chunks, questions_per_chunk=qpc
+    )
+    _launch(svc, sup, run, job)
+    return JobAccepted(job.id, run.id)
+
+
+async def proceed(svc: Services, sup: RunSupervisor, run_id: uuid.UUID) -> JobAccepted:
+    async with svc.db.tx(lock_user=sup.user_id) as conn:
+        run = await conn.get_run(run_id, sup.user_id, for_update=True)
+        if run is None:
+            raise run_not_found()
+        if not run.status.is_failed:
+            raise not_failed(run.status)
+        lease_s = svc.settings.lease.ttl_s
+        if run.status is RunStatus.GENERATING_FAILED:
+            run = await conn.resume_run(run, RunStatus.GENERATING, svc.owner, lease_s)
+            kind = JobKind.GENERATE
+            message = f"Resuming generation from chunk {run.generated_chunks}/{run.total_chunks}"
+        else:
+            pairs = await conn.count_pairs(run.id)
+            run = await conn.resume_run(run, RunStatus.TRAINING, svc.owner, lease_s)
+            kind = JobKind.TRAIN
+            message = (
+                f"Resuming training with {pairs} pairs from chunk "
+                f"{run.generated_chunks}/{run.total_chunks}"
+            )
+        job = await conn.create_job(run.id, sup.user_id, kind)
+    log.info("run resumed", run_id=str(run.id), message=message)
+    _launch(svc, sup, run, job)
+    return JobAccepted(job.id, run.id, message)
+
+
+async def train(svc: Services, sup: RunSupervisor, run_id: uuid.UUID) -> JobAccepted:
+    async with svc.db.tx(lock_user=sup.user_id) as conn:
+        run = await conn.get_run(run_id, sup.user_id, for_update=True)
+        if run is None:
+            raise run_not_found()
+        if run.status is not RunStatus.GENERATED:
+            raise BadRequest(
+                f"Training run must be in status generated to train; its status is {run.status}"
+            )
+        run = await conn.start_training(run, svc.owner, svc.settings.lease.ttl_s)
+        job = await conn.create_job(run.id, sup.user_id, JobKind.TRAIN)
+    _launch(svc, sup, run, job)
+    return JobAccepted(job.id, run.id)
+
+
+async def delete(svc: Services, sup: RunSupervisor, run_id: uuid.UUID) -> str:
+    async with svc.db.tx(lock_user=sup.user_id) as conn:
+        run = await conn.get_run(run_id, sup.user_id, for_update=True)
+        if run is None:
+            raise run_not_found()
+        if not run.status.is_failed:
+            raise not_failed(run.status)
+        pairs = await conn.count_pairs(run.id)
+        await conn.delete_run(run.id, sup.user_id)
+    log.info("run deleted", run_id=str(run_id), pairs=pairs)
+    return f"Training run and {pairs} associated pairs deleted"

@@ -1,0 +1,202 @@
+-- Named queries; each starts with a `-- name: <name>` line. Loaded by db.py.
+
+-- name: user_lock
+-- Serialises a user's state-changing commands across every instance (released at commit).
+SELECT pg_advisory_xact_lock(hashtextextended('deepmemory:' || ($1::uuid)::text, 0));
+
+-- name: blocking_run
+SELECT id, status FROM training_runs
+WHERE user_id = $1 AND status <> 'completed'
+ORDER BY created_at DESC LIMIT 1;
+
+-- name: create_run
+INSERT INTO training_runs (id, user_id, status, questions_per_chunk, auto_train,
+                           chunk_id_max, total_chunks, lease_owner, lease_expires_at)
+SELECT $1, $2, 'generating', $3, $4, coalesce(max(c.id), 0), count(*),
+       $5, now() + make_interval(secs => $6)
+FROM chunks c WHERE c.user_id = $2
+RETURNING *;
+
+-- name: get_run
+SELECT * FROM training_runs WHERE id = $1 AND user_id = $2;
+
+-- name: get_run_for_update
+SELECT * FROM training_runs WHERE id = $1 AND user_id = $2 FOR UPDATE;
+
+-- name: list_runs
+SELECT r.*, (SELECT j.id FROM jobs j WHERE j.run_id = r.id
+             ORDER BY j.created_at DESC LIMIT 1) AS latest_job_id
+FROM training_runs r WHERE r.user_id = $1
+ORDER BY r.created_at DESC LIMIT $2;
+
+-- name: latest_job_id
+SELECT id FROM jobs WHERE run_id = $1 ORDER BY created_at DESC LIMIT 1;
+
+-- name: resume_run
+-- Back from a failed status to work: clears the error and takes the lease.
+UPDATE training_runs
+SET status = $3, error_message = NULL, lease_owner = $4,
+    lease_expires_at = now() + make_interval(secs => $5), updated_at = now()
+WHERE id = $1 AND user_id = $2 AND status = $6
+RETURNING *;
+
+-- name: start_training
+UPDATE training_runs
+SET status = 'training', error_message = NULL, lease_owner = $3,
+    lease_expires_at = now() + make_interval(secs => $4), updated_at = now()
+WHERE id = $1 AND user_id = $2 AND status = 'generated'
+RETURNING *;
+
+-- name: count_pairs
+SELECT count(*) FROM training_pairs WHERE run_id = $1;
+
+-- name: delete_run
+DELETE FROM training_runs WHERE id = $1 AND user_id = $2;
+
+-- name: create_job
+INSERT INTO jobs (id, run_id, user_id, kind) VALUES ($1, $2, $3, $4) RETURNING *;
+
+-- name: get_job
+SELECT * FROM jobs WHERE id = $1 AND user_id = $2;
+
+-- name: finish_job
+UPDATE jobs SET status = $2, finished_at = now() WHERE id = $1 AND status = 'running';
+
+-- name: insert_event
+-- The NOTIFY payload stays small; listeners read the stored row, the source for replay too.
+WITH e AS (
+    INSERT INTO job_events (job_id, event, data) VALUES ($1, $2, $3) RETURNING id
+)
+SELECT e.id, pg_notify('deepmemory_events', json_build_object(
+    'id', e.id, 'job_id', $1::uuid, 'origin', $4::text)::text)
+FROM e;
+
+-- name: events_after
+SELECT id, job_id, event, data FROM job_events
+WHERE job_id = $1 AND id > $2 ORDER BY id LIMIT $3;
+
+-- name: get_event
+SELECT id, job_id, event, data FROM job_events WHERE id = $1;
+
+-- name: uncovered_chunks
+-- The run's snapshot chunks that have no pair yet, in id order, one page after `$3`.
+SELECT c.id, c.text FROM chunks c
+WHERE c.user_id = $1 AND c.id <= $2 AND c.id > $3
+  AND NOT EXISTS (SELECT 1 FROM training_pairs p WHERE p.run_id = $4 AND p.chunk_id = c.id)
+ORDER BY c.id LIMIT $5;
+
+-- name: insert_pairs
+-- One round trip per batch. A chunk's questions always arrive together, so a chunk is
+-- covered exactly when one of its pairs is stored; a conflict (a retry) adds nothing.
+WITH ins AS (
+    INSERT INTO training_pairs (run_id, chunk_id, question_index, question)
+    SELECT $1, u.chunk_id, u.question_index, u.question
+    FROM unnest($2::bigint[], $3::smallint[], $4::text[]) AS u(chunk_id, question_index, question)
+    ON CONFLICT (run_id, chunk_id, question_index) DO NOTHING
+    RETURNING chunk_id
+)
+UPDATE training_runs
+SET generated_chunks = generated_chunks + (SELECT count(DISTINCT chunk_id) FROM ins),
+    pair_count = pair_count + (SELECT count(*) FROM ins),
+    updated_at = now()
+WHERE id = $1 AND status = 'generating' AND lease_owner = $5
+RETURNING generated_chunks, pair_count;
+
+-- name: finish_generation
+UPDATE training_runs
+SET status = 'generated', lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+WHERE id = $1 AND status = 'generating' AND lease_owner = $2
+  AND generated_chunks >= total_chunks
+RETURNING *;
+
+-- name: fail_run
+UPDATE training_runs
+SET status = $2, error_message = $3, lease_owner = NULL, lease_expires_at = NULL,
+    updated_at = now()
+WHERE id = $1 AND status = $4 AND lease_owner = $5
+RETURNING *;
+
+-- name: complete_run
+UPDATE training_runs
+SET status = 'completed', metrics = $3, lease_owner = NULL, lease_expires_at = NULL,
+    updated_at = now(), completed_at = now()
+WHERE id = $1 AND status = 'training' AND lease_owner = $2
+RETURNING *;
+
+-- name: run_pairs
+SELECT chunk_id, question FROM training_pairs WHERE run_id = $1 ORDER BY chunk_id, question_index;
+
+-- name: distinct_pair_chunks
+SELECT count(DISTINCT chunk_id) FROM training_pairs WHERE run_id = $1;
+
+-- name: renew_leases
+-- Only runs with live work here: a run whose work died unrecorded must expire and be swept.
+UPDATE training_runs SET lease_expires_at = now() + make_interval(secs => $2)
+WHERE lease_owner = $1 AND id = ANY($3::uuid[]) AND status IN ('generating', 'training')
+RETURNING id;
+
+-- name: expire_leases
+-- Runs whose owner stopped renewing: failed, so the user can Proceed.
+UPDATE training_runs
+SET status = CASE status WHEN 'generating' THEN 'generating_failed'
+                         ELSE 'training_failed' END,
+    error_message = $1, lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+WHERE status IN ('generating', 'training') AND lease_expires_at < now()
+RETURNING *;
+
+-- name: release_leases
+-- A graceful shutdown: this instance's running runs fail at once instead of waiting out the lease.
+UPDATE training_runs
+SET status = CASE status WHEN 'generating' THEN 'generating_failed'
+                         ELSE 'training_failed' END,
+    error_message = $2, lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+WHERE lease_owner = $1 AND status IN ('generating', 'training')
+RETURNING *;
+
+-- name: running_jobs_of_run
+SELECT id FROM jobs WHERE run_id = $1 AND status = 'running';
+
+-- name: get_settings
+SELECT s.enabled, s.last_trained_at, s.last_training_run_id, s.can_enable,
+       s.can_enable_reason, s.trained_chunk_count, s.metrics
+FROM deep_memory_settings s WHERE s.user_id = $1;
+
+-- name: total_chunks
+SELECT total_chunks FROM corpora WHERE user_id = $1;
+
+-- name: record_training
+INSERT INTO deep_memory_settings AS s (user_id, last_trained_at, last_training_run_id,
+    trained_chunk_count, can_enable, can_enable_reason, metrics, enabled)
+VALUES ($1, now(), $2, $3, $4, $5, $6, false)
+ON CONFLICT (user_id) DO UPDATE
+SET last_trained_at = now(), last_training_run_id = $2, trained_chunk_count = $3,
+    can_enable = $4, can_enable_reason = $5, metrics = $6,
+    -- a model that may not be enabled never stays enabled
+    enabled = s.enabled AND $4, updated_at = now();
+
+-- name: set_enabled
+INSERT INTO deep_memory_settings AS s (user_id, enabled) VALUES ($1, $2)
+ON CONFLICT (user_id) DO UPDATE SET enabled = $2, updated_at = now();
+
+-- name: get_corpus
+SELECT user_id, total_chunks, embedder, dimension FROM corpora WHERE user_id = $1;
+
+-- name: insert_document
+INSERT INTO documents (id, user_id, title, chunk_count) VALUES ($1, $2, $3, $4);
+
+-- name: insert_chunks
+INSERT INTO chunks (user_id, document_id, position, text)
+SELECT $1, u.document_id, u.position, u.text
+FROM unnest($2::uuid[], $3::integer[], $4::text[]) AS u(document_id, position, text)
+RETURNING id;
+
+-- name: add_to_corpus
+INSERT INTO corpora AS c (user_id, total_chunks, embedder, dimension) VALUES ($1, $2, $3, $4)
+ON CONFLICT (user_id) DO UPDATE SET total_chunks = c.total_chunks + $2, updated_at = now()
+RETURNING total_chunks;
+
+-- name: chunk_texts
+SELECT id, text FROM chunks WHERE user_id = $1 AND id = ANY($2::bigint[]);
+
+-- name: run_counts
+SELECT status, count(*) FROM training_runs GROUP BY status;

@@ -1,0 +1,237 @@
+"""One actor per user: commands go through its inbox one at a time; work runs beside it.
+
+The inbox serialises a user's generate / proceed / delete / train inside this process, so
+status checks and the one-unfinished-run rule cannot race here; the advisory lock and the
+partial unique index keep them across processes. A command's reply goes back through its
+future. Work (generation, training) runs as the supervisor's current task, so the inbox
+stays responsive while a run is going.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+import attrs
+import structlog
+
+from deepmemory_service.errors import Busy
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+
+@attrs.define
+class Command:
+    name: str
+    handler: Callable[[RunSupervisor], Awaitable[Any]]
+    reply: asyncio.Future[Any]
+    # the caller's log context (request id...), bound while the command runs
+    log_context: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.define(eq=False)
+class RunSupervisor:
+    user_id: uuid.UUID
+    registry: SupervisorRegistry
+    inbox: asyncio.Queue[Command]
+    current_run_id: uuid.UUID | None = None
+    current_job_id: uuid.UUID | None = None
+    current_status: str | None = None
+    workers_busy: int = 0
+    commands_handled: int = 0
+    last_error: str | None = None
+    _task: asyncio.Task[None] | None = None
+    _work: asyncio.Task[None] | None = None
+    _last_active: float = attrs.field(factory=time.monotonic)
+    stopped: bool = False
+
+    def start(self) -> None:
+        # a context of its own: not the one of the request that happened to create it
+        self._task = asyncio.create_task(
+            self._loop(), name=f"supervisor:{self.user_id}", context=contextvars.Context()
+        )
+
+    async def ask(self, name: str, handler: Callable[[RunSupervisor], Awaitable[T]]) -> T:
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        try:
+            self.inbox.put_nowait(
+                Command(name, handler, future, structlog.contextvars.get_contextvars())
+            )
+        except asyncio.QueueFull:
+            raise Busy("Too many pending commands for this user; retry shortly") from None
+        return await future
+
+    @property
+    def working(self) -> bool:
+        return self._work is not None and not self._work.done()
+
+    def start_work(
+        self, run_id: uuid.UUID, job_id: uuid.UUID, status: str, work: Coroutine[Any, Any, None]
+    ) -> None:
+        """Runs `work` as this user's current task (one at a time: the run rule ensures it)."""
+        if self.working:
+            work.close()
+            raise RuntimeError(f"supervisor {self.user_id} is already working")
+        self.current_run_id, self.current_job_id, self.current_status = run_id, job_id, status
+        self._work = asyncio.create_task(self._guard(work), name=f"run:{run_id}")
+
+    async def _guard(self, work: Coroutine[Any, Any, None]) -> None:
+        structlog.contextvars.bind_contextvars(
+            user_id=str(self.user_id), run_id=str(self.current_run_id)
+        )
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # the work functions turn their failures into run statuses; this is a bug
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.exception("run work crashed")
+        finally:
+            self.current_status = None
+            self.workers_busy = 0
+            self._last_active = time.monotonic()
+
+    async def wait_idle(self) -> None:
+        """Until the current work, if any, is over (tests and shutdown)."""
+        if self._work is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(self._work)
+
+    async def _loop(self) -> None:
+        idle_s = self.registry.idle_s
+        while True:
+            try:
+                command = await asyncio.wait_for(self.inbox.get(), timeout=idle_s)
+            except TimeoutError:
+                if (
+                    self.inbox.empty()
+                    and not self.working
+                    and time.monotonic() - self._last_active >= idle_s
+                ):
+                    # no await between this check and leaving the registry: a command
+                    # for this user now goes to a new supervisor
+                    self.registry._forget(self)
+                    self.stopped = True
+                    return
+                continue
+            await self._handle(command)
+
+    async def _handle(self, command: Command) -> None:
+        self._last_active = time.monotonic()
+        self.commands_handled += 1
+        if command.reply.cancelled():
+            return
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(
+            **{**command.log_context, "user_id": str(self.user_id), "command": command.name}
+        )
+        try:
+            result = await command.handler(self)
+        except Exception as exc:
+            if not command.reply.done():
+                command.reply.set_exception(exc)
+        else:
+            if not command.reply.done():
+                command.reply.set_result(result)
+        finally:
+            structlog.contextvars.unbind_contextvars("command")
+
+    async def stop(self) -> None:
+        """Cancels the inbox loop and the current work, then waits for both."""
+        self.stopped = True
+        tasks = [t for t in (self._task, self._work) if t is not None and not t.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        while not self.inbox.empty():
+            command = self.inbox.get_nowait()
+            if not command.reply.done():
+                command.reply.set_exception(Busy("The service is shutting down"))
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "user_id": str(self.user_id),
+            "inbox_depth": self.inbox.qsize(),
+            "current_run_id": str(self.current_run_id) if self.current_run_id else None,
+            "current_job_id": str(self.current_job_id) if self.current_job_id else None,
+            "current_status": self.current_status,
+            "working": self.working,
+            "workers_busy": self.workers_busy,
+            "commands_handled": self.commands_handled,
+            "subscribers": self.registry.subscribers_for(self),
+            "last_error": self.last_error,
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"<RunSupervisor user={self.user_id} inbox={self.inbox.qsize()} "
+            f"run={self.current_run_id} status={self.current_status} "
+            f"busy={self.workers_busy}>"
+        )
+
+
+@attrs.define
+class SupervisorRegistry:
+    idle_s: float
+    inbox_size: int
+    subscribers_for: Callable[[RunSupervisor], int] = lambda _: 0
+    _supervisors: dict[uuid.UUID, RunSupervisor] = attrs.field(factory=dict)
+    closed: bool = False
+
+    def get(self, user_id: uuid.UUID) -> RunSupervisor:
+        if self.closed:
+            raise Busy("The service is shutting down")
+        sup = self._supervisors.get(user_id)
+        if sup is None:
+            sup = RunSupervisor(user_id, self, asyncio.Queue(self.inbox_size))
+            self._supervisors[user_id] = sup
+            sup.start()
+        return sup
+
+    async def ask(
+        self, user_id: uuid.UUID, name: str, handler: Callable[[RunSupervisor], Awaitable[T]]
+    ) -> T:
+        return await self.get(user_id).ask(name, handler)
+
+    def _forget(self, sup: RunSupervisor) -> None:
+        if self._supervisors.get(sup.user_id) is sup:
+            del self._supervisors[sup.user_id]
+
+    def find(self, user_id: uuid.UUID) -> RunSupervisor | None:
+        return self._supervisors.get(user_id)
+
+    def all(self) -> list[RunSupervisor]:
+        return list(self._supervisors.values())
+
+    def working_runs(self) -> list[uuid.UUID]:
+        """The runs whose work is alive in this process."""
+        return [
+            s.current_run_id
+            for s in self._supervisors.values()
+            if s.working and s.current_run_id is not None
+        ]
+
+    async def stop(self) -> None:
+        self.closed = True
+        sups = list(self._supervisors.values())
+        self._supervisors.clear()
+        await asyncio.gather(*(s.stop() for s in sups))
+
+    def snapshot(self) -> dict[str, Any]:
+        sups = self.all()
+        return {
+            "supervisors": [s.snapshot() for s in sups],
+            "count": len(sups),
+            "working": sum(1 for s in sups if s.working),
+        }
+
+    def __repr__(self) -> str:
+        return f"<SupervisorRegistry supervisors={len(self._supervisors)}>"

@@ -1,0 +1,1 @@
+"""Stand-ins and fakes for tests, benchmarks, and trying the service offline."""

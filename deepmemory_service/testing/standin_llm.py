@@ -1,0 +1,222 @@
+"""A local stand-in for an OpenAI-compatible chat-completions API, with injectable faults.
+
+Tests, benchmarks, and anyone trying the service offline point `DEEPMEMORY_LLM_BASE_URL`
+at it. Faults come from a deterministic `schedule` (consumed call by call) or at random
+with `fault_rate` over the `faults` mix: `429` (with Retry-After), `500`, `hang` (past any
+client timeout), `bad_json`, `wrong_count`. `fail_after=N` fails every call after the Nth
+with a 500. The config can be changed while it runs: `POST /_standin/config` with JSON,
+`GET /_standin/stats`, `POST /_standin/reset`.
+
+    python -m deepmemory_service.testing.standin_llm --port 8900 --latency-ms 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import random
+import re
+import time
+from collections import Counter
+from typing import Any
+
+import attrs
+from aiohttp import web
+
+from deepmemory_service.generators import OfflineQuestionGenerator
+from deepmemory_service.models import Chunk
+
+FAULTS = ("429", "500", "hang", "bad_json", "wrong_count")
+_COUNT = re.compile(r"Write exactly (\d+) questions")
+_PASSAGE = re.compile(r'Passage:\n"""\n(.*)\n"""', re.DOTALL)
+
+
+def chunk_key(text: str) -> str:
+    """How the stand-in names a chunk in its stats: a digest of the passage text."""
+    return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()[:16]
+
+
+@attrs.define
+class StandinConfig:
+    latency_ms: float = 0.0
+    jitter_ms: float = 0.0
+    fault_rate: float = 0.0
+    faults: tuple[str, ...] = FAULTS
+    schedule: list[str] = attrs.field(factory=list)
+    retry_after_s: int = 1
+    hang_s: float = 3600.0
+    fail_after: int | None = None
+    api_key: str | None = attrs.field(default=None, repr=False)
+    seed: int = 1234
+
+
+@attrs.define
+class StandinStats:
+    calls: int = 0
+    successes: int = 0
+    faults: Counter[str] = attrs.field(factory=Counter)
+    # successful calls per chunk (by `chunk_key` of its text)
+    per_chunk: Counter[str] = attrs.field(factory=Counter)
+
+    def clear(self) -> None:
+        self.calls = self.successes = 0
+        self.faults.clear()
+        self.per_chunk.clear()
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "calls": self.calls,
+            "successes": self.successes,
+            "faults": dict(self.faults),
+            "per_chunk": dict(self.per_chunk),
+        }
+
+
+CONFIG = web.AppKey("standin_config", StandinConfig)
+STATS = web.AppKey("standin_stats", StandinStats)
+RNG = web.AppKey("standin_rng", random.Random)
+_offline = OfflineQuestionGenerator()
+
+
+def _pick_fault(app: web.Application) -> str | None:
+    cfg, stats = app[CONFIG], app[STATS]
+    if cfg.fail_after is not None and stats.calls > cfg.fail_after:
+        return "500"
+    if cfg.schedule:
+        step = cfg.schedule.pop(0)
+        return None if step == "ok" else step
+    if cfg.fault_rate and app[RNG].random() < cfg.fault_rate:
+        return app[RNG].choice(cfg.faults)
+    return None
+
+
+def _completion(content: str, model: str) -> dict[str, Any]:
+    return {
+        "id": f"chatcmpl-standin-{int(time.time() * 1000)}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "stop",
+                "message": {"role": "assistant", "content": content},
+            }
+        ],
+        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+    }
+
+
+async def chat_completions(request: web.Request) -> web.Response:
+    app = request.app
+    cfg, stats = app[CONFIG], app[STATS]
+    if cfg.api_key is not None and request.headers.get("Authorization") != f"Bearer {cfg.api_key}":
+        return web.json_response(
+            {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}},
+            status=401,
+        )
+    body = await request.json()
+    prompt = body["messages"][-1]["content"]
+    count_match, passage_match = _COUNT.search(prompt), _PASSAGE.search(prompt)
+    if not count_match or not passage_match:
+        return web.json_response({"error": {"message": "unrecognised prompt"}}, status=400)
+    count, passage = int(count_match[1]), passage_match[1]
+    stats.calls += 1
+    fault = _pick_fault(app)
+    delay = cfg.latency_ms + (app[RNG].uniform(0, cfg.jitter_ms) if cfg.jitter_ms else 0.0)
+    if delay:
+        await asyncio.sleep(delay / 1000)
+    if fault is not None:
+        stats.faults[fault] += 1
+    if fault == "429":
+        return web.json_response(
+            {"error": {"message": "Rate limit reached"}},
+            status=429,
+            headers={"Retry-After": str(cfg.retry_after_s)},
+        )
+    if fault == "500":
+        return web.json_response({"error": {"message": "The server had an error"}}, status=500)
+    if fault == "hang":
+        await asyncio.sleep(cfg.hang_s)
+    questions = await _offline.generate(Chunk(0, passage), count)
+    if fault == "bad_json":
+        content = '{"questions": ["unterminated'
+    elif fault == "wrong_count":
+        content = json.dumps({"questions": questions[: max(0, count - 1)]})
+    else:
+        content = json.dumps({"questions": questions})
+        stats.successes += 1
+        stats.per_chunk[chunk_key(passage)] += 1
+    return web.json_response(_completion(content, body.get("model", "standin")))
+
+
+async def get_stats(request: web.Request) -> web.Response:
+    return web.json_response(request.app[STATS].as_json())
+
+
+async def set_config(request: web.Request) -> web.Response:
+    changes = await request.json()
+    cfg = request.app[CONFIG]
+    for key, value in changes.items():
+        if key not in attrs.fields_dict(StandinConfig):
+            return web.json_response({"detail": f"unknown setting {key}"}, status=400)
+        setattr(cfg, key, tuple(value) if key == "faults" else value)
+    return web.json_response({"ok": True})
+
+
+async def reset(request: web.Request) -> web.Response:
+    request.app[STATS].clear()
+    return web.json_response({"ok": True})
+
+
+def create_standin_app(config: StandinConfig | None = None) -> web.Application:
+    app = web.Application()
+    cfg = config or StandinConfig()
+    app[CONFIG] = cfg
+    app[STATS] = StandinStats()
+    app[RNG] = random.Random(cfg.seed)  # noqa: S311  # reproducible fault mix, not secrets
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_get("/_standin/stats", get_stats)
+    app.router.add_post("/_standin/config", set_config)
+    app.router.add_post("/_standin/reset", reset)
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8900)
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--jitter-ms", type=float, default=0.0)
+    parser.add_argument("--fault-rate", type=float, default=0.0)
+    parser.add_argument("--faults", default=",".join(FAULTS))
+    parser.add_argument("--fail-after", type=int)
+    parser.add_argument("--retry-after", type=int, default=1)
+    parser.add_argument("--api-key")
+    parser.add_argument("--seed", type=int, default=1234)
+    args = parser.parse_args()
+    config = StandinConfig(
+        latency_ms=args.latency_ms,
+        jitter_ms=args.jitter_ms,
+        fault_rate=args.fault_rate,
+        faults=tuple(f for f in args.faults.split(",") if f),
+        fail_after=args.fail_after,
+        retry_after_s=args.retry_after,
+        api_key=args.api_key,
+        seed=args.seed,
+    )
+    web.run_app(
+        create_standin_app(config),
+        host=args.host,
+        port=args.port,
+        access_log=None,
+        print=lambda _: print(f"stand-in LLM on http://{args.host}:{args.port}/v1", flush=True),
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""Trainers: one interface; `local` (numpy adapter) and `activeloop` (Deep Memory cloud).
+
+A trainer receives a run's pairs (question i is answered by chunk_ids[i]) and the user's
+vector store, reports progress while it works, and returns evaluation metrics and whether
+the model may be enabled. It raises `TrainingError` with a readable message on failure;
+the run then becomes `training_failed` and `proceed` re-submits the same pairs.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
+
+from attrs import frozen
+
+from deepmemory_service.embedders import Embedder
+from deepmemory_service.store import ChunkStore
+
+
+class TrainingError(Exception):
+    """Training failed; the message is shown to the user as the run's error_message."""
+
+
+@frozen
+class TrainingRequest:
+    user_id: uuid.UUID
+    run_id: uuid.UUID
+    questions: Sequence[str]
+    chunk_ids: Sequence[int]
+    store: ChunkStore
+    embedder: Embedder
+
+
+@frozen
+class TrainingProgress:
+    """What the trainer is doing now; `fraction` in [0, 1] drives the progress bar."""
+
+    message: str
+    fraction: float
+    details: dict[str, Any]
+
+
+@frozen
+class TrainingOutcome:
+    metrics: dict[str, Any]
+    can_enable: bool
+    # why the model may not be enabled (it evaluated worse than no model, say)
+    reason: str | None = None
+
+
+Reporter = Callable[[TrainingProgress], Awaitable[None]]
+
+
+class Trainer(Protocol):
+    name: str
+
+    async def train(self, request: TrainingRequest, report: Reporter) -> TrainingOutcome: ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,105 @@
+"""Training of a run: submit its pairs to the configured trainer, record the outcome.
+
+`proceed` on a `training_failed` run comes here again with the same stored pairs: nothing
+is regenerated. Any trainer failure, including a timeout, becomes `training_failed` with
+a readable message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import structlog
+
+from deepmemory_service import jobs
+from deepmemory_service.models import Job, Run, RunStatus
+from deepmemory_service.services import Services
+from deepmemory_service.supervisor import RunSupervisor
+from deepmemory_service.trainers import TrainingError, TrainingProgress, TrainingRequest
+
+log = structlog.get_logger(__name__)
+
+
+def _reason(exc: BaseException, timeout_s: float) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"Training timed out after {timeout_s:g}s"
+    if isinstance(exc, TrainingError):
+        return f"Training failed: {exc}"
+    return f"Training failed: {type(exc).__name__}: {exc}"
+
+
+async def train(svc: Services, sup: RunSupervisor, run: Run, job: Job) -> None:
+    events = svc.events
+    progress = events.progress(job.id, run.id, svc.settings.generation.progress_hz)
+    timeout_s = svc.settings.train.timeout_s
+    started = time.monotonic()
+    try:
+        async with svc.db.conn() as conn:
+            pairs = await conn.run_pairs(run.id)
+            trained_chunks = await conn.distinct_pair_chunks(run.id)
+        await events.emit(
+            job.id,
+            "status",
+            {
+                "run_id": str(run.id),
+                "status": RunStatus.TRAINING,
+                "message": f"Training {svc.trainer.name} model on {len(pairs)} pairs",
+            },
+        )
+        request = TrainingRequest(
+            user_id=run.user_id,
+            run_id=run.id,
+            questions=[q for _, q in pairs],
+            chunk_ids=[c for c, _ in pairs],
+            store=svc.stores.for_user(run.user_id),
+            embedder=svc.embedder,
+        )
+        del pairs
+
+        async def report(update: TrainingProgress) -> None:
+            await progress.update(
+                RunStatus.TRAINING,
+                round(update.fraction * 1000),
+                1000,
+                update.message,
+                details=update.details,
+            )
+
+        outcome = await asyncio.wait_for(svc.trainer.train(request, report), timeout_s)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        message = _reason(exc, timeout_s)
+        log.warning("training failed", error=message)
+        svc.metrics.training_failures += 1
+        await progress.flush()
+        await jobs.fail(svc, job, run, RunStatus.TRAINING, RunStatus.TRAINING_FAILED, message)
+        return
+
+    await progress.flush()
+    async with svc.db.tx(lock_user=run.user_id) as conn:
+        completed = await conn.complete_run(run.id, svc.owner, outcome.metrics)
+        if completed is not None:
+            await conn.record_training(
+                run.user_id,
+                run.id,
+                trained_chunks,
+                outcome.can_enable,
+                outcome.reason,
+                outcome.metrics,
+            )
+    if completed is None:
+        await jobs.end_failed(
+            svc, job, run, RunStatus.TRAINING_FAILED, "run changed while training"
+        )
+        return
+    svc.metrics.training_runs += 1
+    log.info(
+        "training finished",
+        seconds=round(time.monotonic() - started, 3),
+        can_enable=outcome.can_enable,
+    )
+    await jobs.end_done(
+        svc, job, run, RunStatus.COMPLETED, can_enable=outcome.can_enable, metrics=outcome.metrics
+    )

@@ -1,0 +1,235 @@
+"""Backend routes under /v1/api: thin handlers that parse, ask the user's supervisor, reply."""
+
+from __future__ import annotations
+
+import hmac
+import uuid
+from datetime import datetime
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from deepmemory_service import documents, runs
+from deepmemory_service.db import RunListing
+from deepmemory_service.errors import Conflict, NotFound, Unauthorized, run_not_found
+from deepmemory_service.keys import SERVICES, SETTINGS, SUPERVISORS
+from deepmemory_service.models import JobAccepted, Run
+from deepmemory_service.payloads import (
+    DocumentsIn,
+    GenerateIn,
+    ProceedIn,
+    SettingsIn,
+    TrainIn,
+    path_uuid,
+    query_int,
+    query_uuid,
+    read_json,
+)
+from deepmemory_service.supervisor import RunSupervisor
+
+routes = web.RouteTableDef()
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _accepted(accepted: JobAccepted) -> web.Response:
+    body: dict[str, Any] = {
+        "job_id": str(accepted.job_id),
+        "training_run_id": str(accepted.training_run_id),
+    }
+    if accepted.message is not None:
+        body["message"] = accepted.message
+    return web.json_response(body, status=202)
+
+
+def run_json(run: Run, latest_job_id: uuid.UUID | None) -> dict[str, Any]:
+    return {
+        "id": str(run.id),
+        "status": run.status,
+        "error_message": run.error_message,
+        "questions_per_chunk": run.questions_per_chunk,
+        "auto_train": run.auto_train,
+        "total_chunks": run.total_chunks,
+        "generated_chunks": run.generated_chunks,
+        "pair_count": run.pair_count,
+        "metrics": run.metrics,
+        "created_at": _iso(run.created_at),
+        "updated_at": _iso(run.updated_at),
+        "completed_at": _iso(run.completed_at),
+        "latest_job_id": str(latest_job_id) if latest_job_id else None,
+    }
+
+
+def _bind(**values: str) -> None:
+    structlog.contextvars.bind_contextvars(**values)
+
+
+@routes.post("/deep-memory/generate")
+async def generate(request: web.Request) -> web.Response:
+    body = await read_json(request, GenerateIn)
+    _bind(user_id=str(body.user_id))
+    svc = request.app[SERVICES]
+
+    async def handle(sup: RunSupervisor) -> JobAccepted:
+        return await runs.generate(svc, sup, body.questions_per_chunk, body.auto_train)
+
+    return _accepted(await request.app[SUPERVISORS].ask(body.user_id, "generate", handle))
+
+
+@routes.post("/deep-memory/proceed")
+async def proceed(request: web.Request) -> web.Response:
+    body = await read_json(request, ProceedIn)
+    _bind(user_id=str(body.user_id), run_id=str(body.training_run_id))
+    svc = request.app[SERVICES]
+
+    async def handle(sup: RunSupervisor) -> JobAccepted:
+        return await runs.proceed(svc, sup, body.training_run_id)
+
+    return _accepted(await request.app[SUPERVISORS].ask(body.user_id, "proceed", handle))
+
+
+@routes.post("/deep-memory/train")
+async def train(request: web.Request) -> web.Response:
+    body = await read_json(request, TrainIn)
+    _bind(user_id=str(body.user_id), run_id=str(body.training_run_id))
+    svc = request.app[SERVICES]
+
+    async def handle(sup: RunSupervisor) -> JobAccepted:
+        return await runs.train(svc, sup, body.training_run_id)
+
+    return _accepted(await request.app[SUPERVISORS].ask(body.user_id, "train", handle))
+
+
+@routes.delete("/deep-memory/runs/{run_id}")
+async def delete_run(request: web.Request) -> web.Response:
+    user_id = query_uuid(request, "user_id")
+    run_id = path_uuid(request, "run_id")
+    _bind(user_id=str(user_id), run_id=str(run_id))
+    svc = request.app[SERVICES]
+
+    async def handle(sup: RunSupervisor) -> str:
+        return await runs.delete(svc, sup, run_id)
+
+    message = await request.app[SUPERVISORS].ask(user_id, "delete", handle)
+    return web.json_response({"message": message})
+
+
+@routes.get("/deep-memory/runs")
+async def list_runs(request: web.Request) -> web.Response:
+    user_id = query_uuid(request, "user_id")
+    limit = query_int(request, "limit", 50, 1, 500)
+    async with request.app[SERVICES].db.conn() as conn:
+        listing: list[RunListing] = await conn.list_runs(user_id, limit)
+    return web.json_response({"runs": [run_json(r.run, r.latest_job_id) for r in listing]})
+
+
+@routes.get("/deep-memory/runs/{run_id}")
+async def get_run(request: web.Request) -> web.Response:
+    user_id = query_uuid(request, "user_id")
+    run_id = path_uuid(request, "run_id")
+    async with request.app[SERVICES].db.conn() as conn:
+        run = await conn.get_run(run_id, user_id)
+        if run is None:
+            raise run_not_found()
+        latest = await conn.latest_job_id(run.id)
+    return web.json_response(run_json(run, latest))
+
+
+async def _settings_json(request: web.Request, user_id: uuid.UUID) -> dict[str, Any]:
+    svc = request.app[SERVICES]
+    async with svc.db.conn() as conn:
+        row = await conn.get_settings(user_id)
+        blocking = await conn.blocking_run(user_id)
+        total = await conn.total_chunks(user_id)
+    return {
+        "enabled": row.enabled if row else False,
+        "last_trained_at": _iso(row.last_trained_at) if row else None,
+        "last_training_run_id": (
+            str(row.last_training_run_id) if row and row.last_training_run_id else None
+        ),
+        "can_enable": row.can_enable if row else False,
+        "total_chunks": total,
+        "trained_chunk_count": row.trained_chunk_count if row else 0,
+        "has_blocking_run": blocking is not None,
+        "blocking_run_id": str(blocking[0]) if blocking else None,
+        "blocking_run_status": str(blocking[1]) if blocking else None,
+        "is_cloud": svc.settings.is_cloud,
+        # beyond the spec: which trainer is on, and why a model may not be enabled
+        "trainer": svc.settings.trainer,
+        "can_enable_reason": row.can_enable_reason if row else None,
+    }
+
+
+@routes.get("/deep-memory/settings")
+async def get_settings(request: web.Request) -> web.Response:
+    user_id = query_uuid(request, "user_id")
+    return web.json_response(await _settings_json(request, user_id))
+
+
+@routes.put("/deep-memory/settings")
+async def put_settings(request: web.Request) -> web.Response:
+    body = await read_json(request, SettingsIn)
+    svc = request.app[SERVICES]
+
+    async def handle(sup: RunSupervisor) -> None:
+        async with svc.db.tx(lock_user=body.user_id) as conn:
+            row = await conn.get_settings(body.user_id)
+            if body.enabled and (row is None or not row.can_enable):
+                reason = (
+                    row.can_enable_reason
+                    if row and row.can_enable_reason
+                    else (
+                        "no trained model yet"
+                        if row is None or row.last_training_run_id is None
+                        else "the trained model may not be enabled"
+                    )
+                )
+                raise Conflict(f"Deep Memory cannot be enabled: {reason}")
+            await conn.set_enabled(body.user_id, body.enabled)
+
+    await request.app[SUPERVISORS].ask(body.user_id, "settings", handle)
+    return web.json_response(await _settings_json(request, body.user_id))
+
+
+@routes.post("/documents")
+async def add_documents(request: web.Request) -> web.Response:
+    body = await read_json(request, DocumentsIn)
+    _bind(user_id=str(body.user_id))
+    result = await documents.ingest(request.app[SERVICES], body.user_id, body.documents)
+    return web.json_response(
+        {
+            "document_ids": [str(d) for d in result.document_ids],
+            "chunks": result.chunks,
+            "total_chunks": result.total_chunks,
+        },
+        status=201,
+    )
+
+
+@routes.get("/debug/supervisors")
+async def debug_supervisors(request: web.Request) -> web.Response:
+    admin = request.app[SETTINGS].admin_token
+    given = request.headers.get("X-Admin-Token", "")
+    if not admin:
+        raise NotFound("Not found")
+    if not hmac.compare_digest(given.encode(), admin.encode()):
+        raise Unauthorized("Admin token required in the X-Admin-Token header")
+    svc = request.app[SERVICES]
+    snapshot = request.app[SUPERVISORS].snapshot()
+    snapshot["broadcaster"] = {
+        "subscribers": svc.broadcaster.subscriber_count,
+        "published": svc.broadcaster.published,
+        "lagged": svc.broadcaster.lagged,
+    }
+    snapshot["instance_id"] = svc.owner
+    return web.json_response(snapshot)
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    async with request.app[SERVICES].db.conn() as conn:
+        await conn.raw.fetchval("SELECT 1")
+    return web.json_response({"status": "ok"})

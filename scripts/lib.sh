@@ -1,0 +1,53 @@
+# Shared by scripts/serve, scripts/test and the benchmarks: a local venv, refreshed when
+# pyproject.toml changes. Sourced, not run.
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+PY="$VENV/bin/python"
+
+pick_python() {
+    for candidate in python3.12 python3.11 python3; do
+        if command -v "$candidate" >/dev/null 2>&1 &&
+            "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+            echo "$candidate"
+            return
+        fi
+    done
+    echo "deepmemory-service needs Python 3.11 or newer" >&2
+    exit 1
+}
+
+# ensure_venv EXTRAS: installs the package (editable) with EXTRAS ("" or "test" or "test,minilm")
+ensure_venv() {
+    local extras="$1"
+    local stamp="$VENV/.installed"
+    local want
+    want="$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16) [$extras]"
+    if [ ! -x "$PY" ]; then
+        "$(pick_python)" -m venv "$VENV"
+    fi
+    if [ ! -f "$stamp" ] || ! grep -qxF "$want" "$stamp"; then
+        echo "Installing deepmemory-service${extras:+[$extras]} into $VENV ..." >&2
+        "$PY" -m pip install --quiet --disable-pip-version-check --upgrade pip
+        local spec="$ROOT"
+        [ -n "$extras" ] && spec="$ROOT[$extras]"
+        "$PY" -m pip install --quiet --disable-pip-version-check -e "$spec"
+        echo "$want" > "$stamp"
+    fi
+}
+
+# Debian's Chromium for the browser tests; never a browser downloaded by a test tool.
+ensure_chromium() {
+    if [ -x /usr/bin/chromium ]; then
+        return 0
+    fi
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "Installing Debian's chromium for the browser tests ..." >&2
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq >/dev/null
+        apt-get install -y -qq chromium >/dev/null
+    else
+        echo "warning: /usr/bin/chromium is missing and cannot be installed here" >&2
+        return 1
+    fi
+}

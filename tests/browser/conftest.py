@@ -1,0 +1,57 @@
+"""Headless Debian Chromium driven by Playwright; the browser is never downloaded."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+SHOTS = Path(__file__).resolve().parents[2] / "test-output" / "screenshots"
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    if not Path(CHROMIUM).exists():  # noqa: ASYNC240  # one stat before the browser starts
+        pytest.fail(f"{CHROMIUM} is missing: scripts/test installs Debian's chromium")
+    from playwright.async_api import async_playwright
+
+    profile = tempfile.mkdtemp(prefix="dm-chromium-")
+    async with async_playwright() as pw:
+        context = await pw.chromium.launch_persistent_context(
+            profile,
+            executable_path=CHROMIUM,
+            args=ARGS,
+            headless=True,
+            viewport={"width": 1100, "height": 900},
+        )
+        try:
+            yield context
+        finally:
+            await context.close()
+            shutil.rmtree(profile, ignore_errors=True)
+
+
+def screenshot_path(name: str) -> str:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    return str(SHOTS / f"{name}.png")
+
+
+async def shot(page: Any, name: str) -> None:
+    """A full-page screenshot with transitions finished, so it shows the state the test
+    just checked rather than a progress bar caught mid-slide."""
+    await page.screenshot(path=screenshot_path(name), full_page=True, animations="disabled")

@@ -1,0 +1,283 @@
+"""Shared fixtures: a real PostgreSQL (embedded pgserver, or DEEPMEMORY_TEST_DATABASE_URL),
+a fresh database per test cloned from a migrated template, and the real app over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import attrs
+import pytest
+import yarl
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from deepmemory_service import migrations
+from deepmemory_service.app import Parts, create_app
+from deepmemory_service.config import Settings, load_settings
+from deepmemory_service.embedded_pg import EmbeddedPostgres
+from deepmemory_service.keys import BACKEND, SERVICES, SUPERVISORS
+from deepmemory_service.services import Services
+
+SERVICE_TOKEN = "test-service-token"
+SECRET_KEY = "test-secret-key-of-at-least-32-bytes"
+TEMPLATE = f"dm_template_{os.getpid()}"
+
+
+def _with_db(url: str, name: str) -> str:
+    parsed = yarl.URL(url)
+    # with_path drops the query, which carries pgserver's socket directory
+    return str(parsed.with_path(f"/{name}").with_query(parsed.query))
+
+
+@pytest.fixture(scope="session")
+def pg_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An admin URL of the server under test."""
+    configured = os.environ.get("DEEPMEMORY_TEST_DATABASE_URL")
+    if configured:
+        yield configured
+        return
+    embedded = EmbeddedPostgres(tmp_path_factory.mktemp("pg"))
+    try:
+        yield embedded.start()
+    finally:
+        embedded.stop()
+
+
+async def _admin(pg_url: str) -> asyncpg.Connection:
+    return await asyncpg.connect(pg_url, timeout=10)
+
+
+@pytest.fixture(scope="session")
+def template_db(pg_url: str) -> Iterator[str]:
+    async def make() -> None:
+        admin = await _admin(pg_url)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}"')
+            await admin.execute(f'CREATE DATABASE "{TEMPLATE}"')
+        finally:
+            await admin.close()
+        await migrations.migrate_url(_with_db(pg_url, TEMPLATE))
+
+    async def drop() -> None:
+        admin = await _admin(pg_url)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+    asyncio.run(make())
+    yield TEMPLATE
+    asyncio.run(drop())
+
+
+@pytest.fixture
+async def fresh_db(pg_url: str) -> AsyncIterator[Callable[..., Awaitable[str]]]:
+    """A factory of empty databases (optionally cloned from a template); dropped afterwards."""
+    made: list[str] = []
+
+    async def make(template: str | None = None) -> str:
+        name = f"dm_test_{uuid.uuid4().hex[:12]}"
+        admin = await _admin(pg_url)
+        try:
+            clause = f' TEMPLATE "{template}"' if template else ""
+            await admin.execute(f'CREATE DATABASE "{name}"{clause}')
+        finally:
+            await admin.close()
+        made.append(name)
+        return _with_db(pg_url, name)
+
+    yield make
+    admin = await _admin(pg_url)
+    try:
+        for name in made:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def database_url(fresh_db: Callable[..., Awaitable[str]], template_db: str) -> str:
+    return await fresh_db(template_db)
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    return load_settings(
+        {},
+        overrides={
+            "data_dir": str(tmp_path / "data"),
+            "database.url": database_url,
+            "service_token": SERVICE_TOKEN,
+            "secret_key": SECRET_KEY,
+            "admin_token": "test-admin-token",
+            "instance_id": f"test-{uuid.uuid4().hex[:8]}",
+            "concurrency": 4,
+            "log_format": "json",
+            # the sweeper must not race a test's own runs
+            "lease.sweep_s": 3600.0,
+        },
+    )
+
+
+@pytest.fixture
+def make_app(settings: Settings) -> Callable[..., web.Application]:
+    def make(settings_: Settings | None = None, **parts: Any) -> web.Application:
+        return create_app(settings_ or settings, Parts(**parts))
+
+    return make
+
+
+@attrs.define
+class Api:
+    """A test client that speaks to the backend with the service token."""
+
+    client: TestClient[Any, Any]
+    token: str = SERVICE_TOKEN
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    @property
+    def services(self) -> Services:
+        return self.client.app[BACKEND][SERVICES]
+
+    async def call(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+        headers = {**self.headers, **kwargs.pop("headers", {})}
+        async with self.client.request(method, f"/v1/api{path}", headers=headers, **kwargs) as resp:
+            body = (
+                await resp.json() if resp.content_type == "application/json" else await resp.text()
+            )
+            return resp.status, body
+
+    async def ingest(self, user_id: uuid.UUID, n_chunks: int) -> int:
+        """Adds `n_chunks` one-paragraph documents; returns the user's total chunks."""
+        docs = [{"title": f"doc {i}", "text": paragraph(i)} for i in range(n_chunks)]
+        status, body = await self.call(
+            "POST", "/documents", json={"user_id": str(user_id), "documents": docs}
+        )
+        assert status == 201, body
+        total: int = body["total_chunks"]
+        return total
+
+    async def run(self, user_id: uuid.UUID, run_id: str) -> dict[str, Any]:
+        status, body = await self.call(
+            "GET", f"/deep-memory/runs/{run_id}", params={"user_id": str(user_id)}
+        )
+        assert status == 200, body
+        run: dict[str, Any] = body
+        return run
+
+    async def wait_status(
+        self, user_id: uuid.UUID, run_id: str, *statuses: str, timeout: float = 30.0
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            run = await self.run(user_id, run_id)
+            if run["status"] in statuses:
+                return run
+            if time.monotonic() > deadline:
+                raise AssertionError(f"run stayed {run['status']}, wanted {statuses}: {run}")
+            await asyncio.sleep(0.02)
+
+    async def idle(self, user_id: uuid.UUID) -> None:
+        """Until the user's supervisor has no work left (no run task in flight)."""
+        sup = self.client.app[BACKEND][SUPERVISORS].find(user_id)
+        if sup is not None:
+            await sup.wait_idle()
+
+
+_TOPICS = [
+    "PostgreSQL advisory locks serialise work across processes",
+    "Server-sent events stream progress to the browser",
+    "A linear adapter maps query embeddings toward relevant chunks",
+    "Vector stores keep embeddings next to the text they encode",
+    "Retries with exponential backoff honour the Retry-After header",
+    "The supervisor actor owns one user's commands through an inbox",
+]
+
+
+def paragraph(i: int) -> str:
+    topic = _TOPICS[i % len(_TOPICS)]
+    return (
+        f"Section {i}: {topic}. Item {i} explains detail number {i * 7 % 13} about "
+        f"component{i} and its interaction with module{i % 5}."
+    )
+
+
+# make_app comes first: the database outlives the client, whose shutdown still writes to it
+@pytest.fixture
+async def api(make_app: Callable[..., web.Application], aiohttp_client: Any) -> Api:
+    return Api(await aiohttp_client(make_app()))
+
+
+@pytest.fixture
+def api_factory(
+    make_app: Callable[..., web.Application], aiohttp_client: Any
+) -> Callable[..., Awaitable[Api]]:
+    async def make(settings_: Settings | None = None, **parts: Any) -> Api:
+        return Api(await aiohttp_client(make_app(settings_, **parts)))
+
+    return make
+
+
+@pytest.fixture
+def user_id() -> uuid.UUID:
+    return uuid.uuid4()
+
+
+@attrs.frozen
+class SseEvent:
+    id: int
+    event: str
+    data: dict[str, Any]
+
+
+async def read_stream(
+    api: Api,
+    user_id: uuid.UUID,
+    job_id: str,
+    *,
+    last_event_id: int | None = None,
+    timeout: float = 30.0,
+    path: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> list[SseEvent]:
+    """Reads a job's SSE stream until the server closes it (after the terminal event)."""
+    hdrs = dict(api.headers if path is None else {})
+    hdrs.update(headers or {})
+    if last_event_id is not None:
+        hdrs["Last-Event-ID"] = str(last_event_id)
+    url = path or f"/v1/api/events/stream/{job_id}"
+    params = {"user_id": str(user_id)} if path is None else {}
+    events: list[SseEvent] = []
+    async with asyncio.timeout(timeout), api.client.get(url, params=params, headers=hdrs) as resp:
+        assert resp.status == 200, await resp.text()
+        assert resp.content_type == "text/event-stream"
+        fields: dict[str, str] = {}
+        async for raw in resp.content:
+            line = raw.decode().rstrip("\r\n")
+            if line == "":
+                if "data" in fields:
+                    events.append(
+                        SseEvent(
+                            int(fields["id"]),
+                            fields.get("event", "message"),
+                            json.loads(fields["data"]),
+                        )
+                    )
+                fields = {}
+                continue
+            if line.startswith(":"):
+                continue
+            name, _, value = line.partition(":")
+            fields[name] = value.removeprefix(" ")
+    return events

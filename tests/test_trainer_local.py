@@ -1,0 +1,167 @@
+"""The local trainer on a small fixed corpus in a real deeplake dataset, and search with it."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import attrs
+import numpy as np
+import pytest
+
+from deepmemory_service.config import load_settings
+from deepmemory_service.embedders import HashingEmbedder
+from deepmemory_service.search import NoModelError, search_chunks
+from deepmemory_service.store import ChunkStore
+from deepmemory_service.trainer_local import LocalTrainer, load_adapter, model_path
+from deepmemory_service.trainers import TrainingError, TrainingProgress, TrainingRequest
+
+TOPICS = [
+    "volcano", "glacier", "reef", "desert", "forest", "river", "cave", "prairie",
+    "tundra", "marsh", "canyon", "island", "comet", "nebula", "quasar", "pulsar",
+    "violin", "cello", "oboe", "banjo", "harp", "tuba", "lute", "sitar",
+    "sourdough", "risotto", "paella", "ramen", "strudel", "falafel", "gnocchi", "tamale",
+    "falcon", "otter", "badger", "heron", "lynx", "walrus", "gecko", "moose",
+    "bridge", "tunnel", "aqueduct", "lighthouse", "windmill", "pagoda", "citadel", "dam",
+    "chess", "rugby", "fencing", "curling", "polo", "archery", "rowing", "judo",
+    "copper", "cobalt", "nickel", "zinc",
+]  # fmt: skip
+# every question carries these words, and so does one distractor chunk: before training it
+# wins every search; the model has to learn that these words say nothing
+NOISE = "zebra quokka axolotl narwhal okapi"
+
+
+def corpus() -> list[str]:
+    texts = [f"{NOISE}. A note that lists animals and nothing else."]
+    for i, topic in enumerate(TOPICS):
+        words = [f"{topic}{suffix}" for suffix in ("al", "ite", "ism", "ary")]
+        texts.append(
+            f"The {topic} chapter {i} covers {words[0]} and {words[1]}. "
+            f"Experts on the {topic} also study {words[2]} with {words[3]}."
+        )
+    return texts
+
+
+def training_pairs(texts: list[str]) -> tuple[list[str], list[int]]:
+    questions, chunk_ids = [], []
+    for chunk_id, text in enumerate(texts[1:], start=1):
+        topic = text.split()[1]
+        for suffix in ("al", "ite", "ism", "ary"):
+            questions.append(f"{NOISE} {topic}{suffix}?")
+            chunk_ids.append(chunk_id)
+    return questions, chunk_ids
+
+
+async def make_store(tmp_path: Path, embedder: HashingEmbedder) -> tuple[ChunkStore, list[str]]:
+    texts = corpus()
+    store = ChunkStore(str(tmp_path / "stores" / "user"), embedder.name, embedder.dimension)
+    ids = list(range(len(texts)))
+    await store.add(ids, texts, await embedder.embed(texts), [{} for _ in ids])
+    return store, texts
+
+
+def settings(epochs: int = 40) -> LocalTrainer:
+    return LocalTrainer(attrs.evolve(load_settings({}).train, epochs=epochs))
+
+
+async def test_training_helps_held_out_and_differently_phrased_queries(tmp_path: Path) -> None:
+    embedder = HashingEmbedder(dimension=512)
+    store, texts = await make_store(tmp_path, embedder)
+    questions, chunk_ids = training_pairs(texts)
+    reports: list[TrainingProgress] = []
+
+    async def report(update: TrainingProgress) -> None:
+        reports.append(update)
+
+    run_id = uuid.uuid4()
+    request = TrainingRequest(uuid.uuid4(), run_id, questions, chunk_ids, store, embedder)
+    outcome = await settings().train(request, report)
+
+    m = outcome.metrics
+    assert outcome.can_enable, outcome.reason
+    assert m["with_model"]["recall@10"] >= m["without_model"]["recall@10"]
+    assert m["with_model"]["recall@1"] > m["without_model"]["recall@1"]
+    assert m["eval_queries"] > 0
+
+    # progress: epoch, loss and held-out recall, in order, as fractions
+    assert reports
+    epochs = [r.details["epoch"] for r in reports]
+    assert epochs == sorted(epochs)
+    assert {"loss", "recall@10"} <= set(reports[-1].details)
+    assert all(0 < r.fraction <= 1 for r in reports)
+
+    # the model lives beside the store, with what it was made from
+    with np.load(model_path(store)) as saved:
+        assert str(saved["embedder"]) == "hashing"
+        assert int(saved["dimension"]) == 512
+        assert str(saved["run_id"]) == str(run_id)
+        assert json.loads(str(saved["metrics"]))["with_model"] == m["with_model"]
+    assert load_adapter(store) is not None
+
+    # queries worded unlike any training question: reordered noise, other filler words
+    noise = " ".join(reversed(NOISE.split()))
+    right = {False: 0, True: 0}
+    for chunk_id, text in enumerate(texts[1:], start=1):
+        topic = text.split()[1]
+        query = f"where can I read about {topic}ite, {noise}"
+        for deep_memory in (False, True):
+            (top,) = await search_chunks(store, embedder, query, 1, deep_memory=deep_memory)
+            right[deep_memory] += top.chunk_id == chunk_id
+            assert top.text == texts[top.chunk_id]
+    assert right[False] <= len(TOPICS) // 4
+    assert right[True] >= len(TOPICS) // 2
+
+
+async def test_search_without_a_model_is_refused(tmp_path: Path) -> None:
+    embedder = HashingEmbedder(dimension=512)
+    store, _ = await make_store(tmp_path, embedder)
+    with pytest.raises(NoModelError, match="No trained Deep Memory model"):
+        await search_chunks(store, embedder, "volcanoal", 3, deep_memory=True)
+    found = await search_chunks(store, embedder, "volcanoal", 3, deep_memory=False)
+    assert found[0].text.startswith("The volcano chapter")
+
+
+async def _noop(update: TrainingProgress) -> None:
+    return None
+
+
+async def test_too_few_pairs_or_unknown_chunks_are_training_errors(tmp_path: Path) -> None:
+    embedder = HashingEmbedder(dimension=512)
+    store, texts = await make_store(tmp_path, embedder)
+    questions, chunk_ids = training_pairs(texts)
+
+    few = TrainingRequest(uuid.uuid4(), uuid.uuid4(), questions[:5], chunk_ids[:5], store, embedder)
+    with pytest.raises(TrainingError, match="too few pairs to train on: 5"):
+        await settings().train(few, _noop)
+
+    unknown = TrainingRequest(
+        uuid.uuid4(), uuid.uuid4(), questions, [c + 10_000 for c in chunk_ids], store, embedder
+    )
+    with pytest.raises(TrainingError, match="refer to chunks in the vector store"):
+        await settings().train(unknown, _noop)
+
+    # one question per chunk leaves nothing to hold out
+    single = TrainingRequest(
+        uuid.uuid4(), uuid.uuid4(), questions[::4], chunk_ids[::4], store, embedder
+    )
+    with pytest.raises(TrainingError, match="too few pairs to train and evaluate"):
+        await settings().train(single, _noop)
+    assert not model_path(store).exists()
+
+
+async def test_a_store_made_by_another_embedder_is_a_training_error(tmp_path: Path) -> None:
+    embedder = HashingEmbedder(dimension=512)
+    store, texts = await make_store(tmp_path, embedder)
+    questions, chunk_ids = training_pairs(texts)
+    other = HashingEmbedder(dimension=256)
+    wrong = TrainingRequest(uuid.uuid4(), uuid.uuid4(), questions, chunk_ids, store, other)
+    with pytest.raises(TrainingError, match="dimension"):
+        await settings().train(wrong, _noop)
+
+    renamed = ChunkStore(store.path, "minilm", 512)
+    with pytest.raises(TrainingError, match="holds minilm vectors"):
+        await settings().train(
+            TrainingRequest(uuid.uuid4(), uuid.uuid4(), questions, chunk_ids, renamed, embedder),
+            _noop,
+        )

@@ -1,0 +1,64 @@
+"""Small parts on their own: the broadcaster's bound, the chunker, the offline generator."""
+
+from __future__ import annotations
+
+import uuid
+
+from deepmemory_service import chunking
+from deepmemory_service.broadcaster import Broadcaster
+from deepmemory_service.generators import OfflineQuestionGenerator
+from deepmemory_service.models import Chunk, JobEvent
+
+
+async def test_a_slow_subscriber_is_bounded_and_told_to_catch_up() -> None:
+    broadcaster = Broadcaster(queue_size=4)
+    job = uuid.uuid4()
+    slow = broadcaster.subscribe(job)
+    fast = broadcaster.subscribe(job)
+    for i in range(1, 4):
+        broadcaster.publish(JobEvent(i, job, "progress", {"done": i}))
+    assert (await fast.next()).id == 1  # type: ignore[union-attr]
+    for i in range(4, 1000):
+        broadcaster.publish(JobEvent(i, job, "progress", {"done": i}))
+        while not fast.queue.empty():
+            fast.queue.get_nowait()
+    assert slow.queue.qsize() <= 4
+    assert await slow.next() is None  # lagged: catch up from the database
+    assert broadcaster.lagged >= 1
+    slow.close()
+    fast.close()
+    assert broadcaster.subscriber_count == 0
+    assert not broadcaster.has_subscribers(job)
+
+
+async def test_close_all_ends_every_subscription() -> None:
+    broadcaster = Broadcaster()
+    sub = broadcaster.subscribe(uuid.uuid4())
+    broadcaster.close_all()
+    assert await sub.next() is None
+    assert sub.closed
+
+
+def test_chunks_respect_size_sections_and_overlap() -> None:
+    text = "# One\n\n" + " ".join(f"word{i}." for i in range(600)) + "\n\n# Two\n\nShort."
+    chunks = chunking.split(text, size=500, overlap=50)
+    assert all(len(c) <= 500 for c in chunks)
+    assert chunks[-1] == "# Two\n\nShort."
+    assert not any("# Two" in c for c in chunks[:-1])
+    # neighbouring chunks of one section share a little text
+    assert chunks[1].split()[0] in chunks[0]
+    assert chunking.split("   \n\n  ") == []
+
+
+async def test_offline_questions_are_deterministic_distinct_and_about_the_chunk() -> None:
+    gen = OfflineQuestionGenerator()
+    chunk = Chunk(
+        1,
+        "PostgreSQL advisory locks serialise commands; leases expire when "
+        "a worker dies, and the sweeper fails the run.",
+    )
+    first = await gen.generate(chunk, 5)
+    assert first == await gen.generate(chunk, 5)
+    assert len(set(first)) == 5
+    assert all(q.endswith("?") for q in first)
+    assert any("advisory" in q or "leases" in q or "sweeper" in q for q in first)
