@@ -39,6 +39,14 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     ConnectionError,
 )
+# the server went away or is restarting: a request may say so (503) instead of crashing
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    ConnectionRefusedError,
+)
 
 
 @cache
@@ -100,12 +108,16 @@ class UserSettingsRow:
     metrics: dict[str, Any] | None
 
 
-async def retrying(step: Callable[[], Awaitable[T]], attempts: int = 5) -> T:
+async def retrying(
+    step: Callable[[], Awaitable[T]],
+    attempts: int = 5,
+    errors: tuple[type[BaseException], ...] = CONNECTION_ERRORS,
+) -> T:
     """`step()`, again after a pause while the database is unreachable (pool reconnects)."""
     for attempt in range(attempts):
         try:
             return await step()
-        except CONNECTION_ERRORS as exc:
+        except errors as exc:
             if attempt == attempts - 1:
                 raise
             log.warning("database unavailable; retrying", attempt=attempt + 1, error=str(exc))

@@ -9,6 +9,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from deepmemory_service.db import UNAVAILABLE, retrying
 from deepmemory_service.embedders import EmbeddingError
 from deepmemory_service.keys import SETTINGS
 from deepmemory_service.models import RunStatus
@@ -93,9 +94,17 @@ def not_failed(status: RunStatus) -> BadRequest:
     )
 
 
+# reads are repeated through a dropped connection or a database restart; a command is not
+# (its transaction may have committed before the reply was lost), it gets a 503
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+DATABASE_UNAVAILABLE = "Database unavailable; retry shortly"
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
+        if request.method in SAFE_METHODS:
+            return await retrying(lambda: handler(request), errors=UNAVAILABLE)
         return await handler(request)
     except ServiceError as exc:
         return web.json_response(exc.body(), status=exc.status)
@@ -115,6 +124,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return web.json_response({"detail": detail}, status=exc.status, headers=headers)
     except (ConnectionResetError, web.HTTPClientError):
         raise
+    except UNAVAILABLE as exc:
+        log.warning("database unavailable", error=str(exc))
+        return web.json_response(
+            {"detail": DATABASE_UNAVAILABLE}, status=503, headers={"Retry-After": "1"}
+        )
     except Exception:
         log.exception("unhandled error")
         return web.json_response({"detail": "Internal server error"}, status=500)

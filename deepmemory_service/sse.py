@@ -9,23 +9,94 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 
+import attrs
+import structlog
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse, sse_response
 
+from deepmemory_service.broadcaster import Subscription
+from deepmemory_service.db import UNAVAILABLE, retrying
 from deepmemory_service.errors import InvalidInput, NotFound
 from deepmemory_service.keys import SERVICES
 from deepmemory_service.models import JobEvent
 from deepmemory_service.payloads import path_uuid, query_uuid
+from deepmemory_service.services import Services
 
+log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
 PING_S = 15.0
 
 
-async def _send(resp: EventSourceResponse, event: JobEvent) -> None:
-    await resp.send(
-        json.dumps(event.data, separators=(",", ":")), id=str(event.id), event=event.event
-    )
+@attrs.define
+class JobStream:
+    """One client's view of a job's events: what it was sent last, and where to get more."""
+
+    svc: Services
+    job_id: uuid.UUID
+    user_id: uuid.UUID
+    resp: EventSourceResponse
+    sub: Subscription
+    last: int
+
+    async def send(self, event: JobEvent) -> None:
+        await self.resp.send(
+            json.dumps(event.data, separators=(",", ":")), id=str(event.id), event=event.event
+        )
+        self.last = event.id
+
+    async def _stored_after(self) -> list[JobEvent]:
+        async with self.svc.db.conn() as conn:
+            return await conn.events_after(self.job_id, self.last)
+
+    async def _job_running(self) -> bool:
+        async with self.svc.db.conn() as conn:
+            current = await conn.get_job(self.job_id, self.user_id)
+        return current is not None and current.status == "running"
+
+    async def catch_up(self) -> bool:
+        """Sends stored events after `last`; True once the terminal one is sent."""
+        while True:
+            stored = await retrying(self._stored_after)
+            for event in stored:
+                await self.send(event)
+                if event.is_terminal:
+                    return True
+            if len(stored) < 500:
+                return False
+
+    async def follow(self) -> None:
+        if await self.catch_up():
+            return
+        # a finished job stored its terminal event before finishing: nothing more comes
+        if not await retrying(self._job_running):
+            await self.catch_up()
+            return
+        gone = asyncio.ensure_future(self.resp.wait())
+        try:
+            while True:
+                upcoming = asyncio.ensure_future(self.sub.next())
+                await asyncio.wait({upcoming, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if not upcoming.done():
+                    # the client went away (the ping failed): nothing to send to
+                    upcoming.cancel()
+                    return
+                event = upcoming.result()
+                if self.sub.closed:
+                    return
+                if event is None:
+                    # this subscriber lagged and its queue was dropped: read what it missed
+                    if await self.catch_up():
+                        return
+                    continue
+                if event.id <= self.last:
+                    continue
+                await self.send(event)
+                if event.is_terminal:
+                    return
+        finally:
+            gone.cancel()
 
 
 @routes.get("/events/stream/{job_id}")
@@ -35,7 +106,6 @@ async def stream(request: web.Request) -> web.StreamResponse:
     raw_last = request.headers.get("Last-Event-ID", "").strip() or "0"
     if not raw_last.isdigit():
         raise InvalidInput(f"Last-Event-ID: must be an event id (an integer), got {raw_last!r}")
-    last = int(raw_last)
     svc = request.app[SERVICES]
     async with svc.db.conn() as conn:
         job = await conn.get_job(job_id, user_id)
@@ -44,51 +114,9 @@ async def stream(request: web.Request) -> web.StreamResponse:
 
     with svc.broadcaster.subscribe(job_id) as sub:
         async with sse_response(request, ping_interval=PING_S) as resp:
-
-            async def catch_up() -> bool:
-                """Sends stored events after `last`; True once the terminal one is sent."""
-                nonlocal last
-                while True:
-                    async with svc.db.conn() as conn:
-                        stored = await conn.events_after(job_id, last)
-                    for event in stored:
-                        await _send(resp, event)
-                        last = event.id
-                        if event.is_terminal:
-                            return True
-                    if len(stored) < 500:
-                        return False
-
-            if await catch_up():
-                return resp
-            async with svc.db.conn() as conn:
-                current = await conn.get_job(job_id, user_id)
-            # a finished job stored its terminal event before finishing: nothing more comes
-            if current is None or current.status != "running":
-                await catch_up()
-                return resp
-            gone = asyncio.ensure_future(resp.wait())
             try:
-                while True:
-                    upcoming = asyncio.ensure_future(sub.next())
-                    await asyncio.wait({upcoming, gone}, return_when=asyncio.FIRST_COMPLETED)
-                    if not upcoming.done():
-                        # the client went away (the ping failed): nothing to send to
-                        upcoming.cancel()
-                        break
-                    event = upcoming.result()
-                    if sub.closed:
-                        break
-                    if event is None:
-                        if await catch_up():
-                            break
-                        continue
-                    if event.id <= last:
-                        continue
-                    await _send(resp, event)
-                    last = event.id
-                    if event.is_terminal:
-                        break
-            finally:
-                gone.cancel()
+                await JobStream(svc, job_id, user_id, resp, sub, int(raw_last)).follow()
+            except UNAVAILABLE as exc:
+                # a clean end; the client reconnects with Last-Event-ID and misses nothing
+                log.warning("event stream ended: database unavailable", error=str(exc))
     return resp

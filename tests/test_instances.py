@@ -4,6 +4,7 @@ cross between them, and a process killed with SIGKILL leaves every run recoverab
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import signal
@@ -164,6 +165,32 @@ async def assert_one_pair_set_per_chunk(db_url: str, run_id: str, qpc: int) -> N
     assert {r["n"] for r in rows} == {qpc}, "a chunk has missing or duplicate pairs"
 
 
+async def read_events(
+    instance: Instance, user: uuid.UUID, job_id: str
+) -> list[tuple[str, str, dict[str, Any]]]:
+    """A job's SSE stream until the server ends it: (id, event, data) per event."""
+    events, fields = [], {}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(
+            f"{instance.url}/v1/api/events/stream/{job_id}",
+            params={"user_id": str(user)},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        ) as resp,
+    ):
+        assert resp.status == 200
+        async for raw in resp.content:
+            line = raw.decode().rstrip("\r\n")
+            if not line:
+                if "data" in fields:
+                    events.append((fields["id"], fields["event"], json.loads(fields["data"])))
+                fields = {}
+            elif not line.startswith(":"):
+                name, _, value = line.partition(":")
+                fields[name] = value.strip()
+    return events
+
+
 async def test_a_hundred_generates_over_two_instances_make_one_run(cluster: Any) -> None:
     start, db_url, _ = cluster
     a, b = await start(), await start()
@@ -205,30 +232,12 @@ async def test_subscribers_on_one_instance_see_a_job_running_on_another(cluster:
         "POST", "/deep-memory/generate", json={"user_id": str(user), "questions_per_chunk": 1}
     )
 
-    async def read(instance: Instance) -> list[tuple[str, str]]:
-        events, fields = [], {}
-        async with (
-            aiohttp.ClientSession() as http,
-            http.get(
-                f"{instance.url}/v1/api/events/stream/{body['job_id']}",
-                params={"user_id": str(user)},
-                headers={"Authorization": f"Bearer {TOKEN}"},
-            ) as resp,
-        ):
-            async for raw in resp.content:
-                line = raw.decode().rstrip("\r\n")
-                if not line:
-                    if "data" in fields:
-                        events.append((fields["id"], fields["event"]))
-                    fields = {}
-                elif not line.startswith(":"):
-                    name, _, value = line.partition(":")
-                    fields[name] = value.strip()
-        return events
-
-    on_b, on_a = await asyncio.wait_for(asyncio.gather(read(b), read(a)), 60)
+    on_b, on_a = await asyncio.wait_for(
+        asyncio.gather(read_events(b, user, body["job_id"]), read_events(a, user, body["job_id"])),
+        60,
+    )
     assert on_b[-1][1] == "done"
-    assert on_b == on_a
+    assert [e[:2] for e in on_b] == [e[:2] for e in on_a]
 
 
 async def test_kill_9_during_generation_leaves_every_run_recoverable(cluster: Any) -> None:
@@ -298,3 +307,62 @@ async def test_proceed_and_delete_racing_on_one_failed_run(cluster: Any) -> None
             finally:
                 await conn.close()
             assert left == 0
+
+
+async def test_sigterm_mid_run_fails_the_run_cleanly_and_exits(cluster: Any) -> None:
+    start, db_url, standin = cluster
+    a, b = await start(), await start()
+    user = uuid.uuid4()
+    await ingest(a, user, 200)
+    standin.app[CONFIG].latency_ms = 100
+    _, body = await a.call(
+        "POST", "/deep-memory/generate", json={"user_id": str(user), "questions_per_chunk": 2}
+    )
+    run_id = body["training_run_id"]
+    on_a = asyncio.create_task(read_events(a, user, body["job_id"]))
+    run = await wait_generated(a, user, run_id, 8)
+    assert run["status"] == "generating"
+
+    stopping = time.monotonic()
+    os.killpg(a.proc.pid, signal.SIGTERM)
+    code = await asyncio.get_running_loop().run_in_executor(None, a.proc.wait, 30)
+    took = time.monotonic() - stopping
+    assert code == 0, f"exit code {code}"
+    assert took < 15, f"shutdown took {took:.1f} s"
+
+    # the stream on the stopped instance ended cleanly, with the run's failure as its last word
+    events = await asyncio.wait_for(on_a, 5)
+    _, last_event, last_data = events[-1]
+    assert last_event == "failed"
+    assert last_data["status"] == "generating_failed"
+    _, run = await b.call("GET", f"/deep-memory/runs/{run_id}", params={"user_id": str(user)})
+    assert run["status"] == "generating_failed"
+    assert run["error_message"].startswith(
+        "The worker running this run was lost (the service shut down)"
+    )
+    done = run["generated_chunks"]
+    assert 8 <= done < 200
+    assert run["pair_count"] == 2 * done, "written pairs were not kept"
+
+    standin.app[CONFIG].latency_ms = 0
+    code, reply = await b.call(
+        "POST", "/deep-memory/proceed", json={"user_id": str(user), "training_run_id": run_id}
+    )
+    assert code == 202, reply
+    assert reply["message"] == f"Resuming generation from chunk {done}/200"
+    await wait_status(b, user, run_id, "generated")
+    await assert_one_pair_set_per_chunk(db_url, run_id, 2)
+
+
+async def wait_generated(
+    instance: Instance, user: uuid.UUID, run_id: str, at_least: int, within: float = 60
+) -> dict[str, Any]:
+    deadline = time.monotonic() + within
+    while True:
+        _, run = await instance.call(
+            "GET", f"/deep-memory/runs/{run_id}", params={"user_id": str(user)}
+        )
+        if run["generated_chunks"] >= at_least:
+            return dict(run)
+        assert time.monotonic() < deadline, f"run stayed at {run['generated_chunks']} chunks"
+        await asyncio.sleep(0.05)

@@ -1,0 +1,182 @@
+"""Database faults mid-run: connections dropped under a running generation, and a whole
+PostgreSQL restart. Nothing is corrupted: the pool reconnects, the run either finishes or
+fails cleanly, and a failed one is recovered by proceed to exactly one pair set per chunk."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import attrs
+import pytest
+import yarl
+
+from deepmemory_service import migrations
+from deepmemory_service.config import Settings, load_settings
+from deepmemory_service.models import Chunk
+from deepmemory_service.testing.fakes import ControlledGenerator
+from tests.conftest import SECRET_KEY, SERVICE_TOKEN, Api, read_stream
+
+QPC = 2
+
+
+@attrs.define
+class PacedGenerator(ControlledGenerator):
+    """The offline generator at a fixed latency per call, so a run lasts through a fault."""
+
+    latency_s: float = 0.02
+
+    async def generate(self, chunk: Chunk, count: int) -> list[str]:
+        await asyncio.sleep(self.latency_s)
+        return await super().generate(chunk, count)
+
+
+async def wait_generated_chunks(api: Api, user: uuid.UUID, run_id: str, at_least: int) -> None:
+    deadline = time.monotonic() + 30
+    while (await api.run(user, run_id))["generated_chunks"] < at_least:
+        assert time.monotonic() < deadline, f"fewer than {at_least} chunks done in 30 s"
+        await asyncio.sleep(0.02)
+
+
+async def recover(api: Api, user: uuid.UUID, run_id: str) -> dict[str, Any]:
+    """Waits for the run to end; a failed one is proceeded until it is generated."""
+    for _ in range(3):
+        run = await api.wait_status(user, run_id, "generated", "generating_failed", timeout=60)
+        if run["status"] == "generated":
+            return run
+        assert run["error_message"], run
+        code, reply = await api.call(
+            "POST", "/deep-memory/proceed", json={"user_id": str(user), "training_run_id": run_id}
+        )
+        assert code == 202, reply
+    raise AssertionError(f"run not recovered: {run}")
+
+
+async def assert_one_pair_set_per_chunk(url: str, run_id: str, chunks: int) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        counts = await conn.fetch(
+            "SELECT chunk_id, count(*) AS n, count(DISTINCT question_index) AS q "
+            "FROM training_pairs WHERE run_id = $1 GROUP BY chunk_id",
+            uuid.UUID(run_id),
+        )
+    finally:
+        await conn.close()
+    assert len(counts) == chunks, "a chunk has no pairs"
+    assert {(r["n"], r["q"]) for r in counts} == {(QPC, QPC)}, "duplicate or missing pairs"
+
+
+async def test_connections_dropped_mid_run(
+    api_factory: Any, settings: Settings, user_id: uuid.UUID
+) -> None:
+    gen = PacedGenerator(latency_s=0.01)
+    api: Api = await api_factory(generator=gen)
+    total = await api.ingest(user_id, 150)
+    _, body = await api.call(
+        "POST", "/deep-memory/generate", json={"user_id": str(user_id), "questions_per_chunk": QPC}
+    )
+    run_id = body["training_run_id"]
+    stream = asyncio.create_task(read_stream(api, user_id, body["job_id"], timeout=60))
+    database = yarl.URL(settings.database.url).path.lstrip("/")
+    admin = await asyncpg.connect(settings.database.url)
+    try:
+        for step in (20, 60, 100):
+            await wait_generated_chunks(api, user_id, run_id, step)
+            killed = await admin.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = $1 AND pid <> pg_backend_pid()",
+                database,
+            )
+            assert killed > 0, "the service held no connection to drop"
+    finally:
+        await admin.close()
+
+    events = await stream
+    assert events[-1].event in {"done", "failed"}
+    await recover(api, user_id, run_id)
+    await assert_one_pair_set_per_chunk(settings.database.url, run_id, total)
+    code, _ = await api.call("GET", "/deep-memory/settings", params={"user_id": str(user_id)})
+    assert code == 200
+
+
+@attrs.define
+class OwnPostgres:
+    """A PostgreSQL server of this test alone (pgserver's binaries), so it can be restarted."""
+
+    server: Any
+
+    @property
+    def url(self) -> str:
+        uri: str = self.server.get_uri()
+        return uri
+
+    def restart(self) -> None:
+        from pgserver._commands import pg_ctl
+
+        # `restart` reuses the options the server was started with (socket directory)
+        pg_ctl(["-w", "-m", "fast", "restart"], pgdata=self.server.pgdata,
+               user=self.server.system_user, timeout=60)  # fmt: skip
+
+    def stop(self) -> None:
+        from pgserver._commands import pg_ctl
+
+        with contextlib.suppress(Exception):
+            pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=self.server.pgdata,
+                   user=self.server.system_user, timeout=60)  # fmt: skip
+
+
+@pytest.fixture
+def own_postgres(tmp_path: Path) -> Iterator[OwnPostgres]:
+    from pgserver.postgres_server import get_server
+
+    pgdata = tmp_path / "pg"
+    pgdata.mkdir()
+    own = OwnPostgres(get_server(pgdata, cleanup_mode=None))
+    try:
+        yield own
+    finally:
+        # pgserver stops only the postmaster it started; after a restart that one is gone
+        own.stop()
+
+
+async def test_postgres_restarted_mid_run(
+    own_postgres: OwnPostgres, api_factory: Any, tmp_path: Path, user_id: uuid.UUID
+) -> None:
+    await migrations.migrate_url(own_postgres.url)
+    settings = load_settings(
+        {},
+        overrides={
+            "data_dir": str(tmp_path / "data"),
+            "database.url": own_postgres.url,
+            "service_token": SERVICE_TOKEN,
+            "secret_key": SECRET_KEY,
+            "concurrency": 4,
+            "log_format": "json",
+            "lease.sweep_s": 3600.0,
+        },
+    )
+    gen = PacedGenerator(latency_s=0.02)
+    api: Api = await api_factory(settings, generator=gen)
+    total = await api.ingest(user_id, 200)
+    _, body = await api.call(
+        "POST", "/deep-memory/generate", json={"user_id": str(user_id), "questions_per_chunk": QPC}
+    )
+    run_id = body["training_run_id"]
+    stream = asyncio.create_task(read_stream(api, user_id, body["job_id"], timeout=90))
+    await wait_generated_chunks(api, user_id, run_id, 30)
+
+    await asyncio.get_running_loop().run_in_executor(None, own_postgres.restart)
+
+    events = await stream
+    assert events[-1].event in {"done", "failed"}
+    run = await recover(api, user_id, run_id)
+    assert run["generated_chunks"] == total
+    await assert_one_pair_set_per_chunk(own_postgres.url, run_id, total)
+    code, reply = await api.call("GET", "/deep-memory/settings", params={"user_id": str(user_id)})
+    assert code == 200, reply
