@@ -242,7 +242,7 @@ async def test_subscribers_on_one_instance_see_a_job_running_on_another(cluster:
 
 async def test_kill_9_during_generation_leaves_every_run_recoverable(cluster: Any) -> None:
     start, db_url, standin = cluster
-    rng = random.Random(7)
+    rng = random.Random(int(os.environ.get("DEEPMEMORY_TEST_SEED", "7")))
     instance = await start()
     user = uuid.uuid4()
     await ingest(instance, user, 200)
