@@ -26,7 +26,10 @@ ensure_venv() {
     if [ ! -x "$PY" ]; then
         "$(pick_python)" -m venv "$VENV"
     fi
-    if [ ! -f "$stamp" ] || ! grep -qxF "$want" "$stamp"; then
+    # an install with more extras serves a command that needs fewer
+    local have=""
+    [ -f "$stamp" ] && have="$(cat "$stamp")"
+    if [ "$have" != "$want" ] && { [ -n "$extras" ] || [ "${have%% *}" != "${want%% *}" ]; }; then
         echo "Installing deepmemory-service${extras:+[$extras]} into $VENV ..." >&2
         "$PY" -m pip install --quiet --disable-pip-version-check --upgrade pip
         local spec="$ROOT"
