@@ -36,6 +36,9 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError,
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
+    # the server's FATAL message for a terminated session can arrive while the client
+    # starts its next query, leaving the protocol confused ("cannot switch to state")
+    asyncpg.exceptions.InternalClientError,
     OSError,
     ConnectionError,
 )
@@ -45,6 +48,7 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError,
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
+    asyncpg.exceptions.InternalClientError,
     ConnectionRefusedError,
 )
 
@@ -364,6 +368,16 @@ class Conn:
         await self.raw.execute(queries()["set_enabled"], user_id, enabled)
 
 
+@asynccontextmanager
+async def _discarded_if_broken(raw: asyncpg.Connection) -> AsyncIterator[None]:
+    """A connection that failed as if dead is closed, so the pool replaces it, never reuses it."""
+    try:
+        yield
+    except UNAVAILABLE:
+        raw.terminate()
+        raise
+
+
 @attrs.define
 class Database:
     pool: asyncpg.Pool
@@ -387,13 +401,13 @@ class Database:
 
     @asynccontextmanager
     async def conn(self) -> AsyncIterator[Conn]:
-        async with self.pool.acquire() as raw:
+        async with self.pool.acquire() as raw, _discarded_if_broken(raw):
             yield Conn(raw)
 
     @asynccontextmanager
     async def tx(self, *, lock_user: uuid.UUID | None = None) -> AsyncIterator[Conn]:
         """A transaction; with `lock_user`, holding that user's advisory lock until commit."""
-        async with self.pool.acquire() as raw, raw.transaction():
+        async with self.pool.acquire() as raw, _discarded_if_broken(raw), raw.transaction():
             conn = Conn(raw)
             if lock_user is not None:
                 await conn.lock_user(lock_user)

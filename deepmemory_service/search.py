@@ -43,7 +43,7 @@ class SearchResult:
 
 
 async def _texts(store: ChunkStore, ids: npt.NDArray[np.int64]) -> list[str]:
-    texts = await store.texts()
+    texts = await store.texts(len(ids))
     if len(texts) != len(ids):
         raise StoreError(
             f"vector store {store.path} holds {len(ids)} vectors but {len(texts)} texts"
@@ -91,9 +91,16 @@ async def _search_cloud_model(store: ChunkStore, vector: Matrix, k: int) -> list
 
 
 async def search_chunks(
-    store: ChunkStore, embedder: Embedder, query: str, k: int, *, deep_memory: bool
+    store: ChunkStore,
+    embedder: Embedder,
+    query: str,
+    k: int,
+    *,
+    deep_memory: bool,
+    rows: int | None = None,
 ) -> list[SearchResult]:
-    """The top `k` chunks for `query` by cosine similarity, best first."""
+    """The top `k` chunks for `query` by cosine similarity, best first; `rows` is the
+    catalog's chunk count, which validates the store's cached vectors."""
     if embedder.name != store.embedder or embedder.dimension != store.dimension:
         raise StoreError(
             f"vector store {store.path} holds {store.embedder} vectors of dimension "
@@ -108,10 +115,10 @@ async def search_chunks(
         if adapter is None:
             raise NoModelError(NO_MODEL)
         vectors = adapter.apply(vectors)
-    (hits,) = await store.search(vectors, k)
+    (hits,) = await store.search(vectors, k, rows)
     if not hits:
         return []
-    ids, _ = await store.matrix()
+    ids, _ = await store.matrix(rows)
     texts = await _texts(store, ids)
     row_of = {int(c): row for row, c in enumerate(ids)}
     return [SearchResult(h.chunk_id, texts[row_of[h.chunk_id]], h.score) for h in hits]
@@ -128,12 +135,13 @@ async def search(request: web.Request) -> web.Response:
     k = query_int(request, "k", 10, 1, 100)
     svc = request.app[SERVICES]
     deep_memory = query_bool(request, "deep_memory")
-    if deep_memory is None:
-        async with svc.db.conn() as conn:
+    async with svc.db.conn() as conn:
+        rows = await conn.total_chunks(user_id)
+        if deep_memory is None:
             row = await conn.get_settings(user_id)
-        deep_memory = bool(row and row.enabled)
+            deep_memory = bool(row and row.enabled)
     found = await search_chunks(
-        svc.stores.for_user(user_id), svc.embedder, query, k, deep_memory=deep_memory
+        svc.stores.for_user(user_id), svc.embedder, query, k, deep_memory=deep_memory, rows=rows
     )
     results = [{"chunk_id": r.chunk_id, "text": r.text, "score": round(r.score, 6)} for r in found]
     return web.json_response({"results": results, "deep_memory": deep_memory})

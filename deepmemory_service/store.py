@@ -5,12 +5,18 @@ The layout is the one deeplake's `VectorStore` writes (tensors `id`, `text`, `em
 itself is not built for local stores: its constructor calls Activeloop's API and retries
 forever offline (DESIGN.md). deeplake is blocking and not safe to share across threads,
 so every call runs in the default executor under the store's lock.
+
+deeplake's own write lock is off: it is held per process for the life of the process (and
+refreshed by a thread per dataset), so a second instance could never add to a user's
+store. Writes are serialised instead by the user's PostgreSQL advisory lock (ingestion
+runs under it), which holds across instances. For the same reason a cached matrix is
+trusted only while its row count equals the catalog's.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +59,7 @@ class ChunkStore:
         deeplake = deeplake_compat.load()
         creds = {"token": self.token} if self.token else {}
         if deeplake.exists(self.path, **creds):
-            ds = deeplake.load(self.path, verbose=False, **creds)
+            ds = deeplake.load(self.path, verbose=False, lock_enabled=False, **creds)
             info = dict(ds.info)
             if info.get("embedder") != self.embedder or info.get("dimension") != self.dimension:
                 raise StoreError(
@@ -66,7 +72,7 @@ class ChunkStore:
             return None
         if not self.is_cloud:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        ds = deeplake.empty(self.path, verbose=False, **creds)
+        ds = deeplake.empty(self.path, verbose=False, lock_enabled=False, **creds)
         with ds:
             ds.create_tensor(
                 "id",
@@ -151,27 +157,35 @@ class ChunkStore:
             return []
         return [str(t) for t in ds.text.data()["value"]]
 
-    async def texts(self) -> list[str]:
-        """Every chunk's text in row order (the order of `matrix()`), cached until `add`."""
+    def _fresh(self, cached: Sized | None, rows: int | None) -> bool:
+        return cached is not None and rows is not None and len(cached) == rows
+
+    async def texts(self, rows: int | None = None) -> list[str]:
+        """Every chunk's text in row order (the order of `matrix()`); see `matrix` for `rows`."""
         async with self._lock:
-            if self._texts is None:
+            if not self._fresh(self._texts, rows):
                 loop = asyncio.get_running_loop()
                 self._texts = await loop.run_in_executor(None, self._read_texts)
+            assert self._texts is not None
             return self._texts
 
-    async def matrix(self) -> tuple[npt.NDArray[np.int64], Matrix]:
-        """All chunk ids and vectors, cached until the next `add`."""
+    async def matrix(self, rows: int | None = None) -> tuple[npt.NDArray[np.int64], Matrix]:
+        """All chunk ids and vectors. The cached copy serves while it has `rows` rows (the
+        catalog's count: another instance may have added chunks); without `rows` the
+        dataset is read again."""
         async with self._lock:
-            if self._ids is None or self._vectors is None:
-                loop = asyncio.get_running_loop()
-                ids, vectors = await loop.run_in_executor(None, self._read)
-                self._ids, self._vectors = ids, vectors
-                return ids, vectors
-            return self._ids, self._vectors
+            if self._vectors is not None and self._ids is not None and self._fresh(self._ids, rows):
+                return self._ids, self._vectors
+            loop = asyncio.get_running_loop()
+            ids, vectors = await loop.run_in_executor(None, self._read)
+            self._ids, self._vectors = ids, vectors
+            return ids, vectors
 
-    async def search(self, queries: Matrix, k: int) -> list[list[SearchHit]]:
-        """Top-k chunks by cosine similarity for each query row."""
-        ids, vectors = await self.matrix()
+    async def search(
+        self, queries: Matrix, k: int, rows: int | None = None
+    ) -> list[list[SearchHit]]:
+        """Top-k chunks by cosine similarity for each query row; `rows` as for `matrix`."""
+        ids, vectors = await self.matrix(rows)
         if len(ids) == 0:
             return [[] for _ in range(len(queries))]
         scores = queries @ vectors.T

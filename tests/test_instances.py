@@ -366,3 +366,31 @@ async def wait_generated(
             return dict(run)
         assert time.monotonic() < deadline, f"run stayed at {run['generated_chunks']} chunks"
         await asyncio.sleep(0.05)
+
+
+async def test_documents_added_on_any_instance_are_searched_on_every_one(cluster: Any) -> None:
+    start, _, _ = cluster
+    a, b = await start(), await start()
+    user = uuid.uuid4()
+
+    async def search(instance: Instance, q: str) -> list[str]:
+        code, found = await instance.call(
+            "GET", "/search", params={"user_id": str(user), "q": q, "k": "10"}
+        )
+        assert code == 200, found
+        return [hit["text"] for hit in found["results"]]
+
+    await ingest(a, user, 3)
+    assert len(await search(a, "component1")) == 3  # A now holds the vectors in memory
+    zebra = "Zebras and quokkas graze beside the narwhal lagoon."
+    code, body = await b.call(
+        "POST", "/documents", json={"user_id": str(user), "documents": [{"text": zebra}]}
+    )
+    assert code == 201, body
+    assert body["total_chunks"] == 4
+    assert (await search(a, "zebras quokkas narwhal"))[0] == zebra
+    code, body = await a.call(
+        "POST", "/documents", json={"user_id": str(user), "documents": [{"text": "Okapi."}]}
+    )
+    assert code == 201, body
+    assert len(await search(b, "okapi")) == 5
