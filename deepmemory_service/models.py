@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import enum
+import json
 import uuid
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 from attrs import frozen
@@ -90,6 +92,13 @@ class JobEvent:
     @property
     def is_terminal(self) -> bool:
         return self.event in TERMINAL_EVENTS
+
+    @cached_property
+    def sse_frame(self) -> bytes:
+        """The event as one Server-Sent Events frame, encoded once however many subscribers
+        it goes to (compact JSON holds no line break, so it is one `data` line)."""
+        data = json.dumps(self.data, separators=(",", ":"))
+        return f"id: {self.id}\nevent: {self.event}\ndata: {data}\n\n".encode()
 
 
 TERMINAL_EVENTS = frozenset({"done", "failed"})

@@ -8,7 +8,6 @@ stream ends after the terminal event, or at once when the job is over and nothin
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 
 import attrs
@@ -27,6 +26,8 @@ from deepmemory_service.services import Services
 log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
 PING_S = 15.0
+# a client that takes longer than this to accept one event is stalled: its connection is cut
+SEND_TIMEOUT_S = 120.0
 
 
 @attrs.define
@@ -34,6 +35,7 @@ class JobStream:
     """One client's view of a job's events: what it was sent last, and where to get more."""
 
     svc: Services
+    request: web.Request
     job_id: uuid.UUID
     user_id: uuid.UUID
     resp: EventSourceResponse
@@ -41,9 +43,16 @@ class JobStream:
     last: int
 
     async def send(self, event: JobEvent) -> None:
-        await self.resp.send(
-            json.dumps(event.data, separators=(",", ":")), id=str(event.id), event=event.event
-        )
+        # the frame bytes are shared by every subscriber of the event (aiohttp-sse's `send`
+        # would format them again for each), with the same stalled-client bound as its `send`
+        try:
+            async with asyncio.timeout(SEND_TIMEOUT_S):
+                await self.resp.write(event.sse_frame)
+        except TimeoutError:
+            self.resp.stop_streaming()
+            if (transport := self.request.transport) is not None:
+                transport.abort()
+            raise
         self.last = event.id
 
     async def _stored_after(self) -> list[JobEvent]:
@@ -73,16 +82,13 @@ class JobStream:
         if not await retrying(self._job_running):
             await self.catch_up()
             return
+        # one watcher per stream, not per event: a client that leaves (its ping fails)
+        # wakes the subscription, which then reads as closed
         gone = asyncio.ensure_future(self.resp.wait())
+        gone.add_done_callback(lambda _: self.sub.shut())
         try:
             while True:
-                upcoming = asyncio.ensure_future(self.sub.next())
-                await asyncio.wait({upcoming, gone}, return_when=asyncio.FIRST_COMPLETED)
-                if not upcoming.done():
-                    # the client went away (the ping failed): nothing to send to
-                    upcoming.cancel()
-                    return
-                event = upcoming.result()
+                event = await self.sub.next()
                 if self.sub.closed:
                     return
                 if event is None:
@@ -115,7 +121,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
     with svc.broadcaster.subscribe(job_id) as sub:
         async with sse_response(request, ping_interval=PING_S) as resp:
             try:
-                await JobStream(svc, job_id, user_id, resp, sub, int(raw_last)).follow()
+                await JobStream(svc, request, job_id, user_id, resp, sub, int(raw_last)).follow()
             except UNAVAILABLE as exc:
                 # a clean end; the client reconnects with Last-Event-ID and misses nothing
                 log.warning("event stream ended: database unavailable", error=str(exc))
