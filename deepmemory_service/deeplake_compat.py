@@ -3,15 +3,23 @@
 On import deeplake asks PyPI for its newest version and starts a telemetry reporter.
 Neither has any business in a service that may run offline: the reporter honours
 humbug's `BUGGER_OFF`, and the version check is skipped while its day-long cache is fresh.
+
+Its S3 module also calls `nest_asyncio.apply()` at import, for Jupyter. That replaces
+asyncio's C `Task` with the pure-Python one and patches the event loop, for the whole
+process: every request, task step and SSE write gets slower (measured: the loop's time
+went to nest_asyncio's `_run_once`). deeplake runs in executor threads here, where no
+loop is running, so nothing needs nesting and the call is made a no-op.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import time
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 # the deeplake pinned in pyproject.toml
 VERSION = "3.9.52"
@@ -30,8 +38,17 @@ def _quiet() -> None:
         pass
 
 
+def _no_nesting() -> None:
+    try:
+        nest_asyncio: Any = importlib.import_module("nest_asyncio")
+    except ImportError:
+        return
+    nest_asyncio.apply = lambda *_args, **_kwargs: None
+
+
 def load() -> ModuleType:
     _quiet()
+    _no_nesting()
     import deeplake
 
     module: ModuleType = deeplake

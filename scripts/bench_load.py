@@ -27,6 +27,7 @@ import json
 import math
 import os
 import random
+import re
 import resource
 import shutil
 import signal
@@ -512,6 +513,10 @@ async def bench_commands(
 # --------------------------------------------------------------------------- 3. fan-out
 
 
+SSE_LINE = re.compile(rb"\r\n|\r|\n")
+SSE_BLOCK = re.compile(rb"(?:\r\n|\r|\n){2}")
+
+
 class SseClient(asyncio.Protocol):
     """One SSE subscriber on a bare asyncio protocol: `data_received` only stamps and keeps
     the bytes (parsing happens afterwards), so the client adds little to what it measures.
@@ -582,9 +587,10 @@ class SseClient(asyncio.Protocol):
             if size == 0 or end > len(raw):
                 break
             at = self.times[bisect.bisect_left(ends, end)]
-            for block in raw[eol + 2 : end].split(b"\r\n\r\n"):
+            # SSE allows CRLF, LF or CR line ends; the chunk framing above is HTTP's CRLF
+            for block in SSE_BLOCK.split(raw[eol + 2 : end]):
                 ident, kind = None, ""
-                for line in block.split(b"\r\n"):
+                for line in SSE_LINE.split(block):
                     if line.startswith(b"id: "):
                         ident = int(line[4:])
                     elif line.startswith(b"event: "):

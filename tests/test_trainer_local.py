@@ -14,7 +14,15 @@ from deepmemory_service.config import load_settings
 from deepmemory_service.embedders import HashingEmbedder
 from deepmemory_service.search import NoModelError, search_chunks
 from deepmemory_service.store import ChunkStore
-from deepmemory_service.trainer_local import LocalTrainer, load_adapter, model_path
+from deepmemory_service.trainer_local import (
+    Adapter,
+    LocalTrainer,
+    heading_queries,
+    headings,
+    load_adapter,
+    model_path,
+    split_three,
+)
 from deepmemory_service.trainers import TrainingError, TrainingProgress, TrainingRequest
 
 TOPICS = [
@@ -83,6 +91,9 @@ async def test_training_helps_held_out_and_differently_phrased_queries(tmp_path:
     assert m["with_model"]["recall@10"] >= m["without_model"]["recall@10"]
     assert m["with_model"]["recall@1"] > m["without_model"]["recall@1"]
     assert m["eval_queries"] > 0
+    # the epoch and the shape were chosen on validation questions, not on the reported ones
+    assert m["validation_queries"] > 0
+    assert {"rank", "l2", "shrink"} == set(m["chosen"])
 
     # progress: epoch, loss and held-out recall, in order, as fractions
     assert reports
@@ -165,3 +176,55 @@ async def test_a_store_made_by_another_embedder_is_a_training_error(tmp_path: Pa
             TrainingRequest(uuid.uuid4(), uuid.uuid4(), questions, chunk_ids, renamed, embedder),
             _noop,
         )
+
+
+def test_test_and_validation_questions_are_disjoint_and_every_chunk_keeps_one() -> None:
+    rows = np.repeat(np.arange(40, dtype=np.int64), 3)
+    test, valid = split_three(rows, 0.2, seed=7)
+    assert not (test & valid).any()
+    assert test.sum() == round(len(rows) * 0.2)
+    assert valid.sum() == round((~test).sum() * 0.2)
+    # every chunk keeps a training question
+    assert set(rows[~(test | valid)]) == set(rows)
+    # the reported test questions do not depend on the validation split
+    again, _ = split_three(rows, 0.2, seed=7)
+    assert (again == test).all()
+
+
+def test_headings_are_markdown_and_underlined_titles() -> None:
+    text = (
+        "Assignment statements\n*********************\n\nBind names to values.\n\n"
+        "## Augmented assignment\n\nx += 1\n\nAS Patterns\n~~~~~~~~~~~ An AS pattern...\n"
+        "a = b\n\n---\n"
+    )
+    assert headings(text) == ["Assignment statements", "Augmented assignment", "AS Patterns"]
+    assert headings("No heading here.\nJust text, and x = 1.") == []
+    queries, rows = heading_queries([text, "plain text"], np.array([4, 5], dtype=np.int64))
+    assert queries == ["Assignment statements", "What is Assignment statements?"]
+    assert rows == [4, 4]
+
+
+def _recalls(r1: float, r10: float) -> dict[str, float]:
+    return {"recall@1": r1, "recall@3": r10, "recall@5": r10, "recall@10": r10}
+
+
+def test_a_model_worse_on_a_guard_set_may_not_be_enabled() -> None:
+    adapter = Adapter(
+        np.zeros(4, np.float32), np.zeros((4, 1), np.float32), np.zeros((1, 4), np.float32), "", ""
+    )
+    good = {"with_model": _recalls(0.6, 0.9), "without_model": _recalls(0.5, 0.8)}
+    assert LocalTrainer._refusal(adapter, good) is None
+    assert "held-out questions" in str(LocalTrainer._refusal(None, good))
+    worse_r1 = {"with_model": _recalls(0.45, 0.95), "without_model": _recalls(0.5, 0.8)}
+    assert "scored recall@1 0.45" in str(LocalTrainer._refusal(adapter, worse_r1))
+    headings_hurt = {
+        **good,
+        "probe_with_model": _recalls(0.7, 0.9),
+        "probe_without_model": _recalls(0.7, 0.9),
+        "headings_with_model": _recalls(0.39, 0.9),
+        "headings_without_model": _recalls(0.41, 0.9),
+    }
+    reason = LocalTrainer._refusal(adapter, headings_hurt)
+    assert reason is not None
+    assert "headings" in reason
+    assert "recall@1 0.39" in reason
