@@ -281,3 +281,20 @@ async def read_stream(
             name, _, value = line.partition(":")
             fields[name] = value.removeprefix(" ")
     return events
+
+
+async def assert_one_pair_set_per_chunk(db_url: str, run_id: str, qpc: int) -> None:
+    """Every chunk of the run's snapshot has exactly `qpc` pairs: none missing, none twice."""
+    conn = await asyncpg.connect(db_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT c.id, count(p.id) AS n FROM training_runs r "
+            "JOIN chunks c ON c.user_id = r.user_id AND c.id <= r.chunk_id_max "
+            "LEFT JOIN training_pairs p ON p.run_id = r.id AND p.chunk_id = c.id "
+            "WHERE r.id = $1 GROUP BY c.id",
+            uuid.UUID(run_id),
+        )
+    finally:
+        await conn.close()
+    assert rows
+    assert {r["n"] for r in rows} == {qpc}, "a chunk has missing or duplicate pairs"

@@ -21,7 +21,13 @@ from deepmemory_service import migrations
 from deepmemory_service.config import Settings, load_settings
 from deepmemory_service.models import Chunk
 from deepmemory_service.testing.fakes import ControlledGenerator
-from tests.conftest import SECRET_KEY, SERVICE_TOKEN, Api, read_stream
+from tests.conftest import (
+    SECRET_KEY,
+    SERVICE_TOKEN,
+    Api,
+    assert_one_pair_set_per_chunk,
+    read_stream,
+)
 
 QPC = 2
 
@@ -58,26 +64,12 @@ async def recover(api: Api, user: uuid.UUID, run_id: str) -> dict[str, Any]:
     raise AssertionError(f"run not recovered: {run}")
 
 
-async def assert_one_pair_set_per_chunk(url: str, run_id: str, chunks: int) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        counts = await conn.fetch(
-            "SELECT chunk_id, count(*) AS n, count(DISTINCT question_index) AS q "
-            "FROM training_pairs WHERE run_id = $1 GROUP BY chunk_id",
-            uuid.UUID(run_id),
-        )
-    finally:
-        await conn.close()
-    assert len(counts) == chunks, "a chunk has no pairs"
-    assert {(r["n"], r["q"]) for r in counts} == {(QPC, QPC)}, "duplicate or missing pairs"
-
-
 async def test_connections_dropped_mid_run(
     api_factory: Any, settings: Settings, user_id: uuid.UUID
 ) -> None:
     gen = PacedGenerator(latency_s=0.01)
     api: Api = await api_factory(generator=gen)
-    total = await api.ingest(user_id, 150)
+    await api.ingest(user_id, 150)
     _, body = await api.call(
         "POST", "/deep-memory/generate", json={"user_id": str(user_id), "questions_per_chunk": QPC}
     )
@@ -100,7 +92,7 @@ async def test_connections_dropped_mid_run(
     events = await stream
     assert events[-1].event in {"done", "failed"}
     await recover(api, user_id, run_id)
-    await assert_one_pair_set_per_chunk(settings.database.url, run_id, total)
+    await assert_one_pair_set_per_chunk(settings.database.url, run_id, QPC)
     code, _ = await api.call("GET", "/deep-memory/settings", params={"user_id": str(user_id)})
     assert code == 200
 
@@ -177,6 +169,6 @@ async def test_postgres_restarted_mid_run(
     assert events[-1].event in {"done", "failed"}
     run = await recover(api, user_id, run_id)
     assert run["generated_chunks"] == total
-    await assert_one_pair_set_per_chunk(own_postgres.url, run_id, total)
+    await assert_one_pair_set_per_chunk(own_postgres.url, run_id, QPC)
     code, reply = await api.call("GET", "/deep-memory/settings", params={"user_id": str(user_id)})
     assert code == 200, reply

@@ -28,6 +28,7 @@ from deepmemory_service.testing.standin_llm import (
     StandinConfig,
     create_standin_app,
 )
+from tests.conftest import assert_one_pair_set_per_chunk
 
 TOKEN = "instances-service-token"
 KILLS = int(os.environ.get("DEEPMEMORY_TEST_KILLS", "10"))
@@ -147,22 +148,6 @@ async def wait_status(
             return run
         assert time.monotonic() < deadline, f"run stayed {run['status']}"
         await asyncio.sleep(0.05)
-
-
-async def assert_one_pair_set_per_chunk(db_url: str, run_id: str, qpc: int) -> None:
-    conn = await asyncpg.connect(db_url)
-    try:
-        rows = await conn.fetch(
-            "SELECT c.id, count(p.id) AS n FROM training_runs r "
-            "JOIN chunks c ON c.user_id = r.user_id AND c.id <= r.chunk_id_max "
-            "LEFT JOIN training_pairs p ON p.run_id = r.id AND p.chunk_id = c.id "
-            "WHERE r.id = $1 GROUP BY c.id",
-            uuid.UUID(run_id),
-        )
-    finally:
-        await conn.close()
-    assert rows
-    assert {r["n"] for r in rows} == {qpc}, "a chunk has missing or duplicate pairs"
 
 
 async def read_events(
