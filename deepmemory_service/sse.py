@@ -125,4 +125,6 @@ async def stream(request: web.Request) -> web.StreamResponse:
             except UNAVAILABLE as exc:
                 # a clean end; the client reconnects with Last-Event-ID and misses nothing
                 log.warning("event stream ended: database unavailable", error=str(exc))
+            except TimeoutError:
+                log.warning("event stream cut: the client accepted nothing for a long time")
     return resp
