@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,14 @@ class EmbeddedPostgres:
         self._server: Any = None
 
     def start(self) -> str:
-        from pgserver.postgres_server import get_server
+        with warnings.catch_warnings():
+            # pgserver keeps its lock file in a runtime dir; without XDG_RUNTIME_DIR (a
+            # service, a container) platformdirs falls back to /tmp and warns at import
+            warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
+            from pgserver.postgres_server import get_server
 
-        self.pgdata.mkdir(parents=True, exist_ok=True)
-        self._server = get_server(self.pgdata, cleanup_mode="stop")
+            self.pgdata.mkdir(parents=True, exist_ok=True)
+            self._server = get_server(self.pgdata, cleanup_mode="stop")
         uri: str = self._server.get_uri()
         log.info("embedded postgres ready", pgdata=str(self.pgdata))
         return uri
