@@ -30,8 +30,8 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 UniqueViolation = asyncpg.UniqueViolationError
-# errors that mean "the connection or server went away", worth a reconnect and retry
-CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+# the server went away or is restarting: a request may say so (503) instead of crashing
+UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
     asyncpg.CannotConnectNowError,
@@ -39,18 +39,11 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     # the server's FATAL message for a terminated session can arrive while the client
     # starts its next query, leaving the protocol confused ("cannot switch to state")
     asyncpg.exceptions.InternalClientError,
-    OSError,
-    ConnectionError,
-)
-# the server went away or is restarting: a request may say so (503) instead of crashing
-UNAVAILABLE: tuple[type[BaseException], ...] = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-    asyncpg.exceptions.InternalClientError,
     ConnectionRefusedError,
 )
+# errors that mean "the connection or server went away", worth a reconnect and retry by
+# the service's own background work (any socket error counts there)
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (*UNAVAILABLE, OSError, ConnectionError)
 
 
 @cache

@@ -18,12 +18,10 @@ import pytest
 import yarl
 
 from deepmemory_service import migrations
-from deepmemory_service.config import Settings, load_settings
+from deepmemory_service.config import Settings
 from deepmemory_service.models import Chunk
 from deepmemory_service.testing.fakes import ControlledGenerator
 from tests.conftest import (
-    SECRET_KEY,
-    SERVICE_TOKEN,
     Api,
     assert_one_pair_set_per_chunk,
     read_stream,
@@ -138,23 +136,12 @@ def own_postgres(tmp_path: Path) -> Iterator[OwnPostgres]:
 
 
 async def test_postgres_restarted_mid_run(
-    own_postgres: OwnPostgres, api_factory: Any, tmp_path: Path, user_id: uuid.UUID
+    own_postgres: OwnPostgres, api_factory: Any, settings: Settings, user_id: uuid.UUID
 ) -> None:
     await migrations.migrate_url(own_postgres.url)
-    settings = load_settings(
-        {},
-        overrides={
-            "data_dir": str(tmp_path / "data"),
-            "database.url": own_postgres.url,
-            "service_token": SERVICE_TOKEN,
-            "secret_key": SECRET_KEY,
-            "concurrency": 4,
-            "log_format": "json",
-            "lease.sweep_s": 3600.0,
-        },
-    )
+    on_own = attrs.evolve(settings, database=attrs.evolve(settings.database, url=own_postgres.url))
     gen = PacedGenerator(latency_s=0.02)
-    api: Api = await api_factory(settings, generator=gen)
+    api: Api = await api_factory(on_own, generator=gen)
     total = await api.ingest(user_id, 200)
     _, body = await api.call(
         "POST", "/deep-memory/generate", json={"user_id": str(user_id), "questions_per_chunk": QPC}
