@@ -22,13 +22,19 @@ ARGS = [
     "--no-first-run",
     "--disable-quic",
 ]
+# for every wait on the page, not only the long ones: the suite's first test (this folder
+# sorts first) also pays Chromium's cold start and the service's first imports, and once
+# missed Playwright's default 5 s on an early check in a full run
+EXPECT_TIMEOUT_MS = 20_000
 
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Any]:
     if not Path(CHROMIUM).exists():  # noqa: ASYNC240  # one stat before the browser starts
         pytest.fail(f"{CHROMIUM} is missing: scripts/test installs Debian's chromium")
-    from playwright.async_api import async_playwright
+    from playwright.async_api import async_playwright, expect
+
+    expect.set_options(timeout=EXPECT_TIMEOUT_MS)
 
     profile = tempfile.mkdtemp(prefix="dm-chromium-")
     async with async_playwright() as pw:
