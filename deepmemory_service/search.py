@@ -51,6 +51,17 @@ async def _texts(store: ChunkStore, ids: npt.NDArray[np.int64]) -> list[str]:
     return texts
 
 
+def _nearest(vectors: Matrix, query: Matrix, k: int) -> list[tuple[int, float]]:
+    """The `k` rows of `vectors` nearest the one `query` row by cosine similarity, best
+    first, as (row, score)."""
+    scores = (query @ vectors.T)[0]
+    k = min(k, len(scores))
+    if k == 0:
+        return []
+    top = np.argpartition(-scores, k - 1)[:k]
+    return [(int(r), float(scores[r])) for r in top[np.argsort(-scores[top], kind="stable")]]
+
+
 def _cloud_search(store: ChunkStore, vector: Matrix, k: int) -> dict[str, Any]:
     deeplake = deeplake_compat.load()
     vs = deeplake.VectorStore(
@@ -115,13 +126,13 @@ async def search_chunks(
         if adapter is None:
             raise NoModelError(NO_MODEL)
         vectors = adapter.apply(vectors)
-    (hits,) = await store.search(vectors, k, rows)
+    # one read of the matrix: the ids and texts must be in the rows the scores were taken from
+    ids, matrix = await store.matrix(rows)
+    hits = _nearest(matrix, vectors, k)
     if not hits:
         return []
-    ids, _ = await store.matrix(rows)
     texts = await _texts(store, ids)
-    row_of = {int(c): row for row, c in enumerate(ids)}
-    return [SearchResult(h.chunk_id, texts[row_of[h.chunk_id]], h.score) for h in hits]
+    return [SearchResult(int(ids[row]), texts[row], score) for row, score in hits]
 
 
 @routes.get("/search")

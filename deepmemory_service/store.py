@@ -32,12 +32,6 @@ class StoreError(Exception):
     """The vector store cannot be used as asked; the message says why."""
 
 
-@attrs.frozen
-class SearchHit:
-    chunk_id: int
-    score: float
-
-
 @attrs.define
 class ChunkStore:
     """One user's dataset. `embedder` and `dimension` are recorded in the dataset's info."""
@@ -180,22 +174,6 @@ class ChunkStore:
             ids, vectors = await loop.run_in_executor(None, self._read)
             self._ids, self._vectors = ids, vectors
             return ids, vectors
-
-    async def search(
-        self, queries: Matrix, k: int, rows: int | None = None
-    ) -> list[list[SearchHit]]:
-        """Top-k chunks by cosine similarity for each query row; `rows` as for `matrix`."""
-        ids, vectors = await self.matrix(rows)
-        if len(ids) == 0:
-            return [[] for _ in range(len(queries))]
-        scores = queries @ vectors.T
-        k = min(k, len(ids))
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        results = []
-        for row, candidates in enumerate(top):
-            order = candidates[np.argsort(-scores[row, candidates], kind="stable")]
-            results.append([SearchHit(int(ids[i]), float(scores[row, i])) for i in order])
-        return results
 
 
 @attrs.define

@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 import attrs
@@ -193,6 +193,27 @@ class Api:
         sup = self.client.app[BACKEND][SUPERVISORS].find(user_id)
         if sup is not None:
             await sup.wait_idle()
+
+
+class RunReader(Protocol):
+    """A client of one instance that reads a run: `Api`, or a test's own over real HTTP."""
+
+    async def run(self, user_id: uuid.UUID, run_id: str) -> dict[str, Any]: ...
+
+
+async def wait_generated(
+    client: RunReader, user_id: uuid.UUID, run_id: str, at_least: int, within: float = 60.0
+) -> dict[str, Any]:
+    """Polls the run until it has generated at least `at_least` chunks, and returns it."""
+    deadline = time.monotonic() + within
+    while True:
+        run = await client.run(user_id, run_id)
+        if run["generated_chunks"] >= at_least:
+            return run
+        assert time.monotonic() < deadline, (
+            f"run stayed at {run['generated_chunks']} chunks, wanted {at_least} in {within:g} s"
+        )
+        await asyncio.sleep(0.02)
 
 
 _TOPICS = [

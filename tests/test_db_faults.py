@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ from tests.conftest import (
     Api,
     assert_one_pair_set_per_chunk,
     read_stream,
+    wait_generated,
 )
 
 QPC = 2
@@ -39,13 +39,6 @@ class PacedGenerator(ControlledGenerator):
     async def generate(self, chunk: Chunk, count: int) -> list[str]:
         await asyncio.sleep(self.latency_s)
         return await super().generate(chunk, count)
-
-
-async def wait_generated_chunks(api: Api, user: uuid.UUID, run_id: str, at_least: int) -> None:
-    deadline = time.monotonic() + 30
-    while (await api.run(user, run_id))["generated_chunks"] < at_least:
-        assert time.monotonic() < deadline, f"fewer than {at_least} chunks done in 30 s"
-        await asyncio.sleep(0.02)
 
 
 async def recover(api: Api, user: uuid.UUID, run_id: str) -> dict[str, Any]:
@@ -77,7 +70,7 @@ async def test_connections_dropped_mid_run(
     admin = await asyncpg.connect(settings.database.url)
     try:
         for step in (20, 60, 100):
-            await wait_generated_chunks(api, user_id, run_id, step)
+            await wait_generated(api, user_id, run_id, step)
             killed = await admin.fetchval(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                 "WHERE datname = $1 AND pid <> pg_backend_pid()",
@@ -148,7 +141,7 @@ async def test_postgres_restarted_mid_run(
     )
     run_id = body["training_run_id"]
     stream = asyncio.create_task(read_stream(api, user_id, body["job_id"], timeout=90))
-    await wait_generated_chunks(api, user_id, run_id, 30)
+    await wait_generated(api, user_id, run_id, 30)
 
     await asyncio.get_running_loop().run_in_executor(None, own_postgres.restart)
 

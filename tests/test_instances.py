@@ -28,7 +28,7 @@ from deepmemory_service.testing.standin_llm import (
     StandinConfig,
     create_standin_app,
 )
-from tests.conftest import assert_one_pair_set_per_chunk
+from tests.conftest import assert_one_pair_set_per_chunk, wait_generated
 
 TOKEN = "instances-service-token"
 KILLS = int(os.environ.get("DEEPMEMORY_TEST_KILLS", "10"))
@@ -58,6 +58,13 @@ class Instance:
             http.request(method, f"{self.url}/v1/api{path}", **kwargs) as resp,
         ):
             return resp.status, await resp.json()
+
+    async def run(self, user: uuid.UUID, run_id: str) -> dict[str, Any]:
+        code, run = await self.call(
+            "GET", f"/deep-memory/runs/{run_id}", params={"user_id": str(user)}
+        )
+        assert code == 200, run
+        return dict(run)
 
 
 @pytest.fixture
@@ -140,10 +147,7 @@ async def wait_status(
 ) -> dict[str, Any]:
     deadline = time.monotonic() + within
     while True:
-        code, run = await instance.call(
-            "GET", f"/deep-memory/runs/{run_id}", params={"user_id": str(user)}
-        )
-        assert code == 200, run
+        run = await instance.run(user, run_id)
         if run["status"] in statuses:
             return run
         assert time.monotonic() < deadline, f"run stayed {run['status']}"
@@ -337,20 +341,6 @@ async def test_sigterm_mid_run_fails_the_run_cleanly_and_exits(cluster: Any) -> 
     assert reply["message"] == f"Resuming generation from chunk {done}/200"
     await wait_status(b, user, run_id, "generated")
     await assert_one_pair_set_per_chunk(db_url, run_id, 2)
-
-
-async def wait_generated(
-    instance: Instance, user: uuid.UUID, run_id: str, at_least: int, within: float = 60
-) -> dict[str, Any]:
-    deadline = time.monotonic() + within
-    while True:
-        _, run = await instance.call(
-            "GET", f"/deep-memory/runs/{run_id}", params={"user_id": str(user)}
-        )
-        if run["generated_chunks"] >= at_least:
-            return dict(run)
-        assert time.monotonic() < deadline, f"run stayed at {run['generated_chunks']} chunks"
-        await asyncio.sleep(0.05)
 
 
 async def test_documents_added_on_any_instance_are_searched_on_every_one(cluster: Any) -> None:
