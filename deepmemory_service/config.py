@@ -49,6 +49,7 @@ class HttpSettings:
     role: Role
     backend_url: str
     allowed_origins: tuple[str, ...]
+    sse_send_timeout_s: float
 
 
 @frozen
@@ -285,6 +286,8 @@ def _complete(settings: Settings) -> Settings:
             "DEEPMEMORY_GENERATION_QUESTIONS_PER_CHUNK must be between 1 and "
             f"DEEPMEMORY_GENERATION_MAX_QUESTIONS_PER_CHUNK ({gen.max_questions_per_chunk})"
         )
+    if settings.http.sse_send_timeout_s <= 0:
+        problems.append("DEEPMEMORY_HTTP_SSE_SEND_TIMEOUT_S must be positive")
     if not 0.0 < settings.train.holdout < 1.0:
         problems.append("DEEPMEMORY_TRAIN_HOLDOUT must be between 0 and 1")
     if settings.llm.max_retries < 0:

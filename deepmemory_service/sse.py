@@ -26,8 +26,10 @@ from deepmemory_service.services import Services
 log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
 PING_S = 15.0
-# a client that takes longer than this to accept one event is stalled: its connection is cut
-SEND_TIMEOUT_S = 120.0
+
+
+class ClientGone(Exception):
+    """The client's connection went away under a write to it."""
 
 
 @attrs.define
@@ -44,15 +46,25 @@ class JobStream:
 
     async def send(self, event: JobEvent) -> None:
         # the frame bytes are shared by every subscriber of the event (aiohttp-sse's `send`
-        # would format them again for each), with the same stalled-client bound as its `send`
+        # would format them again for each), with the same stalled-client bound as its `send`:
+        # a client that takes longer than this to accept one event is stalled and is cut
         try:
-            async with asyncio.timeout(SEND_TIMEOUT_S):
+            async with asyncio.timeout(self.svc.settings.http.sse_send_timeout_s):
                 await self.resp.write(event.sse_frame)
         except TimeoutError:
             self.resp.stop_streaming()
             if (transport := self.request.transport) is not None:
                 transport.abort()
             raise
+        except ConnectionError as exc:
+            # the connection was lost under the write: the client left, or the kernel cut a
+            # stalled one (aiohttp-sse sets TCP_USER_TIMEOUT to the same bound, counted from
+            # when the client's window closed: it often ends a stall before the timeout above)
+            self.resp.stop_streaming()
+            cause = exc.__cause__ or exc
+            if isinstance(cause, TimeoutError):
+                raise TimeoutError(str(cause)) from exc
+            raise ClientGone(str(cause)) from exc
         self.last = event.id
 
     async def _stored_after(self) -> list[JobEvent]:
@@ -118,8 +130,10 @@ async def stream(request: web.Request) -> web.StreamResponse:
     if job is None:
         raise NotFound("Job not found")
 
+    # the pings (and the kernel's TCP_USER_TIMEOUT) get the same bound as the events
+    send_timeout_s = svc.settings.http.sse_send_timeout_s
     with svc.broadcaster.subscribe(job_id) as sub:
-        async with sse_response(request, ping_interval=PING_S) as resp:
+        async with sse_response(request, ping_interval=PING_S, send_timeout=send_timeout_s) as resp:
             try:
                 await JobStream(svc, request, job_id, user_id, resp, sub, int(raw_last)).follow()
             except UNAVAILABLE as exc:
@@ -127,4 +141,6 @@ async def stream(request: web.Request) -> web.StreamResponse:
                 log.warning("event stream ended: database unavailable", error=str(exc))
             except TimeoutError:
                 log.warning("event stream cut: the client accepted nothing for a long time")
+            except ClientGone as exc:
+                log.info("event stream ended: the client's connection was lost", error=str(exc))
     return resp

@@ -42,6 +42,10 @@ def test_environment_overrides_defaults() -> None:
         ),
         ({"DEEPMEMORY_CONCURRENCY": "0"}, "DEEPMEMORY_CONCURRENCY must be at least 1"),
         (
+            {"DEEPMEMORY_HTTP_SSE_SEND_TIMEOUT_S": "0"},
+            "DEEPMEMORY_HTTP_SSE_SEND_TIMEOUT_S must be positive",
+        ),
+        (
             {"DEEPMEMORY_STORE_PATH": "/data/one-store"},
             "DEEPMEMORY_STORE_PATH must contain {user_id}",
         ),
