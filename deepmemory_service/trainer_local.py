@@ -1,23 +1,24 @@
 """The local trainer: Deep Memory's idea on this machine, in numpy.
 
 It learns a residual transform of query embeddings, `q' = normalise(q + q*w + q A B)`: a
-per-dimension re-weighting `w` (for a hashing embedder, learned term weights) plus a
-low-rank map `A B`. Both start at zero, so the untrained model is exactly the identity,
-and an L2 pull keeps it near there (measured lesson: a free full-rank map over-fits
-synthetic questions and makes human queries worse). The loss is InfoNCE over a candidate
-pool of the batch's positives plus hard negatives mined from the corpus itself.
+per-dimension re-weighting `w` (for a hashing embedder, learned term weights) plus a map
+`A B`, of low rank or full (`A` fixed at the identity). Both start at zero, so the
+untrained model is exactly the identity, and an L2 pull keeps it near there (measured
+lesson: a free full map over-fits synthetic questions and makes human queries worse). The
+loss is InfoNCE over a candidate pool of the batch's positives plus hard negatives mined
+from the corpus itself.
 
 The pairs are split three ways by the run's seed, each chunk keeping a question for
 training: test questions are held out first and only measure the chosen model (the
 reported figures); validation questions, held out of the rest, pick the epoch (early
-stopping), the shrink toward the identity and the model's shape (the rank of `A B` and the
-L2 pull, from `SHAPES`), by mean recall plus mean reciprocal rank. Because synthetic
-held-out recall can rise while plain queries get worse (measured lesson), guards use the
-chunks' own text: phrases cut from the training chunks are trained on as anchors; phrases
-from, and headings of, the held-out chunks are query sets that no kept epoch may score
-worse on, at recall@1 or recall@10, and the enable check repeats that with other phrases
-of the test chunks. A model that evaluates worse than no model on any of them is reported,
-with the reason, and may not be enabled.
+stopping), the shrink toward the identity and the model's shape (the rank of `A B`, the
+L2 pull and the learning rate, from `SHAPES`), by mean recall plus mean reciprocal rank.
+Because synthetic held-out recall can rise while plain queries get worse (measured
+lesson), guards use the chunks' own text: phrases cut from the training chunks are trained
+on as anchors; phrases from, and headings of, the held-out chunks are query sets that no
+kept epoch may lose more queries than it wins on, at recall@1 or recall@10, and the enable
+check repeats that with other phrases of the test chunks. A model that evaluates worse
+than no model on any of them is reported, with the reason, and may not be enabled.
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ from deepmemory_service.trainers import (
 )
 
 KS = (1, 3, 5, 10)
+# guard sets may lose no more queries than they win at these k. Measured on the pydoc
+# benchmark: a rule that tolerates noise (a one-sided sign test) let models through that
+# dropped topic-title queries' recall@1 by up to 14 points; the strict rule refused them
+GUARD_KS = (1, 10)
 RANK = 32
 TEMPERATURE = 0.05
 L2 = 1e-3
@@ -127,11 +132,20 @@ def _mean(recalls: dict[str, float]) -> float:
     return sum(recalls.values()) / len(recalls)
 
 
-def _hurts(with_model: dict[str, float], without: dict[str, float]) -> bool:
-    return (
-        with_model["recall@1"] < without["recall@1"]
-        or with_model["recall@10"] < without["recall@10"]
-    )
+def changes(without: npt.NDArray[np.int64], with_model: npt.NDArray[np.int64]) -> dict[str, Any]:
+    """Per guarded k, the queries the model lost (found without it, missed with it) and won."""
+    return {
+        f"recall@{k}": {
+            "lost": int(((without < k) & (with_model >= k)).sum()),
+            "won": int(((without >= k) & (with_model < k)).sum()),
+        }
+        for k in GUARD_KS
+    }
+
+
+def _hurts(changed: dict[str, Any]) -> bool:
+    """More queries lost than won at some guarded k."""
+    return any(c["lost"] > c["won"] for c in changed.values())
 
 
 def probe_phrases(texts: list[str], seed: int, words: int = 8) -> list[str]:
@@ -145,14 +159,21 @@ def probe_phrases(texts: list[str], seed: int, words: int = 8) -> list[str]:
     return phrases
 
 
+def ranks_of(
+    queries: Matrix, positives: npt.NDArray[np.int64], corpus: Matrix
+) -> npt.NDArray[np.int64]:
+    """Each query's rank of its chunk: how many chunks score strictly higher."""
+    scores = queries @ corpus.T
+    positive_scores = scores[np.arange(len(queries)), positives]
+    ranks: npt.NDArray[np.int64] = (scores > positive_scores[:, None]).sum(axis=1)
+    return ranks
+
+
 def recall_at(
     queries: Matrix, positives: npt.NDArray[np.int64], corpus: Matrix
 ) -> dict[str, float]:
     """recall@k for each k in KS: the share of queries whose chunk ranks in the top k."""
-    scores = queries @ corpus.T
-    positive_scores = scores[np.arange(len(queries)), positives]
-    # rank = how many chunks score strictly higher than the right one
-    ranks = (scores > positive_scores[:, None]).sum(axis=1)
+    ranks = ranks_of(queries, positives, corpus)
     return {f"recall@{k}": float((ranks < k).mean()) for k in KS}
 
 
@@ -290,27 +311,30 @@ def heading_queries(texts: list[str], rows: npt.NDArray[np.int64]) -> tuple[list
 
 @attrs.frozen
 class Shape:
-    """One adapter shape to try: the rank of the low-rank map and the L2 pull to identity."""
+    """One adapter shape to try: the rank of `A B`, its L2 pull to the identity, and the
+    learning rate."""
 
-    rank: int
+    rank: int | None  # None: a full map of the dimension
     l2: float
+    lr: float = LEARNING_RATE
 
 
 # on the pydoc benchmark's validation questions, the per-dimension weights alone did best
-# for the hashing embedder (a low-rank map over-fits hashed words) and a low-rank map for
-# MiniLM; each run's validation split picks among them
-SHAPES = (Shape(0, L2), Shape(8, 1e-2), Shape(RANK, L2))
+# for the hashing embedder (a wider map over-fits hashed words) and a full map, learning
+# slower and pulled harder toward the identity, for MiniLM; each run's validation split
+# picks among them
+SHAPES = (Shape(0, L2), Shape(8, 1e-2), Shape(RANK, L2), Shape(None, 1e-2, 1e-3))
 
 
 def _guards_hold(
     guards: tuple[_Queries, ...],
-    base: list[dict[str, float]],
+    base: list[npt.NDArray[np.int64]],
     params: tuple[npt.NDArray[np.float32], ...],
     corpus: Matrix,
 ) -> bool:
     for guard, without in zip(guards, base, strict=True):
         if len(guard) and _hurts(
-            recall_at(_transform(guard.q, *params), guard.pos, corpus), without
+            changes(without, ranks_of(_transform(guard.q, *params), guard.pos, corpus))
         ):
             return False
     return True
@@ -328,14 +352,20 @@ def _train(
     hurt no guard, or None when none beats no model."""
     dim = data.corpus.shape[1]
     rng = np.random.default_rng(seed)
-    a = (rng.standard_normal((dim, shape.rank)) / np.sqrt(dim)).astype(np.float32)
-    b = np.zeros((shape.rank, dim), dtype=np.float32)
-    w = np.zeros(dim, dtype=np.float32)
+    # a full map: `a` stays the identity and `b` learns the map
+    full = shape.rank is None
+    a: npt.NDArray[np.float32] = (
+        np.eye(dim, dtype=np.float32)
+        if full
+        else (rng.standard_normal((dim, shape.rank or 0)) / np.sqrt(dim)).astype(np.float32)
+    )
+    b: npt.NDArray[np.float32] = np.zeros((a.shape[1], dim), dtype=np.float32)
+    w: npt.NDArray[np.float32] = np.zeros(dim, dtype=np.float32)
     l2 = shape.l2
-    adam = _Adam([w, a, b], LEARNING_RATE)
+    adam = _Adam([w, b] if full else [w, a, b], shape.lr)
     valid = data.valid
     baseline = recall_at(valid.q, valid.pos, data.corpus)
-    guard_base = [recall_at(g.q, g.pos, data.corpus) if len(g) else {} for g in data.valid_guards]
+    guard_base = [ranks_of(g.q, g.pos, data.corpus) for g in data.valid_guards]
     base_score = best_score = _score(valid.q, valid.pos, data.corpus)
     best: tuple[npt.NDArray[np.float32], ...] | None = None
     best_epoch, stale, history, blocked = 0, 0, [], 0
@@ -371,9 +401,9 @@ def _train(
             d_qn = d_logits @ cands
             d_u = (d_qn - qn * (qn * d_qn).sum(axis=1, keepdims=True)) / norm
             d_w = (d_u * q).sum(axis=0) + l2 * w
-            d_a = q.T @ (d_u @ b.T) + l2 * a
             d_b = (q @ a).T @ d_u + l2 * b
-            adam.step([g.astype(np.float32) for g in (d_w, d_a, d_b)])
+            grads = [d_w, d_b] if full else [d_w, q.T @ (d_u @ b.T) + l2 * a, d_b]
+            adam.step([g.astype(np.float32) for g in grads])
         loss = float(np.mean(losses))
         improved = False
         for alpha in SHRINK:
@@ -430,7 +460,7 @@ def _fit(
             break
 
         def step(epoch: int, loss: float, evaluated: dict[str, float], i: int = i) -> None:
-            progress(i * settings.epochs + epoch, loss, evaluated)
+            progress(i, epoch, loss, evaluated)
 
         params, score, report = _train(data, shape, settings, seed, stop, step)
         tried.append(report)
@@ -561,19 +591,22 @@ class LocalTrainer:
 
         reports: asyncio.Queue[TrainingProgress | None] = asyncio.Queue()
         stop = threading.Event()
-        epochs = self.settings.epochs * len(SHAPES)
+        epochs = self.settings.epochs
         last = [0.0]
 
-        def progress(epoch: int, loss: float, evaluated: dict[str, float]) -> None:
+        def progress(model: int, epoch: int, loss: float, evaluated: dict[str, float]) -> None:
             now = time.monotonic()
             if now - last[0] < 0.2 and epoch < epochs:
                 return
             last[0] = now
+            # each shape may stop early: the bar moves on to the next shape's share
+            step = model * epochs + epoch
             update = TrainingProgress(
-                f"Epoch {epoch}/{epochs}: loss {loss:.3f}, validation recall@10 "
-                f"{evaluated['recall@10']:.2f}",
-                epoch / epochs,
-                {"epoch": epoch, "loss": round(loss, 4), **evaluated},
+                f"Model {model + 1}/{len(SHAPES)}, epoch {epoch}/{epochs}: loss {loss:.3f}, "
+                f"validation recall@10 {evaluated['recall@10']:.2f}",
+                step / (len(SHAPES) * epochs),
+                {"model": model + 1, "epoch": epoch, "step": step, "loss": round(loss, 4)}
+                | evaluated,
             )
             loop.call_soon_threadsafe(reports.put_nowait, update)
 
@@ -597,13 +630,20 @@ class LocalTrainer:
         for prefix, queries in sets.items():
             if not len(queries):
                 continue
-            without = recall_at(queries.q, queries.pos, corpus)
-            metrics[f"{prefix}without_model"] = without
-            metrics[f"{prefix}with_model"] = (
+            without = ranks_of(queries.q, queries.pos, corpus)
+            with_model = (
                 without
                 if adapter is None
-                else recall_at(adapter.apply(queries.q), queries.pos, corpus)
+                else ranks_of(adapter.apply(queries.q), queries.pos, corpus)
             )
+            metrics[f"{prefix}without_model"] = {
+                f"recall@{k}": float((without < k).mean()) for k in KS
+            }
+            metrics[f"{prefix}with_model"] = {
+                f"recall@{k}": float((with_model < k).mean()) for k in KS
+            }
+            if prefix:
+                metrics[f"{prefix}changes"] = changes(without, with_model)
         metrics.update(
             train_pairs=len(data.train_q),
             eval_queries=len(test_q),
@@ -630,7 +670,7 @@ class LocalTrainer:
         """Why this model may not be enabled, or None. Never enable a model that evaluates
         worse than no model: on the held-out test questions (recall@1, or no better on
         average), or at recall@1 or recall@10 on the phrases or the headings of the
-        held-out chunks."""
+        held-out chunks (more of them lost than won)."""
         with_m, without = metrics["with_model"], metrics["without_model"]
         if (
             adapter is None
@@ -652,19 +692,20 @@ class LocalTrainer:
             ("probe_", "phrases from the held-out chunks"),
             ("headings_", "the held-out chunks' headings"),
         ):
-            if f"{prefix}with_model" not in metrics:
+            changed = metrics.get(f"{prefix}changes")
+            if changed is None or not _hurts(changed):
                 continue
             guard_with, guard_without = (
                 metrics[f"{prefix}with_model"],
                 metrics[f"{prefix}without_model"],
             )
-            if _hurts(guard_with, guard_without):
-                return (
-                    f"the trained model scored recall@1 {guard_with['recall@1']:.2f} and "
-                    f"recall@10 {guard_with['recall@10']:.2f} on {what}, against "
-                    f"{guard_without['recall@1']:.2f} and {guard_without['recall@10']:.2f} "
-                    "without it"
-                )
+            counts = ", ".join(f"{k}: {c['lost']} lost, {c['won']} won" for k, c in changed.items())
+            return (
+                f"the trained model scored recall@1 {guard_with['recall@1']:.2f} and "
+                f"recall@10 {guard_with['recall@10']:.2f} on {what}, against "
+                f"{guard_without['recall@1']:.2f} and {guard_without['recall@10']:.2f} "
+                f"without it ({counts})"
+            )
         return None
 
     async def aclose(self) -> None:

@@ -17,6 +17,7 @@ from deepmemory_service.store import ChunkStore
 from deepmemory_service.trainer_local import (
     Adapter,
     LocalTrainer,
+    changes,
     heading_queries,
     headings,
     load_adapter,
@@ -95,12 +96,14 @@ async def test_training_helps_held_out_and_differently_phrased_queries(tmp_path:
     assert m["validation_queries"] > 0
     assert {"rank", "l2", "shrink"} == set(m["chosen"])
 
-    # progress: epoch, loss and held-out recall, in order, as fractions
+    # progress: model shape, epoch, loss and validation recall, in order, as fractions
     assert reports
-    epochs = [r.details["epoch"] for r in reports]
-    assert epochs == sorted(epochs)
-    assert {"loss", "recall@10"} <= set(reports[-1].details)
+    steps = [r.details["step"] for r in reports]
+    assert steps == sorted(steps)
+    assert [r.fraction for r in reports] == sorted(r.fraction for r in reports)
+    assert {"model", "epoch", "loss", "recall@10"} <= set(reports[-1].details)
     assert all(0 < r.fraction <= 1 for r in reports)
+    assert reports[-1].message.startswith(f"Model {reports[-1].details['model']}/")
 
     # the model lives beside the store, with what it was made from
     with np.load(model_path(store)) as saved:
@@ -217,14 +220,29 @@ def test_a_model_worse_on_a_guard_set_may_not_be_enabled() -> None:
     assert "held-out questions" in str(LocalTrainer._refusal(None, good))
     worse_r1 = {"with_model": _recalls(0.45, 0.95), "without_model": _recalls(0.5, 0.8)}
     assert "scored recall@1 0.45" in str(LocalTrainer._refusal(adapter, worse_r1))
+    even = {"recall@1": {"lost": 3, "won": 3}, "recall@10": {"lost": 0, "won": 4}}
     headings_hurt = {
         **good,
         "probe_with_model": _recalls(0.7, 0.9),
         "probe_without_model": _recalls(0.7, 0.9),
+        "probe_changes": even,
         "headings_with_model": _recalls(0.39, 0.9),
         "headings_without_model": _recalls(0.41, 0.9),
+        "headings_changes": {**even, "recall@1": {"lost": 5, "won": 3}},
     }
     reason = LocalTrainer._refusal(adapter, headings_hurt)
     assert reason is not None
     assert "headings" in reason
     assert "recall@1 0.39" in reason
+    assert "recall@1: 5 lost, 3 won" in reason
+    # as many queries won as lost, at every guarded k: no refusal
+    assert LocalTrainer._refusal(adapter, {**headings_hurt, "headings_changes": even}) is None
+
+
+def test_guard_changes_count_the_queries_each_k_lost_and_won() -> None:
+    without = np.array([0, 0, 5, 12, 3, 20])
+    with_model = np.array([0, 2, 0, 8, 15, 20])
+    assert changes(without, with_model) == {
+        "recall@1": {"lost": 1, "won": 1},
+        "recall@10": {"lost": 1, "won": 1},
+    }
