@@ -328,9 +328,8 @@ class Conn:
     ) -> list[JobEvent]:
         return [_event(r) for r in await self._fetch("events_after", job_id, after_id, limit)]
 
-    async def get_event(self, event_id: int) -> JobEvent | None:
-        row = await self._fetchrow("get_event", event_id)
-        return None if row is None else _event(row)
+    async def get_events(self, event_ids: list[int]) -> list[JobEvent]:
+        return [_event(row) for row in await self._fetch("get_events", event_ids)]
 
     # settings
 

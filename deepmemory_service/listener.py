@@ -43,9 +43,13 @@ async def listen(svc: Services) -> None:
                 # a dead connection says nothing; ask it something to find out
                 await conn.fetchval("SELECT 1", timeout=CHECK_S)
                 continue
+            # a burst of notifications arrives together: one round trip reads all of it
+            event_ids = [event_id]
+            while not pending.empty():
+                event_ids.append(pending.get_nowait())
             async with svc.db.conn() as db:
-                event = await db.get_event(event_id)
-            if event is not None:
+                events = await db.get_events(event_ids)
+            for event in events:
                 svc.broadcaster.publish(event)
     finally:
         await asyncio.shield(conn.close(timeout=2))

@@ -75,8 +75,9 @@ FROM e;
 SELECT id, job_id, event, data FROM job_events
 WHERE job_id = $1 AND id > $2 ORDER BY id LIMIT $3;
 
--- name: get_event
-SELECT id, job_id, event, data FROM job_events WHERE id = $1;
+-- name: get_events
+-- Several stored events in one round trip, in id order (a job's events are in its order).
+SELECT id, job_id, event, data FROM job_events WHERE id = ANY($1::bigint[]) ORDER BY id;
 
 -- name: uncovered_chunks
 -- The run's snapshot chunks that have no pair yet, in id order, one page after `$3`.
