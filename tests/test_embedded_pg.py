@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import subprocess
-import warnings
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pgserver._commands as pgserver_commands
+import pgserver.postgres_server as pgserver_module
 import pytest
 from structlog.testing import capture_logs
 
@@ -17,11 +18,7 @@ from deepmemory_service.embedded_pg import EmbeddedPostgres
 async def test_a_server_slower_than_pg_ctls_timeout_is_waited_for(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")  # as EmbeddedPostgres
-        import pgserver.postgres_server as pgserver_module
-        from pgserver._commands import pg_ctl as real_pg_ctl
-
+    real_pg_ctl = pgserver_commands.pg_ctl
     starts: list[list[str]] = []
 
     def slow_machine(args: list[str], **kwargs: Any) -> Any:
