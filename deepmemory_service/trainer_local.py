@@ -61,6 +61,13 @@ BATCH = 64
 HARD_NEGATIVES = 20
 PATIENCE = 10
 MIN_PAIRS = 10
+# a large run stays in bounded memory and time: scores are computed a block of queries at a
+# time, hard negatives are mined from a sample of a large corpus, and the question sets
+# are seeded samples where they are larger than these
+SCORE_FLOATS = 1 << 24  # 64 MB of float32 scores at a time
+MAX_TRAIN_QUERIES = 20_000
+MAX_EVAL_QUERIES = 2_000
+MINING_POOL = 20_000
 # each epoch's adapter is also tried shrunk toward the identity: q + alpha * (q*w + q A B)
 SHRINK = (1.0, 0.5)
 
@@ -159,14 +166,53 @@ def probe_phrases(texts: list[str], seed: int, words: int = 8) -> list[str]:
     return phrases
 
 
+def _blocks(queries: int, corpus: int) -> range:
+    """Starts of query blocks whose scores against the corpus fit in SCORE_FLOATS."""
+    return range(0, queries, max(1, SCORE_FLOATS // max(1, corpus)))
+
+
 def ranks_of(
     queries: Matrix, positives: npt.NDArray[np.int64], corpus: Matrix
 ) -> npt.NDArray[np.int64]:
     """Each query's rank of its chunk: how many chunks score strictly higher."""
-    scores = queries @ corpus.T
-    positive_scores = scores[np.arange(len(queries)), positives]
-    ranks: npt.NDArray[np.int64] = (scores > positive_scores[:, None]).sum(axis=1)
+    ranks = np.empty(len(queries), dtype=np.int64)
+    step = _blocks(len(queries), len(corpus)).step
+    for start in _blocks(len(queries), len(corpus)):
+        block = slice(start, start + step)
+        scores = queries[block] @ corpus.T
+        positive_scores = scores[np.arange(len(scores)), positives[block]]
+        ranks[block] = (scores > positive_scores[:, None]).sum(axis=1)
     return ranks
+
+
+def _hard_negatives(
+    queries: Matrix, corpus: Matrix, k: int, rng: np.random.Generator
+) -> npt.NDArray[np.int64]:
+    """For each query, `k` of the corpus rows it scores highest, right or wrong; among a
+    fresh sample of MINING_POOL rows when the corpus is larger."""
+    pool = (
+        np.arange(len(corpus))
+        if len(corpus) <= MINING_POOL
+        else np.sort(rng.choice(len(corpus), MINING_POOL, replace=False))
+    )
+    candidates = corpus[pool]
+    k = min(k, len(pool) - 1)
+    hard = np.empty((len(queries), k), dtype=np.int64)
+    step = _blocks(len(queries), len(pool)).step
+    for start in _blocks(len(queries), len(pool)):
+        block = slice(start, start + step)
+        scores = queries[block] @ candidates.T
+        hard[block] = pool[np.argpartition(-scores, k, axis=1)[:, :k]]
+    return hard
+
+
+def _at_most(
+    indexes: npt.NDArray[np.int64], cap: int, rng: np.random.Generator
+) -> npt.NDArray[np.int64]:
+    """`indexes`, or a sample of `cap` of them in their order."""
+    if len(indexes) <= cap:
+        return indexes
+    return np.sort(rng.choice(indexes, cap, replace=False))
 
 
 def recall_at(
@@ -182,9 +228,7 @@ def _score(
 ) -> tuple[float, float]:
     """What validation maximises: mean recall over KS plus mean reciprocal rank (which
     weighs the top ranks and breaks the ties small validation sets make common), then MRR."""
-    scores = queries @ corpus.T
-    positive_scores = scores[np.arange(len(queries)), positives]
-    ranks = (scores > positive_scores[:, None]).sum(axis=1)
+    ranks = ranks_of(queries, positives, corpus)
     recall = float(np.mean([(ranks < k).mean() for k in KS]))
     mrr = float((1.0 / (ranks + 1)).mean())
     return recall + mrr, mrr
@@ -376,8 +420,7 @@ def _train(
             break
         current = _transform(data.train_q, w, a, b)
         # hard negatives: the corpus chunks the current model ranks highest, right or wrong
-        k = min(HARD_NEGATIVES, len(data.corpus) - 1)
-        hard = np.argpartition(-(current @ data.corpus.T), k, axis=1)[:, :k]
+        hard = _hard_negatives(current, data.corpus, HARD_NEGATIVES, rng)
         order = rng.permutation(n)
         losses = []
         for start in range(0, n, BATCH):
@@ -505,6 +548,24 @@ def _fit(
     return Adapter(best[0], best[1], best[2], "", ""), metrics
 
 
+def _evaluate(adapter: Adapter | None, sets: dict[str, _Queries], corpus: Matrix) -> dict[str, Any]:
+    """recall@k without and with the model on each query set, keyed by its prefix, and on
+    the guard sets the queries lost and won."""
+    metrics: dict[str, Any] = {}
+    for prefix, queries in sets.items():
+        if not len(queries):
+            continue
+        without = ranks_of(queries.q, queries.pos, corpus)
+        with_model = (
+            without if adapter is None else ranks_of(adapter.apply(queries.q), queries.pos, corpus)
+        )
+        metrics[f"{prefix}without_model"] = {f"recall@{k}": float((without < k).mean()) for k in KS}
+        metrics[f"{prefix}with_model"] = {f"recall@{k}": float((with_model < k).mean()) for k in KS}
+        if prefix:
+            metrics[f"{prefix}changes"] = changes(without, with_model)
+    return metrics
+
+
 class LocalTrainer:
     name = "local"
 
@@ -537,15 +598,22 @@ class LocalTrainer:
                 "vector store"
             )
         rows = np.array([row_of[request.chunk_ids[i]] for i in keep], dtype=np.int64)
-        questions = await request.embedder.embed([request.questions[i] for i in keep])
-        if questions.shape[1] != corpus.shape[1]:
-            raise TrainingError(
-                f"query vectors have dimension {questions.shape[1]} but the store holds "
-                f"{corpus.shape[1]}: the embedder changed since ingestion"
-            )
         seed = uuid.UUID(str(request.run_id)).int % 2**32
         test, valid = split_three(rows, self.settings.holdout, seed)
-        train = ~(test | valid)
+        # a large run trains and measures on seeded samples; only those are embedded
+        rng = np.random.default_rng(seed + 3)
+        train_i = _at_most(np.flatnonzero(~(test | valid)), MAX_TRAIN_QUERIES, rng)
+        valid_i = _at_most(np.flatnonzero(valid), MAX_EVAL_QUERIES, rng)
+        test_i = _at_most(np.flatnonzero(test), MAX_EVAL_QUERIES, rng)
+        embedded = await request.embedder.embed(
+            [request.questions[keep[i]] for i in np.concatenate([train_i, valid_i, test_i])]
+        )
+        if embedded.shape[1] != corpus.shape[1]:
+            raise TrainingError(
+                f"query vectors have dimension {embedded.shape[1]} but the store holds "
+                f"{corpus.shape[1]}: the embedder changed since ingestion"
+            )
+        train_q, valid_q, test_q = np.split(embedded, [len(train_i), len(train_i) + len(valid_i)])
         loop = asyncio.get_running_loop()
         texts = await store.texts()
         if len(texts) != len(ids):
@@ -569,23 +637,23 @@ class LocalTrainer:
                 _Queries(titled, np.array(title_rows, dtype=np.int64)),
             )
 
-        test_rows, valid_rows = np.unique(rows[test]), np.unique(rows[valid])
+        test_rows, valid_rows = np.unique(rows[test_i]), np.unique(rows[valid_i])
         test_guards = await guards(test_rows, seed)
         # epochs are kept only if they hurt no guard of any held-out chunk; the final check
         # repeats it with other phrases of the test chunks
         valid_guards = await guards(np.union1d(valid_rows, test_rows), seed + 2)
         # anchors: phrases from the training questions' chunks, trained on alongside them,
         # so the adapter learns what the questions share without unlearning plain queries
-        train_rows = rows[train]
-        anchor_rows = np.unique(train_rows)
+        train_rows = rows[train_i]
+        anchor_rows = _at_most(np.unique(train_rows), MAX_TRAIN_QUERIES // 4, rng)
         anchor_q = await request.embedder.embed(
             probe_phrases([texts[int(r)] for r in anchor_rows], seed + 1)
         )
         data = _Data(
-            np.concatenate([questions[train], anchor_q]),
+            np.concatenate([train_q, anchor_q]),
             np.concatenate([train_rows, anchor_rows]),
             corpus,
-            _Queries(questions[valid], rows[valid]),
+            _Queries(valid_q, rows[valid_i]),
             valid_guards,
         )
 
@@ -625,25 +693,12 @@ class LocalTrainer:
             reports.put_nowait(None)
             await forwarder
         # the reported figures: test questions and guards, which chose nothing
-        test_q = _Queries(questions[test], rows[test])
-        sets = {"": test_q, "probe_": test_guards[0], "headings_": test_guards[1]}
-        for prefix, queries in sets.items():
-            if not len(queries):
-                continue
-            without = ranks_of(queries.q, queries.pos, corpus)
-            with_model = (
-                without
-                if adapter is None
-                else ranks_of(adapter.apply(queries.q), queries.pos, corpus)
-            )
-            metrics[f"{prefix}without_model"] = {
-                f"recall@{k}": float((without < k).mean()) for k in KS
-            }
-            metrics[f"{prefix}with_model"] = {
-                f"recall@{k}": float((with_model < k).mean()) for k in KS
-            }
-            if prefix:
-                metrics[f"{prefix}changes"] = changes(without, with_model)
+        sets = {
+            "": _Queries(test_q, rows[test_i]),
+            "probe_": test_guards[0],
+            "headings_": test_guards[1],
+        }
+        metrics |= await loop.run_in_executor(None, _evaluate, adapter, sets, corpus)
         metrics.update(
             train_pairs=len(data.train_q),
             eval_queries=len(test_q),

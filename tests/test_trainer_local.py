@@ -10,6 +10,7 @@ import attrs
 import numpy as np
 import pytest
 
+from deepmemory_service import trainer_local
 from deepmemory_service.config import load_settings
 from deepmemory_service.embedders import HashingEmbedder
 from deepmemory_service.search import NoModelError, search_chunks
@@ -246,3 +247,41 @@ def test_guard_changes_count_the_queries_each_k_lost_and_won() -> None:
         "recall@1": {"lost": 1, "won": 1},
         "recall@10": {"lost": 1, "won": 1},
     }
+
+
+def test_ranks_in_blocks_equal_ranks_in_one_go(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(7)
+    corpus = rng.standard_normal((50, 16)).astype(np.float32)
+    queries = rng.standard_normal((23, 16)).astype(np.float32)
+    positives = rng.integers(0, 50, 23)
+    scores = queries @ corpus.T
+    expected = (scores > scores[np.arange(23), positives][:, None]).sum(axis=1)
+    monkeypatch.setattr(trainer_local, "SCORE_FLOATS", 50 * 4)  # blocks of 4 queries
+    assert trainer_local.ranks_of(queries, positives, corpus).tolist() == expected.tolist()
+
+
+async def test_a_run_larger_than_the_bounds_trains_on_samples(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bounds that keep a large run's memory and time flat, made small: training,
+    validation and test questions are samples, negatives come from a sample of the
+    corpus, and scores are taken a few queries at a time. The model still learns."""
+    monkeypatch.setattr(trainer_local, "MAX_TRAIN_QUERIES", 120)
+    monkeypatch.setattr(trainer_local, "MAX_EVAL_QUERIES", 24)
+    monkeypatch.setattr(trainer_local, "MINING_POOL", 30)
+    monkeypatch.setattr(trainer_local, "SCORE_FLOATS", 61 * 5)
+    embedder = HashingEmbedder(dimension=512)
+    store, texts = await make_store(tmp_path, embedder)
+    questions, chunk_ids = training_pairs(texts)
+
+    async def report(update: TrainingProgress) -> None:
+        return None
+
+    request = TrainingRequest(uuid.uuid4(), uuid.uuid4(), questions, chunk_ids, store, embedder)
+    outcome = await settings().train(request, report)
+
+    m = outcome.metrics
+    assert m["eval_queries"] == 24
+    assert m["validation_queries"] == 24
+    assert m["train_pairs"] <= 120 + 120 // 4  # questions and anchor phrases
+    assert m["with_model"]["recall@1"] > m["without_model"]["recall@1"]
