@@ -62,12 +62,14 @@ HARD_NEGATIVES = 20
 PATIENCE = 10
 MIN_PAIRS = 10
 # a large run stays in bounded memory and time: scores are computed a block of queries at a
-# time, hard negatives are mined from a sample of a large corpus, and the question sets
-# are seeded samples where they are larger than these
+# time; question sets (and the chunks guards are made of) are seeded samples where they are
+# larger than these; hard negatives are mined from, and epochs are chosen against, a
+# sample of a larger corpus (the reported test figures rank against all of it)
 SCORE_FLOATS = 1 << 24  # 64 MB of float32 scores at a time
-MAX_TRAIN_QUERIES = 20_000
-MAX_EVAL_QUERIES = 2_000
-MINING_POOL = 20_000
+MAX_TRAIN_QUERIES = 10_000
+MAX_EVAL_QUERIES = 1_000
+MINING_POOL = 10_000
+EVAL_NEAREST = 5
 # each epoch's adapter is also tried shrunk toward the identity: q + alpha * (q*w + q A B)
 SHRINK = (1.0, 0.5)
 
@@ -186,14 +188,14 @@ def ranks_of(
 
 
 def _hard_negatives(
-    queries: Matrix, corpus: Matrix, k: int, rng: np.random.Generator
+    queries: Matrix, corpus: Matrix, k: int, rng: np.random.Generator, pool_size: int
 ) -> npt.NDArray[np.int64]:
     """For each query, `k` of the corpus rows it scores highest, right or wrong; among a
-    fresh sample of MINING_POOL rows when the corpus is larger."""
+    fresh sample of `pool_size` rows when the corpus is larger."""
     pool = (
         np.arange(len(corpus))
-        if len(corpus) <= MINING_POOL
-        else np.sort(rng.choice(len(corpus), MINING_POOL, replace=False))
+        if len(corpus) <= pool_size
+        else np.sort(rng.choice(len(corpus), pool_size, replace=False))
     )
     candidates = corpus[pool]
     k = min(k, len(pool) - 1)
@@ -204,6 +206,22 @@ def _hard_negatives(
         scores = queries[block] @ candidates.T
         hard[block] = pool[np.argpartition(-scores, k, axis=1)[:, :k]]
     return hard
+
+
+def _eval_view(
+    corpus: Matrix, sets: list[_Queries], rng: np.random.Generator
+) -> tuple[Matrix, list[_Queries]]:
+    """The corpus the query sets are ranked against while choosing epochs: all of it, or for
+    a large one a sample of MINING_POOL rows, every set's own chunks, and the chunks each
+    query ranks highest without a model (the competitors that decide its rank: an adapter
+    stays near the identity), renumbered."""
+    if len(corpus) <= MINING_POOL:
+        return corpus, sets
+    sample = rng.choice(len(corpus), MINING_POOL, replace=False)
+    queries = np.concatenate([s.q for s in sets])
+    nearest = _hard_negatives(queries, corpus, EVAL_NEAREST, rng, len(corpus))
+    keep = np.union1d(np.union1d(sample, nearest.ravel()), np.concatenate([s.pos for s in sets]))
+    return corpus[keep], [_Queries(s.q, np.searchsorted(keep, s.pos)) for s in sets]
 
 
 def _at_most(
@@ -274,6 +292,8 @@ class _Data:
     train_q: Matrix
     train_pos: npt.NDArray[np.int64]
     corpus: Matrix
+    # what validation and guards rank against: the corpus, or a sample of a large one
+    eval_corpus: Matrix
     # validation: picks the epoch and the model shape; never reported as the result
     valid: _Queries
     # guards for choosing epochs, from all held-out chunks' own text: phrases and headings
@@ -408,9 +428,9 @@ def _train(
     l2 = shape.l2
     adam = _Adam([w, b] if full else [w, a, b], shape.lr)
     valid = data.valid
-    baseline = recall_at(valid.q, valid.pos, data.corpus)
-    guard_base = [ranks_of(g.q, g.pos, data.corpus) for g in data.valid_guards]
-    base_score = best_score = _score(valid.q, valid.pos, data.corpus)
+    baseline = recall_at(valid.q, valid.pos, data.eval_corpus)
+    guard_base = [ranks_of(g.q, g.pos, data.eval_corpus) for g in data.valid_guards]
+    base_score = best_score = _score(valid.q, valid.pos, data.eval_corpus)
     best: tuple[npt.NDArray[np.float32], ...] | None = None
     best_epoch, stale, history, blocked = 0, 0, [], 0
     best_alpha = 1.0
@@ -420,7 +440,7 @@ def _train(
             break
         current = _transform(data.train_q, w, a, b)
         # hard negatives: the corpus chunks the current model ranks highest, right or wrong
-        hard = _hard_negatives(current, data.corpus, HARD_NEGATIVES, rng)
+        hard = _hard_negatives(current, data.corpus, HARD_NEGATIVES, rng, MINING_POOL)
         order = rng.permutation(n)
         losses = []
         for start in range(0, n, BATCH):
@@ -452,11 +472,11 @@ def _train(
         for alpha in SHRINK:
             params = (w * alpha, a.copy(), b * alpha)
             moved = _transform(valid.q, *params)
-            evaluated = recall_at(moved, valid.pos, data.corpus)
-            score = _score(moved, valid.pos, data.corpus)
+            evaluated = recall_at(moved, valid.pos, data.eval_corpus)
+            score = _score(moved, valid.pos, data.eval_corpus)
             # measured lesson: synthetic held-out recall can rise while plain queries get
             # worse, so an epoch that hurts a guard set is never kept as the best
-            held = _guards_hold(data.valid_guards, guard_base, params, data.corpus)
+            held = _guards_hold(data.valid_guards, guard_base, params, data.eval_corpus)
             if alpha == 1.0:
                 history.append(
                     {"epoch": epoch, "loss": round(loss, 4), **evaluated, "guards_held": held}
@@ -483,7 +503,7 @@ def _train(
         "validation_with_model": (
             baseline
             if best is None
-            else recall_at(_transform(valid.q, *best), valid.pos, data.corpus)
+            else recall_at(_transform(valid.q, *best), valid.pos, data.eval_corpus)
         ),
         "history": history[-10:],
     }
@@ -524,7 +544,7 @@ def _fit(
             }
             for r in tried
         ],
-        "validation_without_model": recall_at(data.valid.q, data.valid.pos, data.corpus),
+        "validation_without_model": recall_at(data.valid.q, data.valid.pos, data.eval_corpus),
         "validation_queries": len(data.valid),
         # epochs that did better on validation questions but worse on a guard set
         "guard_blocked_epochs": sum(r["guard_blocked"] for r in tried),
@@ -638,10 +658,12 @@ class LocalTrainer:
             )
 
         test_rows, valid_rows = np.unique(rows[test_i]), np.unique(rows[valid_i])
-        test_guards = await guards(test_rows, seed)
+        test_guards = await guards(_at_most(test_rows, MAX_EVAL_QUERIES, rng), seed)
         # epochs are kept only if they hurt no guard of any held-out chunk; the final check
         # repeats it with other phrases of the test chunks
-        valid_guards = await guards(np.union1d(valid_rows, test_rows), seed + 2)
+        valid_guards = await guards(
+            _at_most(np.union1d(valid_rows, test_rows), MAX_EVAL_QUERIES, rng), seed + 2
+        )
         # anchors: phrases from the training questions' chunks, trained on alongside them,
         # so the adapter learns what the questions share without unlearning plain queries
         train_rows = rows[train_i]
@@ -649,12 +671,16 @@ class LocalTrainer:
         anchor_q = await request.embedder.embed(
             probe_phrases([texts[int(r)] for r in anchor_rows], seed + 1)
         )
+        eval_corpus, (valid_set, *valid_guard_sets) = await loop.run_in_executor(
+            None, _eval_view, corpus, [_Queries(valid_q, rows[valid_i]), *valid_guards], rng
+        )
         data = _Data(
             np.concatenate([train_q, anchor_q]),
             np.concatenate([train_rows, anchor_rows]),
             corpus,
-            _Queries(valid_q, rows[valid_i]),
-            valid_guards,
+            eval_corpus,
+            valid_set,
+            tuple(valid_guard_sets),
         )
 
         reports: asyncio.Queue[TrainingProgress | None] = asyncio.Queue()

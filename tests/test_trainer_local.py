@@ -277,7 +277,11 @@ async def test_a_run_larger_than_the_bounds_trains_on_samples(
     async def report(update: TrainingProgress) -> None:
         return None
 
-    request = TrainingRequest(uuid.uuid4(), uuid.uuid4(), questions, chunk_ids, store, embedder)
+    # a fixed run id, so a fixed split; the sampled validation corpus keeps each query's
+    # nearest chunks (here the one distractor every query starts out preferring): without
+    # them, 4 of 12 seeds chose an adapter that never learned to pass it
+    run_id = uuid.UUID(int=2)
+    request = TrainingRequest(uuid.uuid4(), run_id, questions, chunk_ids, store, embedder)
     outcome = await settings().train(request, report)
 
     m = outcome.metrics
