@@ -237,16 +237,16 @@ def recall_at(
     queries: Matrix, positives: npt.NDArray[np.int64], corpus: Matrix
 ) -> dict[str, float]:
     """recall@k for each k in KS: the share of queries whose chunk ranks in the top k."""
-    ranks = ranks_of(queries, positives, corpus)
+    return _recalls(ranks_of(queries, positives, corpus))
+
+
+def _recalls(ranks: npt.NDArray[np.int64]) -> dict[str, float]:
     return {f"recall@{k}": float((ranks < k).mean()) for k in KS}
 
 
-def _score(
-    queries: Matrix, positives: npt.NDArray[np.int64], corpus: Matrix
-) -> tuple[float, float]:
+def _score(ranks: npt.NDArray[np.int64]) -> tuple[float, float]:
     """What validation maximises: mean recall over KS plus mean reciprocal rank (which
     weighs the top ranks and breaks the ties small validation sets make common), then MRR."""
-    ranks = ranks_of(queries, positives, corpus)
     recall = float(np.mean([(ranks < k).mean() for k in KS]))
     mrr = float((1.0 / (ranks + 1)).mean())
     return recall + mrr, mrr
@@ -430,7 +430,7 @@ def _train(
     valid = data.valid
     baseline = recall_at(valid.q, valid.pos, data.eval_corpus)
     guard_base = [ranks_of(g.q, g.pos, data.eval_corpus) for g in data.valid_guards]
-    base_score = best_score = _score(valid.q, valid.pos, data.eval_corpus)
+    base_score = best_score = _score(ranks_of(valid.q, valid.pos, data.eval_corpus))
     best: tuple[npt.NDArray[np.float32], ...] | None = None
     best_epoch, stale, history, blocked = 0, 0, [], 0
     best_alpha = 1.0
@@ -472,8 +472,8 @@ def _train(
         for alpha in SHRINK:
             params = (w * alpha, a.copy(), b * alpha)
             moved = _transform(valid.q, *params)
-            evaluated = recall_at(moved, valid.pos, data.eval_corpus)
-            score = _score(moved, valid.pos, data.eval_corpus)
+            ranks = ranks_of(moved, valid.pos, data.eval_corpus)
+            evaluated, score = _recalls(ranks), _score(ranks)
             # measured lesson: synthetic held-out recall can rise while plain queries get
             # worse, so an epoch that hurts a guard set is never kept as the best
             held = _guards_hold(data.valid_guards, guard_base, params, data.eval_corpus)
@@ -579,8 +579,8 @@ def _evaluate(adapter: Adapter | None, sets: dict[str, _Queries], corpus: Matrix
         with_model = (
             without if adapter is None else ranks_of(adapter.apply(queries.q), queries.pos, corpus)
         )
-        metrics[f"{prefix}without_model"] = {f"recall@{k}": float((without < k).mean()) for k in KS}
-        metrics[f"{prefix}with_model"] = {f"recall@{k}": float((with_model < k).mean()) for k in KS}
+        metrics[f"{prefix}without_model"] = _recalls(without)
+        metrics[f"{prefix}with_model"] = _recalls(with_model)
         if prefix:
             metrics[f"{prefix}changes"] = changes(without, with_model)
     return metrics
