@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import asyncpg
 import attrs
@@ -201,19 +201,38 @@ class RunReader(Protocol):
     async def run(self, user_id: uuid.UUID, run_id: str) -> dict[str, Any]: ...
 
 
+T = TypeVar("T")
+
+
+async def poll(
+    probe: Callable[[], Awaitable[T]],
+    done: Callable[[T], bool],
+    failure: Callable[[T], str],
+    within: float = 30.0,
+) -> T:
+    """Calls `probe` until `done` holds for what it returns, and returns that; fails with
+    `failure(last value)` once `within` seconds have passed."""
+    deadline = time.monotonic() + within
+    while True:
+        value = await probe()
+        if done(value):
+            return value
+        assert time.monotonic() < deadline, failure(value)
+        await asyncio.sleep(0.02)
+
+
 async def wait_generated(
     client: RunReader, user_id: uuid.UUID, run_id: str, at_least: int, within: float = 60.0
 ) -> dict[str, Any]:
     """Polls the run until it has generated at least `at_least` chunks, and returns it."""
-    deadline = time.monotonic() + within
-    while True:
-        run = await client.run(user_id, run_id)
-        if run["generated_chunks"] >= at_least:
-            return run
-        assert time.monotonic() < deadline, (
+    return await poll(
+        lambda: client.run(user_id, run_id),
+        lambda run: run["generated_chunks"] >= at_least,
+        lambda run: (
             f"run stayed at {run['generated_chunks']} chunks, wanted {at_least} in {within:g} s"
-        )
-        await asyncio.sleep(0.02)
+        ),
+        within,
+    )
 
 
 _TOPICS = [

@@ -28,7 +28,7 @@ from deepmemory_service.testing.standin_llm import (
     StandinConfig,
     create_standin_app,
 )
-from tests.conftest import assert_one_pair_set_per_chunk, wait_generated
+from tests.conftest import assert_one_pair_set_per_chunk, poll, wait_generated
 
 TOKEN = "instances-service-token"
 KILLS = int(os.environ.get("DEEPMEMORY_TEST_KILLS", "10"))
@@ -145,13 +145,12 @@ async def ingest(instance: Instance, user: uuid.UUID, n: int) -> None:
 async def wait_status(
     instance: Instance, user: uuid.UUID, run_id: str, *statuses: str, within: float = 60
 ) -> dict[str, Any]:
-    deadline = time.monotonic() + within
-    while True:
-        run = await instance.run(user, run_id)
-        if run["status"] in statuses:
-            return run
-        assert time.monotonic() < deadline, f"run stayed {run['status']}"
-        await asyncio.sleep(0.05)
+    return await poll(
+        lambda: instance.run(user, run_id),
+        lambda run: run["status"] in statuses,
+        lambda run: f"run stayed {run['status']}",
+        within,
+    )
 
 
 async def read_events(

@@ -11,8 +11,9 @@ import socket
 import struct
 import uuid
 import weakref
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import pytest
@@ -24,7 +25,7 @@ from structlog.testing import capture_logs
 from deepmemory_service.broadcaster import Subscription
 from deepmemory_service.config import Settings
 from deepmemory_service.testing.fakes import ControlledGenerator
-from tests.conftest import Api, SseEvent, read_stream
+from tests.conftest import Api, SseEvent, poll, read_stream
 
 
 async def test_stream_carries_progress_to_done_and_replays_after_last_event_id(
@@ -132,10 +133,12 @@ async def test_departed_clients_are_unsubscribed(
     ) as resp:
         await resp.content.readline()
         assert broadcaster.subscriber_count == 1
-    deadline = asyncio.get_running_loop().time() + 10
-    while broadcaster.subscriber_count:
-        assert asyncio.get_running_loop().time() < deadline, "the subscription leaked"
-        await asyncio.sleep(0.02)
+    await poll(
+        _now(lambda: broadcaster.subscriber_count),
+        lambda count: count == 0,
+        lambda _: "the subscription leaked",
+        10,
+    )
     gen.release()
 
 
@@ -226,31 +229,39 @@ class ServedServer(TestServer):
         return await super()._make_runner(**kwargs)
 
 
-async def _wait_subscribers(api: Api, admin_token: str, wanted: int, timeout: float = 30) -> None:
+T = TypeVar("T")
+
+
+def _now(read: Callable[[], T]) -> Callable[[], Awaitable[T]]:
+    """A plain read as a probe for `poll`."""
+
+    async def probe() -> T:
+        return read()
+
+    return probe
+
+
+async def _wait_subscribers(api: Api, admin_token: str, wanted: int) -> None:
     """Until the service's live subscriber count (its debug snapshot) is `wanted`."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
+
+    async def count() -> int:
         code, snapshot = await api.call(
             "GET", "/debug/supervisors", headers={"X-Admin-Token": admin_token}
         )
         assert code == 200, snapshot
-        count = snapshot["broadcaster"]["subscribers"]
-        if count == wanted:
-            return
-        assert asyncio.get_running_loop().time() < deadline, f"{count} subscribers, not {wanted}"
-        await asyncio.sleep(0.02)
+        return int(snapshot["broadcaster"]["subscribers"])
+
+    await poll(count, lambda n: n == wanted, lambda n: f"{n} subscribers, not {wanted}")
 
 
-async def _wait_alive(refs: list[weakref.ref[Any]], wanted: int, timeout: float = 30) -> None:
+async def _wait_alive(refs: list[weakref.ref[Any]], wanted: int) -> None:
     """Until exactly `wanted` of the objects behind `refs` are alive."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
+
+    def alive() -> int:
         gc.collect()
-        alive = sum(r() is not None for r in refs)
-        if alive == wanted:
-            return
-        assert asyncio.get_running_loop().time() < deadline, f"{alive} alive, not {wanted}"
-        await asyncio.sleep(0.02)
+        return sum(r() is not None for r in refs)
+
+    await poll(_now(alive), lambda n: n == wanted, lambda n: f"{n} alive, not {wanted}")
 
 
 def _send_buffer_max() -> int:
@@ -382,10 +393,11 @@ async def test_a_burst_on_one_instance_reaches_subscribers_on_another_whole_and_
     await asyncio.wait_for(gen.started.wait(), 10)
 
     on_b = asyncio.create_task(read_stream(b, user_id, job_id, timeout=60))
-    deadline = asyncio.get_running_loop().time() + 30
-    while not b.services.broadcaster.has_subscribers(job):
-        assert asyncio.get_running_loop().time() < deadline, "B's stream never subscribed"
-        await asyncio.sleep(0.02)
+    await poll(
+        _now(lambda: b.services.broadcaster.has_subscribers(job)),
+        bool,
+        lambda _: "B's stream never subscribed",
+    )
     # one after another, as a job's one writer emits them (ids and commits in the same order)
     burst = [await a.services.events.emit(job, "progress", {"burst": i}) for i in range(300)]
     gen.release()
