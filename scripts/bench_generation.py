@@ -13,7 +13,6 @@ import asyncio
 import json
 import os
 import resource
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,52 +20,18 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import asyncpg
 from aiohttp import web
+from benchlib import free_port, fresh_database  # scripts/, beside this file
 
-from deepmemory_service import logs, migrations
+from deepmemory_service import logs
 from deepmemory_service.app import create_app
 from deepmemory_service.config import Settings, load_settings
-from deepmemory_service.embedded_pg import EmbeddedPostgres
 
-SYSTEM_PG = "postgresql://postgres@127.0.0.1:5432/test"
 TOKEN = "bench-token"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@asynccontextmanager
-async def database() -> AsyncIterator[str]:
-    """A fresh database on the machine's PostgreSQL if it answers, else an embedded one."""
-    embedded = None
-    try:
-        admin = await asyncpg.connect(SYSTEM_PG, timeout=3)
-        base = SYSTEM_PG
-    except (OSError, asyncpg.PostgresError):
-        embedded = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="dm-bench-pg-")))
-        base = embedded.start()
-        admin = await asyncpg.connect(base)
-    name = f"dm_bench_{uuid.uuid4().hex[:8]}"
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    head, _, query = base.partition("?")
-    url = head.rsplit("/", 1)[0] + f"/{name}" + (f"?{query}" if query else "")
-    try:
-        await migrations.migrate_url(url)
-        yield url
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
-        if embedded:
-            embedded.stop()
 
 
 @asynccontextmanager
@@ -203,7 +168,7 @@ async def timed_run(api: str, user: uuid.UUID) -> tuple[dict[str, Any], float]:
 async def throughput(m: int, latency_ms: float, c: int, fault_rate: float) -> dict[str, Any]:
     faults = ["429", "500", "bad_json", "wrong_count"]
     async with (
-        database() as db,
+        fresh_database("dm-bench") as (db, _),
         standin(
             latency_ms=latency_ms, fault_rate=fault_rate, faults=faults, retry_after_s=1
         ) as llm,
@@ -228,7 +193,10 @@ async def throughput(m: int, latency_ms: float, c: int, fault_rate: float) -> di
 
 
 async def resume(m: int, fail_at: int, c: int) -> dict[str, Any]:
-    async with database() as db, standin(latency_ms=5, fail_after=fail_at) as llm:
+    async with (
+        fresh_database("dm-bench") as (db, _),
+        standin(latency_ms=5, fail_after=fail_at) as llm,
+    ):
         user = uuid.uuid4()
         await seed_chunks(db, user, m)
         settings = service_settings(db, llm, c)
@@ -257,7 +225,7 @@ async def resume(m: int, fail_at: int, c: int) -> dict[str, Any]:
 
 
 async def large(m: int, c: int) -> dict[str, Any]:
-    async with database() as db, standin(latency_ms=0) as llm:
+    async with fresh_database("dm-bench") as (db, _), standin(latency_ms=0) as llm:
         user = uuid.uuid4()
         await seed_chunks(db, user, m)
         async with service(service_settings(db, llm, c)) as api:

@@ -47,12 +47,11 @@ import aiohttp
 import asyncpg
 import psutil
 import yarl
+from benchlib import free_port, fresh_database  # scripts/, beside this file
 
 from deepmemory_service import logs, migrations
 from deepmemory_service.db import queries
-from deepmemory_service.embedded_pg import EmbeddedPostgres
 
-SYSTEM_PG = "postgresql://postgres@127.0.0.1:5432/test"
 TOKEN = "bench-load-token"
 ADMIN = "bench-load-admin"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -91,13 +90,6 @@ QUICK = Sizes(
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def pct(values: Iterable[float], p: float) -> float:
@@ -171,31 +163,8 @@ async def database() -> AsyncIterator[tuple[str, str]]:
         await migrations.migrate_url(configured)
         yield configured, "DEEPMEMORY_DATABASE_URL"
         return
-    embedded, pg_dir = None, None
-    try:
-        admin = await asyncpg.connect(SYSTEM_PG, timeout=3)
-        base, where = SYSTEM_PG, "fresh database on the machine's PostgreSQL"
-    except (OSError, asyncpg.PostgresError):
-        pg_dir = Path(tempfile.mkdtemp(prefix="dm-bench-load-pg-"))
-        embedded = EmbeddedPostgres(pg_dir)
-        base = await asyncio.to_thread(embedded.start)
-        where = "fresh database on an embedded PostgreSQL"
-        admin = await asyncpg.connect(base)
-    name = f"bench_load_{uuid.uuid4().hex[:8]}"
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    parsed = yarl.URL(base)
-    # with_path drops the query, which carries pgserver's socket directory
-    url = str(parsed.with_path(f"/{name}").with_query(parsed.query))
-    try:
-        await migrations.migrate_url(url)
+    async with fresh_database("dm-bench-load") as (url, where):
         yield url, where
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
-        if embedded:
-            await asyncio.to_thread(embedded.stop)
-        if pg_dir:
-            shutil.rmtree(pg_dir, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- processes
