@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import uuid
@@ -366,7 +367,10 @@ async def _discarded_if_broken(raw: asyncpg.Connection) -> AsyncIterator[None]:
     try:
         yield
     except UNAVAILABLE:
-        raw.terminate()
+        # asyncpg may have seen the connection close and given it back to the pool already;
+        # then there is nothing left to discard, and the loss itself is what to raise
+        with contextlib.suppress(asyncpg.InterfaceError):
+            raw.terminate()
         raise
 
 

@@ -18,6 +18,7 @@ import yarl
 
 from deepmemory_service import migrations
 from deepmemory_service.config import Settings
+from deepmemory_service.db import Database
 from deepmemory_service.models import Chunk
 from deepmemory_service.testing.fakes import ControlledGenerator
 from tests.conftest import (
@@ -152,3 +153,25 @@ async def test_postgres_restarted_mid_run(
     await assert_one_pair_set_per_chunk(own_postgres.url, run_id, QPC)
     code, reply = await api.call("GET", "/deep-memory/settings", params={"user_id": str(user_id)})
     assert code == 200, reply
+
+
+async def test_a_connection_lost_inside_a_block_raises_the_loss_not_a_pool_error(
+    settings: Settings,
+) -> None:
+    """asyncpg gives a connection it saw close back to the pool at once; discarding it
+    again must not replace the real error with "released back to the pool" (seen once, as
+    the message a generation run failed with)."""
+    db = await Database.connect(settings.database.url, min_size=1, max_size=2)
+
+    async def lose_the_connection() -> None:
+        async with db.conn() as conn:
+            conn.raw.terminate()
+            raise asyncpg.InterfaceError("simulated: the connection went away")
+
+    try:
+        with pytest.raises(asyncpg.InterfaceError, match="simulated"):
+            await lose_the_connection()
+        async with db.conn() as conn:
+            assert await conn.raw.fetchval("SELECT 1") == 1
+    finally:
+        await db.close()
