@@ -10,7 +10,7 @@ import attrs
 import structlog
 
 from deepmemory_service.broadcaster import Broadcaster
-from deepmemory_service.db import Database
+from deepmemory_service.db import Database, retrying
 from deepmemory_service.models import JobEvent
 
 log = structlog.get_logger(__name__)
@@ -65,4 +65,6 @@ class Progress:
         data, self._pending = self._pending, None
         self._last_sent = time.monotonic()
         self.sent += 1
-        await self.events.emit(self.job_id, "progress", data)
+        # a progress event is worth a retry through a dropped connection, not the run: an
+        # insert whose reply was lost may leave it twice, which a progress bar does not mind
+        await retrying(lambda: self.events.emit(self.job_id, "progress", data))
