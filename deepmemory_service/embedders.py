@@ -19,6 +19,7 @@ import numpy.typing as npt
 
 from deepmemory_service.config import OpenAIEmbeddingSettings
 from deepmemory_service.generators import STOPWORDS
+from deepmemory_service.retry import RetryPolicy, retry, retry_after
 
 Matrix = npt.NDArray[np.float32]
 
@@ -124,6 +125,22 @@ class MiniLMEmbedder:
         return None
 
 
+# a busy or failing API: four tries, jittered, honouring Retry-After up to 20 s
+EMBEDDINGS_RETRY = RetryPolicy(attempts=4, base_s=0.5, max_s=20.0)
+RETRYABLE_STATUS = frozenset({429, 500, 502, 503})
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, retry_after_s: float | None) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+        self.retry_after_s = retry_after_s
+
+
+class _Unreachable(Exception):
+    """A connection error or a timeout (named by the exception's type)."""
+
+
 class OpenAIEmbedder:
     """An OpenAI-compatible `POST {base_url}/embeddings` client, in batches."""
 
@@ -131,9 +148,14 @@ class OpenAIEmbedder:
     BATCH = 256
 
     def __init__(
-        self, settings: OpenAIEmbeddingSettings, session: aiohttp.ClientSession | None = None
+        self,
+        settings: OpenAIEmbeddingSettings,
+        session: aiohttp.ClientSession | None = None,
+        *,
+        policy: RetryPolicy = EMBEDDINGS_RETRY,
     ) -> None:
         self.settings = settings
+        self.policy = policy
         self.dimension = settings.dimension
         self._session = session
         self._owns = session is None
@@ -147,40 +169,51 @@ class OpenAIEmbedder:
         url = self.settings.base_url.rstrip("/") + "/embeddings"
         headers = {"Authorization": f"Bearer {self.settings.api_key}"}
         payload = {"model": self.settings.model, "input": list(texts)}
-        for attempt in range(4):
+
+        async def call() -> Any:
+            assert self._session is not None
             try:
                 async with (
                     asyncio.timeout(self.settings.timeout_s),
                     self._session.post(url, json=payload, headers=headers) as resp,
                 ):
-                    if resp.status in (429, 500, 502, 503) and attempt < 3:
-                        await asyncio.sleep(0.5 * 2**attempt)
-                        continue
+                    if resp.status in RETRYABLE_STATUS:
+                        raise _Refused(resp.status, retry_after(resp.headers.get("Retry-After")))
                     if resp.status == 401:
                         raise EmbeddingError("the embeddings API rejected the API key (HTTP 401)")
                     if resp.status >= 400:
                         raise EmbeddingError(f"HTTP {resp.status} from the embeddings API")
-                    data = await resp.json()
+                    return await resp.json()
             except (aiohttp.ClientError, TimeoutError) as exc:
-                if attempt < 3:
-                    await asyncio.sleep(0.5 * 2**attempt)
-                    continue
-                raise EmbeddingError(
-                    f"cannot reach the embeddings API ({type(exc).__name__})"
-                ) from None
-            try:
-                rows = sorted(data["data"], key=lambda item: item["index"])
-                matrix = np.array([row["embedding"] for row in rows], dtype=np.float32)
-            except (KeyError, TypeError, ValueError):
-                raise EmbeddingError("the embeddings API sent an unexpected reply") from None
-            if matrix.shape != (len(texts), self.dimension):
-                raise EmbeddingError(
-                    f"the embeddings API returned vectors of shape {matrix.shape}, expected "
-                    f"({len(texts)}, {self.dimension}): check "
-                    "DEEPMEMORY_OPENAI_EMBEDDINGS_DIMENSION"
-                )
-            return normalise(matrix)
-        raise EmbeddingError("the embeddings API kept refusing (rate limited or failing)")
+                raise _Unreachable(type(exc).__name__) from None
+
+        try:
+            data = await retry(
+                call,
+                self.policy,
+                retry_on=lambda exc: isinstance(exc, _Refused | _Unreachable),
+                pause=lambda exc, attempt: self.policy.delay(
+                    attempt, exc.retry_after_s if isinstance(exc, _Refused) else None
+                ),
+            )
+        except _Refused as exc:
+            raise EmbeddingError(
+                f"the embeddings API kept refusing (HTTP {exc.status}, rate limited or failing)"
+            ) from None
+        except _Unreachable as exc:
+            raise EmbeddingError(f"cannot reach the embeddings API ({exc})") from None
+        try:
+            rows = sorted(data["data"], key=lambda item: item["index"])
+            matrix = np.array([row["embedding"] for row in rows], dtype=np.float32)
+        except (KeyError, TypeError, ValueError):
+            raise EmbeddingError("the embeddings API sent an unexpected reply") from None
+        if matrix.shape != (len(texts), self.dimension):
+            raise EmbeddingError(
+                f"the embeddings API returned vectors of shape {matrix.shape}, expected "
+                f"({len(texts)}, {self.dimension}): check "
+                "DEEPMEMORY_OPENAI_EMBEDDINGS_DIMENSION"
+            )
+        return normalise(matrix)
 
     async def embed(self, texts: Sequence[str]) -> Matrix:
         parts = [

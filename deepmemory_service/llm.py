@@ -1,19 +1,18 @@
 """The LLM question generator: an OpenAI-compatible chat-completions client.
 
-One shared connection pool; a per-call timeout; retries with exponential backoff and full
-jitter that honour `Retry-After` on 429/503; strict parsing of the reply (a reply that is
-not exactly the questions asked for is a retryable fault, never a silent empty pair).
+One shared connection pool; a per-call timeout; retries under the service's retry policy
+(exponential backoff, full jitter, `Retry-After` on 429/503 honoured); strict parsing of
+the reply (a reply that is not exactly the questions asked for is a retryable fault, never
+a silent empty pair).
 The API key goes only into the Authorization header: never into logs, reprs or messages.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
 import random
 import re
-import time
 from collections import Counter
 from typing import Any
 
@@ -24,6 +23,7 @@ import structlog
 from deepmemory_service.config import LLMSettings
 from deepmemory_service.generators import GenerationError
 from deepmemory_service.models import Chunk
+from deepmemory_service.retry import RetryPolicy, retry, retry_after
 
 log = structlog.get_logger(__name__)
 
@@ -83,21 +83,6 @@ def parse_questions(content: str, count: int) -> list[str]:
     return seen[:count]
 
 
-def retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header: a number of seconds or an HTTP date."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
 class LLMQuestionGenerator:
     name = "llm"
 
@@ -114,6 +99,11 @@ class LLMQuestionGenerator:
         self._owns_session = session is None
         self._rng = rng or random.Random()  # noqa: S311  # jitter, not secrets
         self._url = settings.base_url.rstrip("/") + "/chat/completions"
+        self.policy = RetryPolicy(
+            attempts=settings.max_retries + 1,
+            base_s=settings.backoff_base_s,
+            max_s=settings.backoff_max_s,
+        )
 
     def __repr__(self) -> str:
         return f"<LLMQuestionGenerator model={self.settings.model} url={self._url}>"
@@ -125,36 +115,46 @@ class LLMQuestionGenerator:
             self._session = aiohttp.ClientSession(connector=connector)
         return self._session
 
-    def _backoff(self, attempt: int) -> float:
-        ceiling = min(self.settings.backoff_max_s, self.settings.backoff_base_s * 2**attempt)
-        return self._rng.uniform(0, ceiling)
-
     async def generate(self, chunk: Chunk, count: int) -> list[str]:
-        attempts = self.settings.max_retries + 1
-        for attempt in range(attempts):
+        tries = 0
+
+        async def attempt() -> list[str]:
+            nonlocal tries
+            tries += 1
             try:
-                questions = await self._call(chunk, count)
+                return await self._call(chunk, count)
             except UpstreamFault as fault:
                 self.stats.faults[fault.kind] += 1
-                if not fault.retryable or attempt == attempts - 1:
-                    tries = f"after {attempt + 1} attempt{'s' if attempt else ''}"
-                    raise GenerationError(f"LLM call failed {tries}: {fault.message}") from None
-                delay = self._backoff(attempt)
-                if fault.retry_after_s is not None:
-                    delay = max(delay, min(fault.retry_after_s, self.settings.backoff_max_s))
-                self.stats.retries += 1
-                log.info(
-                    "llm call retried",
-                    kind=fault.kind,
-                    attempt=attempt + 1,
-                    delay_s=round(delay, 3),
-                    chunk_id=chunk.id,
-                )
-                await asyncio.sleep(delay)
-            else:
-                self.stats.successes += 1
-                return questions
-        raise AssertionError("unreachable: the last attempt returns or raises")
+                raise
+
+        def pause(exc: BaseException, attempt: int) -> float:
+            wait = exc.retry_after_s if isinstance(exc, UpstreamFault) else None
+            return self.policy.delay(attempt, wait, self._rng)
+
+        def logged(exc: BaseException, attempt: int, delay: float) -> None:
+            self.stats.retries += 1
+            kind = exc.kind if isinstance(exc, UpstreamFault) else type(exc).__name__
+            log.info(
+                "llm call retried",
+                kind=kind,
+                attempt=attempt + 1,
+                delay_s=round(delay, 3),
+                chunk_id=chunk.id,
+            )
+
+        try:
+            questions = await retry(
+                attempt,
+                self.policy,
+                retry_on=lambda exc: isinstance(exc, UpstreamFault) and exc.retryable,
+                pause=pause,
+                on_retry=logged,
+            )
+        except UpstreamFault as fault:
+            times = f"after {tries} attempt{'s' if tries > 1 else ''}"
+            raise GenerationError(f"LLM call failed {times}: {fault.message}") from None
+        self.stats.successes += 1
+        return questions
 
     async def _call(self, chunk: Chunk, count: int) -> list[str]:
         self.stats.calls += 1

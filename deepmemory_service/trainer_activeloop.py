@@ -29,6 +29,7 @@ import structlog
 
 from deepmemory_service import deeplake_compat
 from deepmemory_service.config import TrainSettings
+from deepmemory_service.retry import RetryPolicy
 from deepmemory_service.trainers import (
     Reporter,
     TrainingError,
@@ -42,8 +43,9 @@ T = TypeVar("T")
 
 DONE = "completed"
 FAILED = frozenset({"failed", "cancelled", "canceled", "error"})
-# connection failures in a row before deeplake's endless retry loop is broken
-MAX_CONNECTION_FAILURES = 3
+# deeplake's client retries a connection error forever and at once: the guard pauses
+# 0.4 s, then 0.8 s, and breaks the loop at the third failure in a row
+CONNECT_RETRY = RetryPolicy(attempts=3, base_s=0.2, max_s=1.6, jitter=False)
 # a little of the budget is left so this trainer's message, not the caller's bare
 # timeout, is what the user reads
 DEADLINE_SHARE = 0.97
@@ -80,10 +82,10 @@ class _GuardedRequests:
         except self._real.exceptions.ConnectionError as exc:
             failures = getattr(_guard, "failures", 0) + 1
             _guard.failures = failures
-            if failures >= MAX_CONNECTION_FAILURES:
+            if failures >= CONNECT_RETRY.attempts:
                 _guard.failures = 0
                 raise ActiveloopUnreachable(f"cannot connect to {_origin(url)}") from exc
-            pause = 0.2 * 2**failures
+            pause = CONNECT_RETRY.delay(failures)
             if deadline is not None:
                 pause = min(pause, max(0.0, deadline - time.monotonic()))
             time.sleep(pause)

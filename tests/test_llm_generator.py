@@ -13,8 +13,9 @@ from structlog.testing import capture_logs
 
 from deepmemory_service.config import load_settings
 from deepmemory_service.generators import GenerationError
-from deepmemory_service.llm import LLMQuestionGenerator, parse_questions, retry_after
+from deepmemory_service.llm import LLMQuestionGenerator, parse_questions
 from deepmemory_service.models import Chunk
+from deepmemory_service.retry import retry_after
 from deepmemory_service.testing.standin_llm import (
     CONFIG,
     STATS,
