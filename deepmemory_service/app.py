@@ -131,8 +131,7 @@ async def open_backend(
     )
 
     def subscribers_for(sup: RunSupervisor) -> int:
-        job = sup.current_job_id
-        return broadcaster.subscribers_of({job}) if job else 0
+        return broadcaster.subscribers_of({sup.work.job_id}) if sup.work else 0
 
     supervisors = SupervisorRegistry(
         settings.supervisor.idle_s, settings.supervisor.inbox_size, subscribers_for

@@ -1,8 +1,11 @@
-"""Generation of a run's pairs: chunk workers under a semaphore, batched idempotent writes.
+"""Generation of a run's pairs: a fixed pool of chunk workers between bounded queues,
+batched idempotent writes.
 
 A producer pages the run's uncovered chunks (keyset by id, so memory stays flat however
-large the run), `concurrency` workers ask the generator for questions, and one writer
-stores pairs in batches (one round trip each) and reports coalesced progress. The first
+large the run) into a bounded queue; a fixed pool of `concurrency` workers takes chunks
+from it and asks the generator for questions (so at most `concurrency` calls are in flight
+for the run); one writer takes their answers from a second bounded queue and stores pairs
+in batches (one round trip each) and reports coalesced progress. The first
 worker failure cancels the others at once; the writer still stores what was produced,
 then the run becomes `generating_failed` and can be resumed from there.
 """
@@ -23,7 +26,7 @@ from deepmemory_service.events import Progress
 from deepmemory_service.generators import GenerationError
 from deepmemory_service.models import Chunk, Job, Pair, Run, RunStatus
 from deepmemory_service.services import Services
-from deepmemory_service.supervisor import RunSupervisor
+from deepmemory_service.supervisor import WorkStatus
 
 log = structlog.get_logger(__name__)
 
@@ -40,7 +43,7 @@ class WorkerLost(Exception):
 @attrs.define
 class Pipeline:
     svc: Services
-    sup: RunSupervisor
+    work: WorkStatus
     run: Run
     progress: Progress
     done: int
@@ -102,7 +105,7 @@ class Pipeline:
             chunk = await self.chunks.get()
             if chunk is _END or self.failure is not None:
                 return
-            self.sup.workers_busy += 1
+            self.work.workers_busy += 1
             self._calling.add(me)
             try:
                 questions = await generator.generate(chunk, qpc)
@@ -118,7 +121,7 @@ class Pipeline:
                 return
             finally:
                 self._calling.discard(me)
-                self.sup.workers_busy -= 1
+                self.work.workers_busy -= 1
             pairs = [Pair(chunk.id, i, q.strip()) for i, q in enumerate(questions)]
             await self.results.put(pairs)
 
@@ -208,7 +211,7 @@ def failure_message(exc: BaseException, chunk_id: int | None, done: int, total: 
     return f"Question generation failed{where}: {reason} ({done}/{total} chunks done)"
 
 
-async def generate(svc: Services, sup: RunSupervisor, run: Run, job: Job) -> None:
+async def generate(svc: Services, work: WorkStatus, run: Run, job: Job) -> None:
     """The whole generation job; on success, a `generated` run (and training if auto_train)."""
     events = svc.events
     progress = events.progress(job.id, run.id, svc.settings.generation.progress_hz)
@@ -221,7 +224,7 @@ async def generate(svc: Services, sup: RunSupervisor, run: Run, job: Job) -> Non
             "message": f"Generating questions from chunk {run.generated_chunks}/{run.total_chunks}",
         },
     )
-    pipeline = Pipeline(svc, sup, run, progress, done=run.generated_chunks)
+    pipeline = Pipeline(svc, work, run, progress, done=run.generated_chunks)
     started = time.monotonic()
     try:
         await pipeline.run_all()
@@ -280,7 +283,7 @@ async def generate(svc: Services, sup: RunSupervisor, run: Run, job: Job) -> Non
                 "message": f"Generated {finished.pair_count} pairs; training next",
             },
         )
-        sup.current_status = RunStatus.TRAINING
-        await training.train(svc, sup, training_run, job)
+        work.status = RunStatus.TRAINING
+        await training.train(svc, work, training_run, job)
         return
     await jobs.end_done(svc, job, run, RunStatus.GENERATED, pairs=finished.pair_count)

@@ -16,6 +16,7 @@ def metrics_handler(backend: web.Application) -> Callable[[web.Request], Awaitab
     async def handler(_request: web.Request) -> web.Response:
         svc = backend[SERVICES]
         sups = backend[SUPERVISORS].all()
+        works = [s.work for s in sups if s.work is not None]
         m = svc.metrics
         async with svc.db.conn() as conn:
             counts = await conn.run_counts()
@@ -31,7 +32,12 @@ def metrics_handler(backend: web.Application) -> Callable[[web.Request], Awaitab
             ("deepmemory_training_failures_total", "counter", {}, m.training_failures),
             ("deepmemory_supervisors", "gauge", {}, len(sups)),
             ("deepmemory_inbox_depth", "gauge", {}, sum(s.inbox.qsize() for s in sups)),
-            ("deepmemory_workers_busy", "gauge", {}, sum(s.workers_busy for s in sups)),
+            (
+                "deepmemory_workers_busy",
+                "gauge",
+                {},
+                sum(w.workers_busy for w in works),
+            ),
             ("deepmemory_sse_subscribers", "gauge", {}, svc.broadcaster.subscriber_count),
             ("deepmemory_events_published_total", "counter", {}, svc.broadcaster.published),
         ]

@@ -29,10 +29,8 @@ log = structlog.get_logger(__name__)
 
 
 def _launch(svc: Services, sup: RunSupervisor, run: Run, job: Job) -> None:
-    if job.kind is JobKind.GENERATE:
-        sup.start_work(run.id, job.id, run.status, generation.generate(svc, sup, run, job))
-    else:
-        sup.start_work(run.id, job.id, run.status, training.train(svc, sup, run, job))
+    work = generation.generate if job.kind is JobKind.GENERATE else training.train
+    sup.start_work(run.id, job.id, run.status, lambda status: work(svc, status, run, job))
 
 
 async def generate(

@@ -37,18 +37,43 @@ class Command:
 
 
 @attrs.define(eq=False)
+class WorkStatus:
+    """What a supervisor's current work is doing. The work updates it; the debug endpoint and
+    `/metrics` read it; it goes with the work (the supervisor drops it when the work ends)."""
+
+    run_id: uuid.UUID
+    job_id: uuid.UUID
+    status: str
+    workers_busy: int = 0
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "current_run_id": str(self.run_id),
+            "current_job_id": str(self.job_id),
+            "current_status": self.status,
+            "workers_busy": self.workers_busy,
+        }
+
+
+IDLE: dict[str, Any] = {
+    "current_run_id": None,
+    "current_job_id": None,
+    "current_status": None,
+    "workers_busy": 0,
+}
+
+
+@attrs.define(eq=False)
 class RunSupervisor:
     user_id: uuid.UUID
     registry: SupervisorRegistry
     inbox: asyncio.Queue[Command]
-    current_run_id: uuid.UUID | None = None
-    current_job_id: uuid.UUID | None = None
-    current_status: str | None = None
-    workers_busy: int = 0
+    work: WorkStatus | None = None
     commands_handled: int = 0
     last_error: str | None = None
     _task: asyncio.Task[None] | None = None
-    _work: asyncio.Task[None] | None = None
+    # the current work's task (`work` is what it reports)
+    _work: asyncio.Task[None] | None = attrs.field(default=None, init=False)
     _last_active: float = attrs.field(factory=time.monotonic)
     stopped: bool = False
 
@@ -73,19 +98,24 @@ class RunSupervisor:
         return self._work is not None and not self._work.done()
 
     def start_work(
-        self, run_id: uuid.UUID, job_id: uuid.UUID, status: str, work: Coroutine[Any, Any, None]
-    ) -> None:
-        """Runs `work` as this user's current task (one at a time: the run rule ensures it)."""
+        self,
+        run_id: uuid.UUID,
+        job_id: uuid.UUID,
+        status: str,
+        work: Callable[[WorkStatus], Coroutine[Any, Any, None]],
+    ) -> WorkStatus:
+        """Runs `work(status)` as this user's current task (one at a time: the run rule
+        ensures it); `status` is what the work reports through while it runs."""
         if self.working:
-            work.close()
             raise RuntimeError(f"supervisor {self.user_id} is already working")
-        self.current_run_id, self.current_job_id, self.current_status = run_id, job_id, status
-        self._work = asyncio.create_task(self._guard(work), name=f"run:{run_id}")
-
-    async def _guard(self, work: Coroutine[Any, Any, None]) -> None:
-        structlog.contextvars.bind_contextvars(
-            user_id=str(self.user_id), run_id=str(self.current_run_id)
+        self.work = WorkStatus(run_id, job_id, status)
+        self._work = asyncio.create_task(
+            self._guard(work(self.work), self.work), name=f"run:{run_id}"
         )
+        return self.work
+
+    async def _guard(self, work: Coroutine[Any, Any, None], status: WorkStatus) -> None:
+        structlog.contextvars.bind_contextvars(user_id=str(self.user_id), run_id=str(status.run_id))
         try:
             await work
         except asyncio.CancelledError:
@@ -95,8 +125,8 @@ class RunSupervisor:
             self.last_error = f"{type(exc).__name__}: {exc}"
             log.exception("run work crashed")
         finally:
-            self.current_status = None
-            self.workers_busy = 0
+            if self.work is status:
+                self.work = None
             self._last_active = time.monotonic()
 
     async def wait_idle(self) -> None:
@@ -160,22 +190,19 @@ class RunSupervisor:
         return {
             "user_id": str(self.user_id),
             "inbox_depth": self.inbox.qsize(),
-            "current_run_id": str(self.current_run_id) if self.current_run_id else None,
-            "current_job_id": str(self.current_job_id) if self.current_job_id else None,
-            "current_status": self.current_status,
+            **(self.work.snapshot() if self.work is not None else IDLE),
             "working": self.working,
-            "workers_busy": self.workers_busy,
             "commands_handled": self.commands_handled,
             "subscribers": self.registry.subscribers_for(self),
             "last_error": self.last_error,
         }
 
     def __repr__(self) -> str:
-        return (
-            f"<RunSupervisor user={self.user_id} inbox={self.inbox.qsize()} "
-            f"run={self.current_run_id} status={self.current_status} "
-            f"busy={self.workers_busy}>"
+        work = self.work
+        doing = (
+            f"run={work.run_id} status={work.status} busy={work.workers_busy}" if work else "idle"
         )
+        return f"<RunSupervisor user={self.user_id} inbox={self.inbox.qsize()} {doing}>"
 
 
 @attrs.define
@@ -214,9 +241,7 @@ class SupervisorRegistry:
     def working_runs(self) -> list[uuid.UUID]:
         """The runs whose work is alive in this process."""
         return [
-            s.current_run_id
-            for s in self._supervisors.values()
-            if s.working and s.current_run_id is not None
+            s.work.run_id for s in self._supervisors.values() if s.working and s.work is not None
         ]
 
     async def stop(self) -> None:

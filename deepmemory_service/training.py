@@ -15,7 +15,7 @@ import structlog
 from deepmemory_service import jobs
 from deepmemory_service.models import Job, Run, RunStatus
 from deepmemory_service.services import Services
-from deepmemory_service.supervisor import RunSupervisor
+from deepmemory_service.supervisor import WorkStatus
 from deepmemory_service.trainers import TrainingError, TrainingProgress, TrainingRequest
 
 log = structlog.get_logger(__name__)
@@ -29,7 +29,7 @@ def _reason(exc: BaseException, timeout_s: float) -> str:
     return f"Training failed: {type(exc).__name__}: {exc}"
 
 
-async def train(svc: Services, sup: RunSupervisor, run: Run, job: Job) -> None:
+async def train(svc: Services, work: WorkStatus, run: Run, job: Job) -> None:
     events = svc.events
     progress = events.progress(job.id, run.id, svc.settings.generation.progress_hz)
     timeout_s = svc.settings.train.timeout_s

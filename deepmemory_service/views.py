@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hmac
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import structlog
 from aiohttp import web
@@ -26,9 +27,12 @@ from deepmemory_service.payloads import (
     query_uuid,
     read_json,
 )
+from deepmemory_service.services import Services
 from deepmemory_service.supervisor import RunSupervisor
 
 routes = web.RouteTableDef()
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -67,40 +71,54 @@ def _bind(**values: str) -> None:
     structlog.contextvars.bind_contextvars(**values)
 
 
+async def _ask(
+    request: web.Request,
+    user_id: uuid.UUID,
+    name: str,
+    command: Callable[Concatenate[Services, RunSupervisor, P], Awaitable[T]],
+    *args: P.args,
+    **kwargs: P.kwargs,
+) -> T:
+    """`command(svc, sup, ...)` run by the user's supervisor, one at a time with the
+    user's other commands."""
+    svc = request.app[SERVICES]
+
+    async def handle(sup: RunSupervisor) -> T:
+        return await command(svc, sup, *args, **kwargs)
+
+    return await request.app[SUPERVISORS].ask(user_id, name, handle)
+
+
 @routes.post("/deep-memory/generate")
 async def generate(request: web.Request) -> web.Response:
     body = await read_json(request, GenerateIn)
     _bind(user_id=str(body.user_id))
-    svc = request.app[SERVICES]
-
-    async def handle(sup: RunSupervisor) -> JobAccepted:
-        return await runs.generate(svc, sup, body.questions_per_chunk, body.auto_train)
-
-    return _accepted(await request.app[SUPERVISORS].ask(body.user_id, "generate", handle))
+    return _accepted(
+        await _ask(
+            request,
+            body.user_id,
+            "generate",
+            runs.generate,
+            body.questions_per_chunk,
+            body.auto_train,
+        )
+    )
 
 
 @routes.post("/deep-memory/proceed")
 async def proceed(request: web.Request) -> web.Response:
     body = await read_json(request, ProceedIn)
     _bind(user_id=str(body.user_id), run_id=str(body.training_run_id))
-    svc = request.app[SERVICES]
-
-    async def handle(sup: RunSupervisor) -> JobAccepted:
-        return await runs.proceed(svc, sup, body.training_run_id)
-
-    return _accepted(await request.app[SUPERVISORS].ask(body.user_id, "proceed", handle))
+    return _accepted(
+        await _ask(request, body.user_id, "proceed", runs.proceed, body.training_run_id)
+    )
 
 
 @routes.post("/deep-memory/train")
 async def train(request: web.Request) -> web.Response:
     body = await read_json(request, TrainIn)
     _bind(user_id=str(body.user_id), run_id=str(body.training_run_id))
-    svc = request.app[SERVICES]
-
-    async def handle(sup: RunSupervisor) -> JobAccepted:
-        return await runs.train(svc, sup, body.training_run_id)
-
-    return _accepted(await request.app[SUPERVISORS].ask(body.user_id, "train", handle))
+    return _accepted(await _ask(request, body.user_id, "train", runs.train, body.training_run_id))
 
 
 @routes.delete("/deep-memory/runs/{run_id}")
@@ -108,12 +126,7 @@ async def delete_run(request: web.Request) -> web.Response:
     user_id = query_uuid(request, "user_id")
     run_id = path_uuid(request, "run_id")
     _bind(user_id=str(user_id), run_id=str(run_id))
-    svc = request.app[SERVICES]
-
-    async def handle(sup: RunSupervisor) -> str:
-        return await runs.delete(svc, sup, run_id)
-
-    message = await request.app[SUPERVISORS].ask(user_id, "delete", handle)
+    message = await _ask(request, user_id, "delete", runs.delete, run_id)
     return web.json_response({"message": message})
 
 

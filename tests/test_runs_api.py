@@ -77,6 +77,44 @@ async def test_generate_makes_one_pair_set_per_chunk(api_factory: Any, user_id: 
     assert len(gen.calls) == 20
 
 
+async def supervisor_view(api: Api, user_id: uuid.UUID) -> dict[str, Any]:
+    code, body = await api.call(
+        "GET", "/debug/supervisors", headers={"X-Admin-Token": "test-admin-token"}
+    )
+    assert code == 200, body
+    (view,) = [s for s in body["supervisors"] if s["user_id"] == str(user_id)]
+    return dict(view)
+
+
+async def test_the_debug_view_follows_the_work_and_forgets_it_when_it_ends(
+    api_factory: Any, user_id: uuid.UUID
+) -> None:
+    gen = ControlledGenerator()
+    gen.hold()
+    api = await api_factory(generator=gen)
+    await api.ingest(user_id, 3)
+    _, body = await generate(api, user_id)
+    await asyncio.wait_for(gen.started.wait(), 10)
+    busy = await supervisor_view(api, user_id)
+    assert busy["current_run_id"] == body["training_run_id"]
+    assert busy["current_job_id"] == body["job_id"]
+    assert busy["current_status"] == "generating"
+    assert busy["workers_busy"] >= 1
+    assert busy["working"] is True
+
+    gen.release()
+    await api.wait_status(user_id, body["training_run_id"], "generated")
+    await api.idle(user_id)
+    idle = await supervisor_view(api, user_id)
+    assert idle["working"] is False
+    assert (idle["current_run_id"], idle["current_job_id"], idle["current_status"]) == (
+        None,
+        None,
+        None,
+    )
+    assert idle["workers_busy"] == 0
+
+
 @pytest.mark.parametrize("status", BLOCKING)
 async def test_generate_is_blocked_by_every_unfinished_status(
     api_factory: Any, user_id: uuid.UUID, status: str
