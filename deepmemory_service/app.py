@@ -215,6 +215,7 @@ def create_app(settings: Settings, parts: Parts | None = None) -> web.Applicatio
         app.add_subapp("/v1/api", backend)
         app[BACKEND] = backend
         app.router.add_get("/metrics", metrics_view.metrics_handler(backend))
+        app.router.add_get("/healthz", views.root_healthz(backend))
     if role in ("all", "gateway"):
         from deepmemory_service.gateway import setup_gateway
 

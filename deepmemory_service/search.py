@@ -2,7 +2,8 @@
 
 With `deep_memory` a local store's queries go through the adapter the local trainer saved
 beside it; a cloud (hub://) store asks deeplake's `VectorStore.search(deep_memory=True)`,
-which runs Activeloop's model, in a daemon thread under a timeout (DESIGN.md's offline trap).
+which runs Activeloop's model, in a daemon thread under a timeout (building a VectorStore
+calls Activeloop's servers and retries for ever when they cannot be reached).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 The layout is the one deeplake's `VectorStore` writes (tensors `id`, `text`, `embedding`,
 `metadata`), so a store made here can be opened as a VectorStore later. `VectorStore`
 itself is not built for local stores: its constructor calls Activeloop's API and retries
-forever offline (DESIGN.md). deeplake is blocking and not safe to share across threads,
+forever offline. deeplake is blocking and not safe to share across threads,
 so every call runs in the default executor under the store's lock.
 
 deeplake's own write lock is off: it is held per process for the life of the process (and

@@ -6,8 +6,8 @@ job. `deep_memory.status()` only prints (and its printer fails on a completed jo
 recall it could not read), so polling sends the same `GET /api/deepmemory/v1/jobs/{id}/status`
 through the store's own `DeepMemoryBackendClient.request` and reads the JSON.
 
-deeplake is blocking, and its client retries a connection error forever without pausing
-(DESIGN.md). So every call runs in a daemon thread under the overall
+deeplake is blocking, and its client retries a connection error forever without pausing.
+So every call runs in a daemon thread under the overall
 `DEEPMEMORY_TRAIN_TIMEOUT_S`, and `install_request_guard` wraps the `requests` module the
 client uses: connection errors get a short backoff and, after a few, an exception the retry
 loop does not catch; past the caller's deadline every further request fails at once. An

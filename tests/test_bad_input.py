@@ -192,8 +192,11 @@ async def test_backend_requires_the_service_token(api: Api) -> None:
             assert await resp.json() == {
                 "detail": "Missing or invalid service token (Authorization: Bearer <token>)"
             }
-    async with api.client.get("/v1/api/healthz") as resp:
-        assert resp.status == 200
+    # the health check needs no token, under the API and at the root where probes look
+    for path in ("/v1/api/healthz", "/healthz"):
+        async with api.client.get(path) as resp:
+            assert resp.status == 200, path
+            assert await resp.json() == {"status": "ok"}
 
 
 async def test_debug_supervisors_needs_the_admin_token(api: Api) -> None:
