@@ -6,154 +6,55 @@ job. `deep_memory.status()` only prints (and its printer fails on a completed jo
 recall it could not read), so polling sends the same `GET /api/deepmemory/v1/jobs/{id}/status`
 through the store's own `DeepMemoryBackendClient.request` and reads the JSON.
 
-deeplake is blocking, and its client retries a connection error forever without pausing.
-So every call runs in a daemon thread under the overall
-`DEEPMEMORY_TRAIN_TIMEOUT_S`, and `install_request_guard` wraps the `requests` module the
-client uses: connection errors get a short backoff and, after a few, an exception the retry
-loop does not catch; past the caller's deadline every further request fails at once. An
-unreachable service or a failed job becomes a readable `TrainingError`, and an abandoned
-thread stops at its next request instead of spinning or holding the process open.
+Every deeplake call runs in a guarded daemon thread (`deeplake_compat.in_daemon_thread`)
+under the overall `DEEPMEMORY_TRAIN_TIMEOUT_S`: an unreachable service or a failed job
+becomes a readable `TrainingError`, never a hang. Search with the trained model is deeplake's
+`VectorStore.search(deep_memory=True)`, which runs Activeloop's model, under the same guard.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import attrs
 import numpy as np
 import structlog
 
 from deepmemory_service import deeplake_compat
 from deepmemory_service.config import TrainSettings
-from deepmemory_service.retry import RetryPolicy
+from deepmemory_service.deeplake_compat import (
+    ActiveloopUnreachable,
+    in_daemon_thread,
+    install_request_guard,
+    use_endpoint,
+)
+from deepmemory_service.embedders import Matrix
+from deepmemory_service.errors import BadGateway
+from deepmemory_service.store import ChunkStore
 from deepmemory_service.trainers import (
+    NoModel,
     Reporter,
     TrainingError,
     TrainingOutcome,
     TrainingProgress,
     TrainingRequest,
 )
+from deepmemory_service.vector_search import SearchResult
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
+CLOUD_SEARCH_TIMEOUT_S = 30.0
 DONE = "completed"
 FAILED = frozenset({"failed", "cancelled", "canceled", "error"})
-# deeplake's client retries a connection error forever and at once: the guard pauses
-# 0.4 s, then 0.8 s, and breaks the loop at the third failure in a row
-CONNECT_RETRY = RetryPolicy(attempts=3, base_s=0.2, max_s=1.6, jitter=False)
 # a little of the budget is left so this trainer's message, not the caller's bare
 # timeout, is what the user reads
 DEADLINE_SHARE = 0.97
 _RECALL = re.compile(r"([\d.]+)%\s*\(([+-]?[\d.]+)%\)")
-
-
-class ActiveloopUnreachable(Exception):
-    """Raised inside deeplake's client when the service cannot be reached in time."""
-
-
-_guard = threading.local()
-_guard_lock = threading.Lock()
-
-
-class _GuardedRequests:
-    """Stands in for the `requests` module inside `deeplake.client.client`."""
-
-    def __init__(self, real: Any) -> None:
-        self._real = real
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._real, name)
-
-    def request(self, method: str, url: str, **kwargs: Any) -> Any:
-        deadline: float | None = getattr(_guard, "deadline", None)
-        if deadline is not None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise ActiveloopUnreachable(f"no time left for {method} {url}")
-            timeout = kwargs.get("timeout")
-            kwargs["timeout"] = remaining if timeout is None else min(float(timeout), remaining)
-        try:
-            response = self._real.request(method, url, **kwargs)
-        except self._real.exceptions.ConnectionError as exc:
-            failures = getattr(_guard, "failures", 0) + 1
-            _guard.failures = failures
-            if failures >= CONNECT_RETRY.attempts:
-                _guard.failures = 0
-                raise ActiveloopUnreachable(f"cannot connect to {_origin(url)}") from exc
-            pause = CONNECT_RETRY.delay(failures)
-            if deadline is not None:
-                pause = min(pause, max(0.0, deadline - time.monotonic()))
-            time.sleep(pause)
-            raise  # deeplake's loop catches this one and tries again
-        _guard.failures = 0
-        return response
-
-
-def _origin(url: str) -> str:
-    match = re.match(r"[a-z]+://[^/]+", url)
-    return match.group(0) if match else url
-
-
-def _client_module() -> Any:
-    deeplake_compat.load()
-    import deeplake.client.client as client_module
-
-    return client_module
-
-
-def install_request_guard() -> None:
-    """Bound deeplake's REST client (idempotent, process-wide)."""
-    client_module = _client_module()
-    with _guard_lock:
-        if not isinstance(client_module.requests, _GuardedRequests):
-            client_module.requests = _GuardedRequests(client_module.requests)
-
-
-def use_endpoint(url: str | None) -> None:
-    """Send deeplake's REST calls to `url` (a stand-in, a proxy); None: Activeloop's own.
-
-    deeplake has no setting for this: its client reads the module constant
-    `HUB_REST_ENDPOINT` (copied from `deeplake.client.config`) on every request.
-    """
-    client_module = _client_module()
-    import deeplake.client.config as client_config
-
-    client_module.HUB_REST_ENDPOINT = url.rstrip("/") if url else client_config.HUB_REST_ENDPOINT
-
-
-async def in_daemon_thread(fn: Callable[..., T], *args: Any, deadline: float | None = None) -> T:
-    """`fn(*args)` in a daemon thread whose deeplake requests stop at `deadline`.
-
-    Cancelling the await abandons the thread; being a daemon it never holds the process
-    open, and the request guard makes it give up at its next request.
-    """
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-
-    def settle(setter: Callable[[Any], None], value: Any) -> None:
-        if not future.done():
-            setter(value)
-
-    def run() -> None:
-        _guard.deadline = deadline
-        _guard.failures = 0
-        try:
-            result = fn(*args)
-        except BaseException as exc:  # handed to the awaiting coroutine
-            if not loop.is_closed():
-                loop.call_soon_threadsafe(settle, future.set_exception, exc)
-        else:
-            if not loop.is_closed():
-                loop.call_soon_threadsafe(settle, future.set_result, result)
-
-    name = f"deeplake:{getattr(fn, '__name__', 'call')}"
-    threading.Thread(target=run, name=name, daemon=True).start()
-    return await future
 
 
 def _submit(
@@ -354,5 +255,54 @@ class ActiveloopTrainer:
             log.warning("activeloop call failed", what=what, error=message)
             raise TrainingError(message) from None
 
+    async def query_model(self, store: ChunkStore) -> CloudQueryModel | None:
+        # whether Activeloop holds a model for the store shows only when it is asked
+        return CloudQueryModel(store) if store.is_cloud else None
+
     async def aclose(self) -> None:
         return None
+
+
+def _cloud_search(store: ChunkStore, vector: Matrix, k: int) -> dict[str, Any]:
+    deeplake = deeplake_compat.load()
+    vs = deeplake.VectorStore(
+        path=store.path,
+        runtime={"tensor_db": True},
+        token=store.token,
+        read_only=True,
+        verbose=False,
+    )
+    found: dict[str, Any] = vs.search(
+        embedding=vector[0], k=k, deep_memory=True, return_tensors=["id", "text"]
+    )
+    return found
+
+
+@attrs.frozen
+class CloudQueryModel:
+    """Activeloop's model for a hub:// store: the search runs in their cloud."""
+
+    store: ChunkStore
+
+    async def search(self, query: Matrix, k: int, rows: int | None) -> list[SearchResult]:
+        install_request_guard()
+        deadline = time.monotonic() + CLOUD_SEARCH_TIMEOUT_S
+        try:
+            async with asyncio.timeout(CLOUD_SEARCH_TIMEOUT_S):
+                found = await in_daemon_thread(
+                    _cloud_search, self.store, query, k, deadline=deadline
+                )
+        except TimeoutError:
+            raise BadGateway(
+                f"Activeloop Deep Memory search did not answer within {CLOUD_SEARCH_TIMEOUT_S:g}s"
+            ) from None
+        except Exception as exc:
+            if type(exc).__name__ == "DeepMemoryAccessError":
+                raise NoModel(str(exc)) from None
+            raise BadGateway(
+                f"Activeloop Deep Memory search failed: {type(exc).__name__}: {str(exc)[:200]}"
+            ) from None
+        return [
+            SearchResult(int(i), str(t), float(s))
+            for i, t, s in zip(found["id"], found["text"], found["score"], strict=True)
+        ]

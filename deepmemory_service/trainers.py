@@ -3,7 +3,9 @@
 A trainer receives a run's pairs (question i is answered by chunk_ids[i]) and the user's
 vector store, reports progress while it works, and returns evaluation metrics and whether
 the model may be enabled. It raises `TrainingError` with a readable message on failure;
-the run then becomes `training_failed` and `proceed` re-submits the same pairs.
+the run then becomes `training_failed` and `proceed` re-submits the same pairs. Search
+asks the trainer for the user's model (`query_model`), so it never needs to know which
+trainer made it or where it lives.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from typing import Any, Protocol
 
 from attrs import frozen
 
-from deepmemory_service.embedders import Embedder
+from deepmemory_service.embedders import Embedder, Matrix
 from deepmemory_service.store import ChunkStore
+from deepmemory_service.vector_search import SearchResult
 
 
 class TrainingError(Exception):
@@ -52,9 +55,26 @@ class TrainingOutcome:
 Reporter = Callable[[TrainingProgress], Awaitable[None]]
 
 
+class NoModel(Exception):
+    """The user has no trained model that search can use."""
+
+
+class QueryModel(Protocol):
+    """A user's trained model, as search uses it."""
+
+    async def search(self, query: Matrix, k: int, rows: int | None) -> list[SearchResult]:
+        """The top `k` chunks for one embedded query, best first; `rows` is the catalog's
+        chunk count. Raises `NoModel` when the model turns out not to exist."""
+        ...
+
+
 class Trainer(Protocol):
     name: str
 
     async def train(self, request: TrainingRequest, report: Reporter) -> TrainingOutcome: ...
+
+    async def query_model(self, store: ChunkStore) -> QueryModel | None:
+        """The model this trainer made for the store, or None when it has none."""
+        ...
 
     async def aclose(self) -> None: ...

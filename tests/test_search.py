@@ -35,7 +35,7 @@ async def test_a_search_reads_the_vectors_at_most_once_and_only_when_stale(
     await store.add(ids, list(texts.values()), await embedder.embed(list(texts.values())), [{}] * 5)
 
     async def search(query: str, rows: int | None) -> list[tuple[int, str]]:
-        found = await search_chunks(store, embedder, query, 3, deep_memory=False, rows=rows)
+        found = await search_chunks(store, embedder, query, 3, rows=rows)
         return [(r.chunk_id, r.text) for r in found]
 
     # without the catalog's count the dataset is read, once

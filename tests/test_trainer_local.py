@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from pathlib import Path
 
@@ -10,21 +11,16 @@ import attrs
 import numpy as np
 import pytest
 
-from deepmemory_service import trainer_local
+from deepmemory_service import ranking
+from deepmemory_service.adapter import Adapter, AdapterCache, Weights, model_path, save_adapter
 from deepmemory_service.config import load_settings
 from deepmemory_service.embedders import HashingEmbedder
+from deepmemory_service.fitting import Fit
+from deepmemory_service.query_sets import heading_queries, headings, split_three
+from deepmemory_service.ranking import Change, Evaluation, changes
 from deepmemory_service.search import NoModelError, search_chunks
 from deepmemory_service.store import ChunkStore
-from deepmemory_service.trainer_local import (
-    Adapter,
-    LocalTrainer,
-    changes,
-    heading_queries,
-    headings,
-    load_adapter,
-    model_path,
-    split_three,
-)
+from deepmemory_service.trainer_local import Bounds, Evaluations, LocalTrainer, refusal
 from deepmemory_service.trainers import TrainingError, TrainingProgress, TrainingRequest
 
 TOPICS = [
@@ -71,8 +67,8 @@ async def make_store(tmp_path: Path, embedder: HashingEmbedder) -> tuple[ChunkSt
     return store, texts
 
 
-def settings(epochs: int = 40) -> LocalTrainer:
-    return LocalTrainer(attrs.evolve(load_settings({}).train, epochs=epochs))
+def settings(epochs: int = 40, bounds: Bounds | None = None) -> LocalTrainer:
+    return LocalTrainer(attrs.evolve(load_settings({}).train, epochs=epochs), bounds or Bounds())
 
 
 async def test_training_helps_held_out_and_differently_phrased_queries(tmp_path: Path) -> None:
@@ -86,7 +82,8 @@ async def test_training_helps_held_out_and_differently_phrased_queries(tmp_path:
 
     run_id = uuid.uuid4()
     request = TrainingRequest(uuid.uuid4(), run_id, questions, chunk_ids, store, embedder)
-    outcome = await settings().train(request, report)
+    trainer = settings()
+    outcome = await trainer.train(request, report)
 
     m = outcome.metrics
     assert outcome.can_enable, outcome.reason
@@ -112,7 +109,7 @@ async def test_training_helps_held_out_and_differently_phrased_queries(tmp_path:
         assert int(saved["dimension"]) == 512
         assert str(saved["run_id"]) == str(run_id)
         assert json.loads(str(saved["metrics"]))["with_model"] == m["with_model"]
-    assert load_adapter(store) is not None
+    assert await trainer.query_model(store) is not None
 
     # queries worded unlike any training question: reordered noise, other filler words
     noise = " ".join(reversed(NOISE.split()))
@@ -121,7 +118,9 @@ async def test_training_helps_held_out_and_differently_phrased_queries(tmp_path:
         topic = text.split()[1]
         query = f"where can I read about {topic}ite, {noise}"
         for deep_memory in (False, True):
-            (top,) = await search_chunks(store, embedder, query, 1, deep_memory=deep_memory)
+            (top,) = await search_chunks(
+                store, embedder, query, 1, trainer=trainer if deep_memory else None
+            )
             right[deep_memory] += top.chunk_id == chunk_id
             assert top.text == texts[top.chunk_id]
     assert right[False] <= len(TOPICS) // 4
@@ -132,8 +131,8 @@ async def test_search_without_a_model_is_refused(tmp_path: Path) -> None:
     embedder = HashingEmbedder(dimension=512)
     store, _ = await make_store(tmp_path, embedder)
     with pytest.raises(NoModelError, match="No trained Deep Memory model"):
-        await search_chunks(store, embedder, "volcanoal", 3, deep_memory=True)
-    found = await search_chunks(store, embedder, "volcanoal", 3, deep_memory=False)
+        await search_chunks(store, embedder, "volcanoal", 3, trainer=settings())
+    found = await search_chunks(store, embedder, "volcanoal", 3)
     assert found[0].text.startswith("The volcano chapter")
 
 
@@ -212,41 +211,46 @@ def _recalls(r1: float, r10: float) -> dict[str, float]:
     return {"recall@1": r1, "recall@3": r10, "recall@5": r10, "recall@10": r10}
 
 
-def test_a_model_worse_on_a_guard_set_may_not_be_enabled() -> None:
-    adapter = Adapter(
-        np.zeros(4, np.float32), np.zeros((4, 1), np.float32), np.zeros((1, 4), np.float32), "", ""
+def _evaluation(r1: float, r10: float, base1: float, base10: float, *lost_won: int) -> Evaluation:
+    return Evaluation(
+        100,
+        _recalls(base1, base10),
+        _recalls(r1, r10),
+        (Change(1, *lost_won[:2]), Change(10, *lost_won[2:])) if lost_won else (),
     )
-    good = {"with_model": _recalls(0.6, 0.9), "without_model": _recalls(0.5, 0.8)}
-    assert LocalTrainer._refusal(adapter, good) is None
-    assert "held-out questions" in str(LocalTrainer._refusal(None, good))
-    worse_r1 = {"with_model": _recalls(0.45, 0.95), "without_model": _recalls(0.5, 0.8)}
-    assert "scored recall@1 0.45" in str(LocalTrainer._refusal(adapter, worse_r1))
-    even = {"recall@1": {"lost": 3, "won": 3}, "recall@10": {"lost": 0, "won": 4}}
-    headings_hurt = {
-        **good,
-        "probe_with_model": _recalls(0.7, 0.9),
-        "probe_without_model": _recalls(0.7, 0.9),
-        "probe_changes": even,
-        "headings_with_model": _recalls(0.39, 0.9),
-        "headings_without_model": _recalls(0.41, 0.9),
-        "headings_changes": {**even, "recall@1": {"lost": 5, "won": 3}},
-    }
-    reason = LocalTrainer._refusal(adapter, headings_hurt)
+
+
+def test_a_model_worse_on_a_guard_set_may_not_be_enabled() -> None:
+    weights = Weights(
+        np.zeros(4, np.float32), np.zeros((4, 1), np.float32), np.zeros((1, 4), np.float32)
+    )
+    fitted = Fit(weights, None, (), _recalls(0.5, 0.8), 10)
+    unfitted = attrs.evolve(fitted, weights=None)
+    good = Evaluations(_evaluation(0.6, 0.9, 0.5, 0.8), None, None)
+    assert refusal(fitted, good) is None
+    assert "held-out questions" in str(refusal(unfitted, good))
+    worse_r1 = Evaluations(_evaluation(0.45, 0.95, 0.5, 0.8), None, None)
+    assert "scored recall@1 0.45" in str(refusal(fitted, worse_r1))
+    even = (3, 3, 0, 4)
+    headings_hurt = attrs.evolve(
+        good,
+        phrases=_evaluation(0.7, 0.9, 0.7, 0.9, *even),
+        headings=_evaluation(0.39, 0.9, 0.41, 0.9, 5, 3, 0, 4),
+    )
+    reason = refusal(fitted, headings_hurt)
     assert reason is not None
     assert "headings" in reason
     assert "recall@1 0.39" in reason
     assert "recall@1: 5 lost, 3 won" in reason
     # as many queries won as lost, at every guarded k: no refusal
-    assert LocalTrainer._refusal(adapter, {**headings_hurt, "headings_changes": even}) is None
+    even_headings = attrs.evolve(headings_hurt, headings=_evaluation(0.39, 0.9, 0.41, 0.9, *even))
+    assert refusal(fitted, even_headings) is None
 
 
 def test_guard_changes_count_the_queries_each_k_lost_and_won() -> None:
     without = np.array([0, 0, 5, 12, 3, 20])
     with_model = np.array([0, 2, 0, 8, 15, 20])
-    assert changes(without, with_model) == {
-        "recall@1": {"lost": 1, "won": 1},
-        "recall@10": {"lost": 1, "won": 1},
-    }
+    assert changes(without, with_model) == (Change(1, lost=1, won=1), Change(10, lost=1, won=1))
 
 
 def test_ranks_in_blocks_equal_ranks_in_one_go(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -256,8 +260,8 @@ def test_ranks_in_blocks_equal_ranks_in_one_go(monkeypatch: pytest.MonkeyPatch) 
     positives = rng.integers(0, 50, 23)
     scores = queries @ corpus.T
     expected = (scores > scores[np.arange(23), positives][:, None]).sum(axis=1)
-    monkeypatch.setattr(trainer_local, "SCORE_FLOATS", 50 * 4)  # blocks of 4 queries
-    assert trainer_local.ranks_of(queries, positives, corpus).tolist() == expected.tolist()
+    monkeypatch.setattr(ranking, "SCORE_FLOATS", 50 * 4)  # blocks of 4 queries
+    assert ranking.ranks_of(queries, positives, corpus).tolist() == expected.tolist()
 
 
 async def test_a_run_larger_than_the_bounds_trains_on_samples(
@@ -266,10 +270,7 @@ async def test_a_run_larger_than_the_bounds_trains_on_samples(
     """The bounds that keep a large run's memory and time flat, made small: training,
     validation and test questions are samples, negatives come from a sample of the
     corpus, and scores are taken a few queries at a time. The model still learns."""
-    monkeypatch.setattr(trainer_local, "MAX_TRAIN_QUERIES", 120)
-    monkeypatch.setattr(trainer_local, "MAX_EVAL_QUERIES", 24)
-    monkeypatch.setattr(trainer_local, "MINING_POOL", 30)
-    monkeypatch.setattr(trainer_local, "SCORE_FLOATS", 61 * 5)
+    monkeypatch.setattr(ranking, "SCORE_FLOATS", 61 * 5)
     embedder = HashingEmbedder(dimension=512)
     store, texts = await make_store(tmp_path, embedder)
     questions, chunk_ids = training_pairs(texts)
@@ -282,10 +283,41 @@ async def test_a_run_larger_than_the_bounds_trains_on_samples(
     # them, 4 of 12 seeds chose an adapter that never learned to pass it
     run_id = uuid.UUID(int=2)
     request = TrainingRequest(uuid.uuid4(), run_id, questions, chunk_ids, store, embedder)
-    outcome = await settings().train(request, report)
+    bounds = Bounds(train_queries=120, eval_queries=24, mining_pool=30)
+    outcome = await settings(bounds=bounds).train(request, report)
 
     m = outcome.metrics
     assert m["eval_queries"] == 24
     assert m["validation_queries"] == 24
     assert m["train_pairs"] <= 120 + 120 // 4  # questions and anchor phrases
     assert m["with_model"]["recall@1"] > m["without_model"]["recall@1"]
+
+
+async def test_the_model_cache_is_bounded_and_follows_the_file(tmp_path: Path) -> None:
+    def adapter(scale: float, run_id: str) -> Adapter:
+        w = np.full(4, scale, np.float32)
+        return Adapter(
+            Weights(w, np.zeros((4, 1), np.float32), np.zeros((1, 4), np.float32)),
+            "hashing",
+            run_id,
+        )
+
+    stores = [ChunkStore(str(tmp_path / f"user{i}"), "hashing", 4) for i in range(3)]
+    for i, store in enumerate(stores):
+        save_adapter(model_path(store), adapter(float(i), f"run{i}"), {})
+    cache = AdapterCache(size=2)
+    loaded = [await cache.load(store) for store in stores]
+    assert [a.run_id for a in loaded if a is not None] == ["run0", "run1", "run2"]
+    assert len(cache) == 2  # the least recently used one was dropped
+    # a new model for a store replaces the cached one (the file's mtime changed)
+    path = model_path(stores[2])
+    save_adapter(path, adapter(5.0, "run9"), {})
+    os.utime(path, (path.stat().st_atime, path.stat().st_mtime + 1))
+    again = await cache.load(stores[2])
+    assert again is not None
+    assert again.run_id == "run9"
+    # a model made by another embedder or for another dimension is not used
+    assert await cache.load(ChunkStore(stores[0].path, "minilm", 4)) is None
+    assert await cache.load(ChunkStore(stores[0].path, "hashing", 8)) is None
+    path.unlink()
+    assert await cache.load(stores[2]) is None

@@ -13,6 +13,7 @@ import attrs
 
 from deepmemory_service.generators import GenerationError, OfflineQuestionGenerator
 from deepmemory_service.models import Chunk
+from deepmemory_service.store import ChunkStore
 from deepmemory_service.trainers import (
     Reporter,
     TrainingError,
@@ -89,6 +90,9 @@ class ScriptedTrainer:
             self.can_enable,
             None if self.can_enable else "scored worse than no model",
         )
+
+    async def query_model(self, store: ChunkStore) -> None:
+        return None
 
     async def aclose(self) -> None:
         return None
