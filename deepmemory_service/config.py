@@ -1,4 +1,5 @@
-"""Configuration: `config/default.toml`, overridden by `DEEPMEMORY_*` environment variables.
+"""Configuration: the packaged `default.toml` (or the file named by `DEEPMEMORY_CONFIG`),
+overridden by `DEEPMEMORY_*` environment variables.
 
 A top-level key `k` is overridden by `DEEPMEMORY_K`; key `k` of section `[s]` by
 `DEEPMEMORY_S_K`. Values are structured into frozen attrs classes with cattrs, so a bad
@@ -11,6 +12,8 @@ import os
 import socket
 import tomllib
 from collections.abc import Mapping
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,7 +25,9 @@ from attrs import frozen
 from deepmemory_service.validation import problems
 
 ENV_PREFIX = "DEEPMEMORY_"
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "default.toml"
+# shipped inside the package, as `sql/` is: an installed wheel has it, not only a checkout
+# (the checkout's `config/default.toml` is a link to it, for operators to copy)
+DEFAULT_CONFIG: Traversable = resources.files("deepmemory_service").joinpath("default.toml")
 
 GeneratorName = Literal["offline", "llm"]
 EmbedderName = Literal["hashing", "minilm", "openai"]
@@ -244,13 +249,14 @@ def load_settings(
 ) -> Settings:
     """Read the TOML defaults, apply the environment, then `overrides` (dotted keys)."""
     env = os.environ if environ is None else environ
-    path = Path(env.get("DEEPMEMORY_CONFIG") or DEFAULT_CONFIG)
+    configured = env.get("DEEPMEMORY_CONFIG")
+    source: Path | Traversable = Path(configured) if configured else DEFAULT_CONFIG
     try:
-        raw: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw: dict[str, Any] = tomllib.loads(source.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
-        raise ConfigError(f"configuration file not found: {path}") from exc
+        raise ConfigError(f"configuration file not found: {source}") from exc
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from exc
+        raise ConfigError(f"configuration file {source} is not valid TOML: {exc}") from exc
 
     for name, where in env_names().items():
         if name in env:

@@ -58,8 +58,9 @@ class JobStream:
             raise
         except ConnectionError as exc:
             # the connection was lost under the write: the client left, or the kernel cut a
-            # stalled one (aiohttp-sse sets TCP_USER_TIMEOUT to the same bound, counted from
-            # when the client's window closed: it often ends a stall before the timeout above)
+            # stalled one (aiohttp-sse, from 3.0, sets TCP_USER_TIMEOUT to the same bound,
+            # counted from when the client's window closed: it often ends a stall before the
+            # timeout above)
             self.resp.stop_streaming()
             cause = exc.__cause__ or exc
             if isinstance(cause, TimeoutError):
