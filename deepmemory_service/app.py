@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -26,7 +25,6 @@ from deepmemory_service.broadcaster import Broadcaster
 from deepmemory_service.config import Settings
 from deepmemory_service.db import Database
 from deepmemory_service.embedders import Embedder
-from deepmemory_service.errors import Handler, Unauthorized, error_middleware
 from deepmemory_service.events import JobEvents
 from deepmemory_service.generators import QuestionGenerator
 from deepmemory_service.keys import (
@@ -43,8 +41,8 @@ from deepmemory_service.keys import (
     SUPERVISORS,
     TRAINER,
 )
-from deepmemory_service.logs import request_context
 from deepmemory_service.metrics import Metrics
+from deepmemory_service.middlewares import json_errors, request_context, service_auth
 from deepmemory_service.services import Services
 from deepmemory_service.side_tasks import SideTasks
 from deepmemory_service.store import StoreRegistry
@@ -52,8 +50,6 @@ from deepmemory_service.supervisor import RunSupervisor, SupervisorRegistry
 from deepmemory_service.trainers import Trainer
 
 log = structlog.get_logger(__name__)
-
-OPEN_PATHS = frozenset({"/v1/api/healthz", "/v1/api/openapi.json"})
 
 
 @attrs.frozen
@@ -63,18 +59,6 @@ class Parts:
     generator: QuestionGenerator | None = None
     embedder: Embedder | None = None
     trainer: Trainer | None = None
-
-
-@web.middleware
-async def service_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path in OPEN_PATHS:
-        return await handler(request)
-    expected = request.app[SETTINGS].service_token.encode()
-    given = request.headers.get("Authorization", "")
-    scheme, _, token = given.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
-        raise Unauthorized("Missing or invalid service token (Authorization: Bearer <token>)")
-    return await handler(request)
 
 
 @attrs.define
@@ -206,7 +190,7 @@ def create_app(settings: Settings, parts: Parts | None = None) -> web.Applicatio
     if role in ("all", "backend") and not settings.database.url:
         raise ValueError("settings.database.url must be resolved before create_app")
     app = web.Application(
-        middlewares=[request_context, error_middleware],
+        middlewares=[request_context, json_errors],
         client_max_size=settings.http.max_body_bytes,
     )
     app[SETTINGS] = settings

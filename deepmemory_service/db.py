@@ -400,6 +400,16 @@ class Database:
         async with self.pool.acquire() as raw, _discarded_if_broken(raw):
             yield Conn(raw)
 
+    async def read(self, query: Callable[[Conn], Awaitable[T]]) -> T:
+        """`query` on a connection of its own, run again while the database is unavailable
+        (a dropped connection, a restart): for reads only, which are safe to repeat."""
+
+        async def once() -> T:
+            async with self.conn() as conn:
+                return await query(conn)
+
+        return await retrying(once, errors=UNAVAILABLE)
+
     @asynccontextmanager
     async def tx(self, *, lock_user: uuid.UUID | None = None) -> AsyncIterator[Conn]:
         """A transaction; with `lock_user`, holding that user's advisory lock until commit."""

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import logging
 import sys
-import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
-from aiohttp import web
 
 # keys whose values are never logged, whoever passes them
 _SECRET_KEYS = ("token", "api_key", "authorization", "secret", "password", "cookie")
@@ -45,20 +42,3 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
         cache_logger_on_first_use=True,
     )
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
-
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@web.middleware
-async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Binds a request id (echoed back as X-Request-ID) for every log line of the request."""
-    structlog.contextvars.clear_contextvars()
-    request_id = request.headers.get("X-Request-ID", "")[:64] or uuid.uuid4().hex
-    structlog.contextvars.bind_contextvars(
-        request_id=request_id, method=request.method, path=request.path
-    )
-    response = await handler(request)
-    if not response.prepared:
-        response.headers["X-Request-ID"] = request_id
-    return response

@@ -12,7 +12,7 @@ import structlog
 from aiohttp import web
 
 from deepmemory_service import documents, runs
-from deepmemory_service.db import RunListing
+from deepmemory_service.db import Conn, UserSettingsRow
 from deepmemory_service.errors import Conflict, NotFound, Unauthorized, run_not_found
 from deepmemory_service.keys import SERVICES, SETTINGS, SUPERVISORS
 from deepmemory_service.models import JobAccepted, Run
@@ -134,8 +134,7 @@ async def delete_run(request: web.Request) -> web.Response:
 async def list_runs(request: web.Request) -> web.Response:
     user_id = query_uuid(request, "user_id")
     limit = query_int(request, "limit", 50, 1, 500)
-    async with request.app[SERVICES].db.conn() as conn:
-        listing: list[RunListing] = await conn.list_runs(user_id, limit)
+    listing = await request.app[SERVICES].db.read(lambda conn: conn.list_runs(user_id, limit))
     return web.json_response({"runs": [run_json(r.run, r.latest_job_id) for r in listing]})
 
 
@@ -143,20 +142,28 @@ async def list_runs(request: web.Request) -> web.Response:
 async def get_run(request: web.Request) -> web.Response:
     user_id = query_uuid(request, "user_id")
     run_id = path_uuid(request, "run_id")
-    async with request.app[SERVICES].db.conn() as conn:
+
+    async def read(conn: Conn) -> tuple[Run | None, uuid.UUID | None]:
         run = await conn.get_run(run_id, user_id)
-        if run is None:
-            raise run_not_found()
-        latest = await conn.latest_job_id(run.id)
+        return run, (await conn.latest_job_id(run.id) if run else None)
+
+    run, latest = await request.app[SERVICES].db.read(read)
+    if run is None:
+        raise run_not_found()
     return web.json_response(run_json(run, latest))
 
 
 async def _settings_json(request: web.Request, user_id: uuid.UUID) -> dict[str, Any]:
     svc = request.app[SERVICES]
-    async with svc.db.conn() as conn:
-        row = await conn.get_settings(user_id)
-        blocking = await conn.blocking_run(user_id)
-        total = await conn.total_chunks(user_id)
+
+    async def read(conn: Conn) -> tuple[UserSettingsRow | None, Any, int]:
+        return (
+            await conn.get_settings(user_id),
+            await conn.blocking_run(user_id),
+            await conn.total_chunks(user_id),
+        )
+
+    row, blocking, total = await svc.db.read(read)
     return {
         "enabled": row.enabled if row else False,
         "last_trained_at": _iso(row.last_trained_at) if row else None,

@@ -1,0 +1,87 @@
+"""The request pipeline: errors answered once as JSON, never a handler run twice; the domain's
+errors importable without the web or database stack."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import uuid
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp import web
+
+from deepmemory_service.middlewares import json_errors, request_context
+from tests.conftest import Api, poll
+
+
+async def test_a_handler_that_finds_the_database_down_runs_once(aiohttp_client: Any) -> None:
+    """No blanket re-run: a GET may stream, or call a paid embeddings API, before it fails."""
+    calls: list[str] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        calls.append(request.path)
+        raise asyncpg.PostgresConnectionError("connection refused")
+
+    app = web.Application(middlewares=[request_context, json_errors])
+    app.router.add_get("/read", handler)
+    client = await aiohttp_client(app)
+    async with client.get("/read") as resp:
+        assert resp.status == 503
+        assert resp.headers["Retry-After"] == "1"
+        assert await resp.json() == {"detail": "Database unavailable; retry shortly"}
+    assert calls == ["/read"]
+
+
+@pytest.mark.parametrize("path", ["/deep-memory/settings", "/deep-memory/runs", "/run"])
+async def test_a_read_is_repeated_when_its_connection_is_killed_under_it(
+    api: Api, user_id: uuid.UUID, path: str
+) -> None:
+    """The idempotent views retry their own reads: a connection terminated in the middle of
+    the query (as by a database restart) is a retry, not a 503."""
+    await api.ingest(user_id, 2)
+    _, accepted = await api.call("POST", "/deep-memory/generate", json={"user_id": str(user_id)})
+    await api.idle(user_id)
+    if path == "/run":
+        path = f"/deep-memory/runs/{accepted['training_run_id']}"
+    admin = await asyncpg.connect(api.services.db.url)
+
+    async def waiting() -> list[int]:
+        rows = await admin.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock'"
+        )
+        return [r["pid"] for r in rows]
+
+    try:
+        # the read blocks on the lock, so its connection can be killed mid-query
+        lock = admin.transaction()
+        await lock.start()
+        await admin.execute("LOCK TABLE training_runs IN ACCESS EXCLUSIVE MODE")
+        call = asyncio.ensure_future(api.call("GET", path, params={"user_id": str(user_id)}))
+        (first,) = await poll(waiting, bool, lambda _: "the read never reached the database")
+        await admin.fetchval("SELECT pg_terminate_backend($1)", first)
+        await poll(
+            waiting,
+            lambda pids: bool(pids) or call.done(),
+            lambda _: "the read was not tried again",
+        )
+        await lock.rollback()
+        code, body = await call
+        assert code == 200, body
+    finally:
+        await admin.close()
+
+
+def test_the_actor_and_the_errors_need_no_web_or_database_stack() -> None:
+    probe = (
+        "import sys\n"
+        "import deepmemory_service.errors, deepmemory_service.supervisor\n"
+        "print(sorted(m for m in ('aiohttp', 'asyncpg', 'numpy', 'deeplake') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"
