@@ -192,6 +192,9 @@ def create_app(settings: Settings, parts: Parts | None = None) -> web.Applicatio
     app = web.Application(
         middlewares=[request_context, json_errors],
         client_max_size=settings.http.max_body_bytes,
+        # bodies are decoded by payloads.read_body, which answers a bad one with a JSON 4xx;
+        # aiohttp's parser would answer an encoding it lacks (br, zstd) in plain text
+        handler_args={"auto_decompress": False},
     )
     app[SETTINGS] = settings
     if role in ("all", "backend"):

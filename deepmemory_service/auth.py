@@ -57,6 +57,9 @@ def verify(settings: Settings, token: str) -> Verified:
         )
     except jwt.ExpiredSignatureError:
         raise Unauthorized("Token expired: log in again") from None
+    except jwt.ImmatureSignatureError:
+        # nbf (or iat) in the future: minted for later, or this server's clock is behind
+        raise Unauthorized("Token is not valid yet (its nbf or iat is in the future)") from None
     except jwt.InvalidAudienceError:
         raise Unauthorized("Token is not meant for this service (wrong audience)") from None
     except jwt.InvalidSignatureError:

@@ -267,7 +267,10 @@ def load_settings(
     try:
         settings = _CONVERTER.structure(raw, Settings)
     except cattrs.ClassValidationError as exc:
-        messages = [f"{_setting_name(path)}: {text}" for path, text in problems(exc)]
+        messages = [
+            f"{_setting_name([p for p in path.split('.') if p])}: {text}"
+            for path, text in problems(exc)
+        ]
         raise ConfigError("bad configuration: " + "; ".join(messages)) from None
     return _complete(settings)
 

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from deepmemory_service import documents
 from deepmemory_service.keys import BACKEND, SERVICES, SETTINGS
-from deepmemory_service.payloads import DocumentIn
+from deepmemory_service.payloads import DocumentIn, Text
 
 log = structlog.get_logger(__name__)
 
@@ -29,7 +29,7 @@ async def ensure_corpus(app: web.Application) -> int:
     if total:
         return total
     text = resources.files("deepmemory_service").joinpath(f"data/{CORPUS}").read_text()
-    result = await documents.ingest(svc, DEMO_USER, [DocumentIn(text=text, title=CORPUS)])
+    result = await documents.ingest(svc, DEMO_USER, [DocumentIn(text=Text(text), title=CORPUS)])
     return result.total_chunks
 
 

@@ -58,6 +58,13 @@ class Busy(ServiceError):
     status = 503
 
 
+class UnsupportedEncoding(ServiceError):
+    """A request body in a Content-Encoding the service cannot decode (RFC 9110 §15.5.16)."""
+
+    status = 415
+    headers = MappingProxyType({"Accept-Encoding": "gzip, deflate"})
+
+
 class BadGateway(ServiceError):
     status = 502
 

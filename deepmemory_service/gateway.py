@@ -1,17 +1,12 @@
 """The gateway (the spec's proxy layer): authenticates the user, injects `user_id` from the
-identity (never from the request), forwards to the backend with the service token, and
-serves the Deep Memory page. Backend statuses and bodies pass through unchanged."""
+identity (never from the request), and forwards to the backend with the service token.
+Backend statuses and bodies pass through unchanged. Its pages for people are `login.py`."""
 
 from __future__ import annotations
 
 import asyncio
-import html
-import json
-import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -19,33 +14,18 @@ import structlog
 from aiohttp import web
 from yarl import URL
 
-from deepmemory_service import auth
+from deepmemory_service import auth, login
 from deepmemory_service.config import Settings
-from deepmemory_service.errors import BadGateway, BadRequest, InvalidInput, Unauthorized
+from deepmemory_service.errors import BadGateway, InvalidInput
 from deepmemory_service.keys import BACKEND_CLIENT, SETTINGS
-from deepmemory_service.payloads import parse_uuid
+from deepmemory_service.payloads import last_event_id, parse_uuid, read_json_object
 
 log = structlog.get_logger(__name__)
 
-WEB = Path(str(resources.files("deepmemory_service").joinpath("web")))
 CALL_TIMEOUT = aiohttp.ClientTimeout(total=60, sock_connect=5)
 # a stream lasts as long as its job: only connecting is bounded
 STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=None)
-SESSION_S = 7 * 24 * 3600
 CLIENT_POLL_S = 0.5
-# the page and the login form load only their own files; nobody may frame them (clickjacking
-# a Delete button), and a token in the login URL never leaves as a Referer to another site
-# ("no-referrer" would be stricter, but then a browser sends `Origin: null` with the login
-# form, which the origin check must refuse)
-PAGE_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
-    ),
-    "X-Frame-Options": "DENY",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "same-origin",
-    "Cache-Control": "no-store",
-}
 routes = web.RouteTableDef()
 
 
@@ -76,19 +56,6 @@ def _user(request: web.Request) -> uuid.UUID:
     identity = auth.identify(request, request.app[SETTINGS])
     structlog.contextvars.bind_contextvars(user_id=str(identity.user_id))
     return identity.user_id
-
-
-async def _json_object(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
-    if not raw:
-        return {}
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("body: not valid JSON") from None
-    if not isinstance(body, dict):
-        raise InvalidInput("body: must be a JSON object")
-    return body
 
 
 async def _forward(
@@ -139,7 +106,7 @@ def _query_for(request: web.Request, user_id: uuid.UUID) -> dict[str, str]:
 
 
 async def _with_user(request: web.Request, user_id: uuid.UUID) -> dict[str, Any]:
-    body = await _json_object(request)
+    body = await read_json_object(request)
     body["user_id"] = str(user_id)
     return body
 
@@ -151,7 +118,7 @@ def _run_id(request: web.Request) -> str:
 @routes.post("/api/deep-memory/proceed")
 async def proceed(request: web.Request) -> web.Response:
     user_id = _user(request)
-    body = await _json_object(request)
+    body = await read_json_object(request)
     if "training_run_id" not in body:
         raise InvalidInput("training_run_id: field required")
     forwarded = {"training_run_id": body["training_run_id"], "user_id": str(user_id)}
@@ -234,7 +201,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
     )
     headers = _headers(request)
     if "Last-Event-ID" in request.headers:
-        headers["Last-Event-ID"] = request.headers["Last-Event-ID"][:32]
+        headers["Last-Event-ID"] = str(last_event_id(request))
     session = request.app[BACKEND_CLIENT]
     try:
         upstream = await session.get(url, headers=headers, timeout=STREAM_TIMEOUT)
@@ -294,84 +261,6 @@ async def _pipe(
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-LOGIN_FORM = """<!doctype html><html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Log in · Deep Memory</title><link rel="stylesheet" href="/static/deep-memory.css">
-</head><body><main class="card narrow"><h1>Log in</h1>{error}
-<form method="post" action="/login"><label for="token">Access token</label>
-<textarea id="token" name="token" rows="4" required></textarea>
-<button type="submit">Log in</button></form>
-<p class="hint">Mint one with <code>deepmemory-service token --user UUID</code>.</p>
-</main></body></html>"""
-
-
-def _redirect(location: str) -> web.Response:
-    return web.Response(status=303, headers={"Location": location, **PAGE_HEADERS})
-
-
-def _login_page(error: str | None = None, status: int = 200) -> web.Response:
-    block = f'<p class="error" role="alert">{html.escape(error)}</p>' if error else ""
-    return web.Response(
-        text=LOGIN_FORM.format(error=block),
-        status=status,
-        content_type="text/html",
-        headers=PAGE_HEADERS,
-    )
-
-
-async def _log_in(request: web.Request, token: str) -> web.StreamResponse:
-    settings = request.app[SETTINGS]
-    try:
-        verified = auth.verify(settings, token)
-    except Unauthorized as exc:
-        return _login_page(exc.detail, 401)
-    response = _redirect("/deep-memory")
-    # the cookie goes when the token does: the browser never sends one the gateway refuses
-    max_age = min(SESSION_S, verified.expires_at - int(time.time()))
-    auth.set_session(response, request, token, max(max_age, 1))
-    return response
-
-
-@routes.get("/login")
-async def login_get(request: web.Request) -> web.StreamResponse:
-    token = request.query.get("token")
-    if token:
-        return await _log_in(request, token.strip())
-    return _login_page()
-
-
-@routes.post("/login")
-async def login_post(request: web.Request) -> web.StreamResponse:
-    # another site must not log a visitor into its own account (login CSRF)
-    auth.check_origin(request, request.app[SETTINGS])
-    form = await request.post()
-    token = form.get("token")
-    if not isinstance(token, str) or not token.strip():
-        return _login_page("Paste a token to log in.", 400)
-    return await _log_in(request, token.strip())
-
-
-@routes.post("/logout")
-async def logout(request: web.Request) -> web.StreamResponse:
-    response = _redirect("/login")
-    response.del_cookie(auth.COOKIE, path="/")
-    return response
-
-
-@routes.get("/deep-memory")
-async def page(request: web.Request) -> web.StreamResponse:
-    try:
-        auth.identify(request, request.app[SETTINGS])
-    except Unauthorized:
-        return _redirect("/login")
-    return web.FileResponse(WEB / "deep-memory.html", headers=PAGE_HEADERS)
-
-
-@routes.get("/")
-async def home(_request: web.Request) -> web.StreamResponse:
-    return _redirect("/deep-memory")
-
-
 async def _client(app: web.Application) -> AsyncIterator[None]:
     connector = aiohttp.TCPConnector(limit=200, enable_cleanup_closed=True)
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -388,4 +277,5 @@ def setup_gateway(app: web.Application, settings: Settings | None = None) -> Non
         app[SETTINGS] = settings
     app.cleanup_ctx.append(_client)
     app.add_routes(routes)
-    app.router.add_static("/static", WEB, show_index=False)
+    app.add_routes(login.routes)
+    app.router.add_static("/static", login.WEB, show_index=False)

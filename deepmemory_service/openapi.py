@@ -42,6 +42,8 @@ def schema_of(tp: Any) -> dict[str, Any]:
             "required": [f.name for f in fields if f.default is attrs.NOTHING],
             "properties": {f.name: schema_of(hints[f.name]) for f in fields},
         }
+    if tp is payloads.Text:
+        return {"type": "string", "pattern": payloads.NOT_BLANK}
     simple = {
         uuid.UUID: {"type": "string", "format": "uuid"},
         int: {"type": "integer"},

@@ -1,10 +1,17 @@
-"""Request bodies and parameters: structured with cattrs, or a 4xx naming the problem."""
+"""Request bodies and parameters: structured with cattrs, or a 4xx naming the problem.
+
+Bodies are read here for the backend and the gateway alike: decoded (aiohttp's own decoding
+is off, see `app.create_app`, so that a bad body is a JSON 4xx from here rather than a
+plain-text reply from the HTTP parser), bounded, and parsed.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 import uuid
-from typing import Any, TypeVar
+import zlib
+from typing import Any, NewType, TypeVar
 
 import attrs
 import cattrs
@@ -12,10 +19,23 @@ from aiohttp import web
 from attrs import frozen
 from cattrs.errors import IterableValidationError, IterableValidationNote
 
-from deepmemory_service.errors import BadRequest, InvalidInput
+from deepmemory_service.errors import BadRequest, InvalidInput, UnsupportedEncoding
+from deepmemory_service.keys import SETTINGS
 from deepmemory_service.validation import problems
 
 T = TypeVar("T")
+
+# Python's whitespace (what str.strip removes), spelled out so that the pattern means the same
+# here as in the OpenAPI document, where it is an ECMA regex: a text must hold something else
+NOT_BLANK = r"[^\t\n\v\f\r \x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+_NOT_BLANK = re.compile(NOT_BLANK)
+Text = NewType("Text", str)
+"""A string with something in it besides whitespace."""
+
+# no body of this API nests deeper; json.loads itself fails near 1,000 (a RecursionError)
+MAX_JSON_DEPTH = 32
+# wbits for zlib: gzip's header, or zlib's (RFC 9110's "deflate")
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
 @frozen
@@ -45,7 +65,7 @@ class SettingsIn:
 
 @frozen
 class DocumentIn:
-    text: str
+    text: Text
     title: str | None = None
 
 
@@ -112,7 +132,14 @@ def _converter() -> cattrs.Converter:
             raise IterableValidationError(f"While structuring {type_}", errors, type_)
         return items
 
+    def to_text(value: Any, _: type) -> Text:
+        text = to_str(value, str)
+        if not _NOT_BLANK.search(text):
+            raise ValueError("must contain some text")
+        return Text(text)
+
     conv.register_structure_hook(uuid.UUID, to_uuid)
+    conv.register_structure_hook(Text, to_text)
     conv.register_structure_hook(int, to_int)
     conv.register_structure_hook(bool, to_bool)
     conv.register_structure_hook(str, to_str)
@@ -137,19 +164,77 @@ def structure(data: Any, cls: type[T]) -> T:
         return _CONVERTER.structure(data, cls)
     except cattrs.ClassValidationError as exc:
         raise InvalidInput(
-            "; ".join(f"{'.'.join(path) or 'body'}: {text}" for path, text in problems(exc))
+            "; ".join(f"{path or 'body'}: {text}" for path, text in problems(exc))
         ) from None
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The body as sent before any Content-Encoding, within the size limit before and after
+    decoding (a small gzip body may inflate to gigabytes)."""
+    raw = await request.read()
+    coding = request.headers.get("Content-Encoding", "").strip().lower()
+    if coding in ("", "identity"):
+        return raw
+    wbits = _WBITS.get(coding)
+    if wbits is None:
+        raise UnsupportedEncoding(
+            f"Content-Encoding {coding[:32]!r} is not supported: send gzip, deflate or "
+            "an unencoded body"
+        )
+    limit = request.config_dict[SETTINGS].http.max_body_bytes
+    decoder = zlib.decompressobj(wbits)
+    try:
+        body = decoder.decompress(raw, limit + 1)
+    except zlib.error:
+        raise BadRequest(f"body: not valid {coding} data (Content-Encoding: {coding})") from None
+    if len(body) > limit or decoder.unconsumed_tail:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body))
+    if not decoder.eof:
+        raise BadRequest(f"body: {coding} data ends early (Content-Encoding: {coding})")
+    return body
+
+
+def parse_json(raw: bytes) -> Any:
+    """JSON of this API's shape: parsed, and no deeper than `MAX_JSON_DEPTH`."""
+    too_deep = BadRequest(f"body: JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        data = json.loads(raw)
+    except RecursionError:
+        raise too_deep from None
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("body: not valid JSON") from None
+    # breadth first over the containers only: after k steps, those at depth k + 1
+    level: list[Any] = [data] if isinstance(data, dict | list) else []
+    for _ in range(MAX_JSON_DEPTH):
+        if not level:
+            return data
+        level = [
+            child
+            for node in level
+            for child in (node.values() if isinstance(node, dict) else node)
+            if isinstance(child, dict | list)
+        ]
+    if level:
+        raise too_deep
+    return data
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    """The body as a JSON object; an empty body is an empty object."""
+    raw = await read_body(request)
+    if not raw:
+        return {}
+    data = parse_json(raw)
+    if not isinstance(data, dict):
+        raise InvalidInput("body: must be a JSON object")
+    return data
 
 
 async def read_json(request: web.Request, cls: type[T]) -> T:
     if not request.can_read_body:
         raise BadRequest("body: a JSON object is required")
-    raw = await request.read()
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("body: not valid JSON") from None
-    return structure(data, cls)
+    raw = await read_body(request)
+    return structure(parse_json(raw), cls)
 
 
 def parse_uuid(name: str, value: str | None) -> uuid.UUID:
@@ -191,3 +276,21 @@ def query_bool(request: web.Request, name: str) -> bool | None:
     if raw.lower() in {"false", "0", "no"}:
         return False
     raise InvalidInput(f"{name}: must be true or false, got {raw[:32]!r}")
+
+
+# an event id is a PostgreSQL bigint; ASCII digits only (str.isdigit also takes "²")
+_EVENT_ID = re.compile(r"[0-9]{1,19}")
+MAX_EVENT_ID = 2**63 - 1
+
+
+def last_event_id(request: web.Request) -> int:
+    """The `Last-Event-ID` header: the id of the last event the client has; 0 without one."""
+    raw = request.headers.get("Last-Event-ID", "").strip()
+    if not raw:
+        return 0
+    if not _EVENT_ID.fullmatch(raw) or int(raw) > MAX_EVENT_ID:
+        raise BadRequest(
+            f"Last-Event-ID: must be an event id (an integer from 0 to {MAX_EVENT_ID}), "
+            f"got {raw[:32]!r}"
+        )
+    return int(raw)

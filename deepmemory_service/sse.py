@@ -17,10 +17,10 @@ from aiohttp_sse import EventSourceResponse, sse_response
 
 from deepmemory_service.broadcaster import Subscription
 from deepmemory_service.db import UNAVAILABLE, retrying
-from deepmemory_service.errors import InvalidInput, NotFound
+from deepmemory_service.errors import NotFound
 from deepmemory_service.keys import SERVICES
 from deepmemory_service.models import JobEvent
-from deepmemory_service.payloads import path_uuid, query_uuid
+from deepmemory_service.payloads import last_event_id, path_uuid, query_uuid
 from deepmemory_service.services import Services
 
 log = structlog.get_logger(__name__)
@@ -122,9 +122,8 @@ class JobStream:
 async def stream(request: web.Request) -> web.StreamResponse:
     user_id = query_uuid(request, "user_id")
     job_id = path_uuid(request, "job_id")
-    raw_last = request.headers.get("Last-Event-ID", "").strip() or "0"
-    if not raw_last.isdigit():
-        raise InvalidInput(f"Last-Event-ID: must be an event id (an integer), got {raw_last!r}")
+    # checked before the stream starts: afterwards an error could only cut it
+    after = last_event_id(request)
     svc = request.app[SERVICES]
     async with svc.db.conn() as conn:
         job = await conn.get_job(job_id, user_id)
@@ -136,7 +135,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
     with svc.broadcaster.subscribe(job_id) as sub:
         async with sse_response(request, ping_interval=PING_S, send_timeout=send_timeout_s) as resp:
             try:
-                await JobStream(svc, request, job_id, user_id, resp, sub, int(raw_last)).follow()
+                await JobStream(svc, request, job_id, user_id, resp, sub, after).follow()
             except UNAVAILABLE as exc:
                 # a clean end; the client reconnects with Last-Event-ID and misses nothing
                 log.warning("event stream ended: database unavailable", error=str(exc))

@@ -22,11 +22,10 @@ def _describe(exc: BaseException, type_: Any) -> str:
     return format_exception(exc, type_)
 
 
-def problems(exc: cattrs.ClassValidationError) -> list[tuple[list[str], str]]:
-    """Each problem: the path to the field (`["documents", "0", "text"]`) and what is wrong."""
+def problems(exc: cattrs.ClassValidationError) -> list[tuple[str, str]]:
+    """Each problem: the path to the field (`documents[0].text`) and what is wrong."""
     out = []
     for line in cattrs.transform_error(exc, path="$", format_exception=_describe):
         text, _, where = line.rpartition(" @ ")
-        path = where.removeprefix("$").replace("[", ".").replace("]", "")
-        out.append(([p for p in path.split(".") if p], text))
+        out.append((where.removeprefix("$").removeprefix("."), text))
     return out

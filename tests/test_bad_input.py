@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import gzip
+import json
 import uuid
+import zlib
 from typing import Any
 
 import pytest
 
+from deepmemory_service.auth import mint_token
 from tests.conftest import Api
 
 U = str(uuid.uuid4())
@@ -115,7 +120,7 @@ U = str(uuid.uuid4())
             "/documents",
             {"json": {"user_id": U, "documents": [{"title": "t"}]}},
             422,
-            "documents.0.text: field required",
+            "documents[0].text: field required",
         ),
         (
             "POST",
@@ -136,7 +141,7 @@ U = str(uuid.uuid4())
             "/documents",
             {"json": {"user_id": U, "documents": [{"text": "a\u0000b"}]}},
             422,
-            "documents.0.text: must not contain NUL characters",
+            "documents[0].text: must not contain NUL characters",
         ),
         (
             "POST",
@@ -146,7 +151,7 @@ U = str(uuid.uuid4())
                 "headers": {"Content-Type": "application/json"},
             },
             422,
-            "documents.0.text: must be valid Unicode text (an unpaired surrogate)",
+            "documents[0].text: must be valid Unicode text (an unpaired surrogate)",
         ),
         ("GET", f"/events/stream/{U}", {"params": {"user_id": U}}, 404, "Job not found"),
         (
@@ -218,3 +223,110 @@ async def test_debug_supervisors_needs_the_admin_token(api: Api) -> None:
         "subscribers",
         "last_error",
     }
+
+
+DEEP = ("[" * 1000 + "]" * 1000).encode()
+# every endpoint that reads a JSON body, on the backend and on the gateway
+JSON_ENDPOINTS = [
+    ("POST", "/v1/api/deep-memory/generate"),
+    ("POST", "/v1/api/deep-memory/proceed"),
+    ("POST", "/v1/api/deep-memory/train"),
+    ("PUT", "/v1/api/deep-memory/settings"),
+    ("POST", "/v1/api/documents"),
+    ("POST", "/api/deep-memory/generate"),
+    ("POST", "/api/deep-memory/proceed"),
+    ("POST", "/api/deep-memory/train"),
+    ("PUT", "/api/deep-memory/settings"),
+    ("POST", "/api/documents"),
+]
+
+
+def _auth(api: Api, path: str) -> dict[str, str]:
+    """The service token for the backend, a user's token for the gateway."""
+    if path.startswith("/v1/api"):
+        return api.headers
+    token = mint_token(api.services.settings, uuid.UUID(U), 600)
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def _send(
+    api: Api, method: str, path: str, body: bytes, headers: dict[str, str]
+) -> tuple[int, str, Any, dict[str, str]]:
+    async with api.client.request(
+        method, path, data=body, headers={**_auth(api, path), **headers}
+    ) as resp:
+        reply = await resp.json() if resp.content_type == "application/json" else await resp.text()
+        return resp.status, resp.content_type, reply, dict(resp.headers)
+
+
+async def test_json_nested_a_thousand_deep_is_a_400_everywhere(api: Api) -> None:
+    deep_object = b'{"user_id": ' + b'{"a": ' * 40 + b"1" + b"}" * 40 + b"}"
+    for method, path in JSON_ENDPOINTS:
+        for body in (DEEP, deep_object):
+            code, _, reply, _ = await _send(api, method, path, body, {})
+            assert (code, reply) == (
+                400,
+                {"detail": "body: JSON nested deeper than 32 levels"},
+            ), (method, path)
+
+
+@pytest.mark.parametrize(
+    ("coding", "status", "detail"),
+    [
+        ("gzip", 400, "body: not valid gzip data (Content-Encoding: gzip)"),
+        ("deflate", 400, "body: not valid deflate data (Content-Encoding: deflate)"),
+        (
+            "br",
+            415,
+            "Content-Encoding 'br' is not supported: send gzip, deflate or an unencoded body",
+        ),
+        (
+            "zstd",
+            415,
+            "Content-Encoding 'zstd' is not supported: send gzip, deflate or an unencoded body",
+        ),
+    ],
+)
+async def test_a_body_that_cannot_be_decoded_is_a_json_4xx_everywhere(
+    api: Api, coding: str, status: int, detail: str
+) -> None:
+    headers = {"Content-Encoding": coding, "Origin": str(api.client.make_url("/").origin())}
+    for method, path in [*JSON_ENDPOINTS, ("POST", "/login")]:
+        code, kind, reply, sent = await _send(api, method, path, b"not compressed at all", headers)
+        assert (code, kind, reply) == (status, "application/json", {"detail": detail}), path
+        if status == 415:
+            assert sent["Accept-Encoding"] == "gzip, deflate"
+
+
+async def test_an_encoded_body_is_decoded_and_bounded(api: Api) -> None:
+    docs = {"user_id": U, "documents": [{"title": "zipped", "text": "Compressed text. " * 50}]}
+    for coding, packed in (
+        ("gzip", gzip.compress(json.dumps(docs).encode())),
+        ("deflate", zlib.compress(json.dumps(docs).encode())),
+    ):
+        code, _, reply, _ = await _send(
+            api, "POST", "/v1/api/documents", packed, {"Content-Encoding": coding}
+        )
+        assert code == 201, reply
+    # a few kilobytes that inflate past the body limit are refused like a large body
+    bomb = gzip.compress(b'{"user_id": "' + b"x" * (2 * 1024 * 1024) + b'"}')
+    assert len(bomb) < 10_000
+    code, _, reply, _ = await _send(
+        api, "POST", "/v1/api/documents", bomb, {"Content-Encoding": "gzip"}
+    )
+    assert (code, reply) == (413, {"detail": "Request body too large: the limit is 1048576 bytes"})
+
+
+async def test_a_bad_last_event_id_is_a_400_before_the_stream(api: Api) -> None:
+    await api.ingest(uuid.UUID(U), 2)
+    _, accepted = await api.call("POST", "/deep-memory/generate", json={"user_id": U})
+    job = accepted["job_id"]
+    for path in (f"/v1/api/events/stream/{job}?user_id={U}", f"/api/events/stream/{job}"):
+        for last in ("²", "9223372036854775808", "-1", "1e3", "٣"):
+            headers = {**_auth(api, path), "Last-Event-ID": last}
+            async with asyncio.timeout(10), api.client.get(path, headers=headers) as resp:
+                assert (resp.status, resp.content_type) == (400, "application/json"), path
+                assert await resp.json() == {
+                    "detail": "Last-Event-ID: must be an event id (an integer from 0 to "
+                    f"9223372036854775807), got {last!r}"
+                }

@@ -148,6 +148,19 @@ async def test_a_token_cannot_become_another_user(two_users: Any) -> None:
             ),
             "Token subject is not a user id",
         ),
+        (
+            lambda: jwt.encode(
+                {
+                    "sub": str(uuid.uuid4()),
+                    "aud": AUDIENCE,
+                    "nbf": int(time.time()) + 3600,
+                    "exp": int(time.time()) + 7200,
+                },
+                SECRET_KEY,
+                algorithm="HS256",
+            ),
+            "Token is not valid yet (its nbf or iat is in the future)",
+        ),
         (lambda: "not.a.jwt", "Token is malformed"),
     ],
 )
@@ -178,7 +191,10 @@ async def test_login_sets_an_httponly_samesite_cookie_and_csrf_is_blocked(api: A
     user = uuid.uuid4()
     await api.ingest(user, 2)
     token = mint_token(api.services.settings, user, 600)
-    async with api.client.get(f"/login?token={token}", allow_redirects=False) as resp:
+    origin = str(api.client.make_url("/").origin())
+    async with api.client.post(
+        "/login", data={"token": token}, headers={"Origin": origin}, allow_redirects=False
+    ) as resp:
         assert resp.status == 303
         assert resp.headers["Location"] == "/deep-memory"
         cookie = resp.headers["Set-Cookie"]
@@ -192,7 +208,6 @@ async def test_login_sets_an_httponly_samesite_cookie_and_csrf_is_blocked(api: A
     max_age = int(cookie.split("Max-Age=")[1].split(";")[0])
     assert 590 <= max_age <= 600
 
-    origin = str(api.client.make_url("/").origin())
     # the cookie works for reads
     code, body = await gw(api, "GET", "/api/deep-memory/settings")
     assert code == 200
@@ -291,6 +306,10 @@ async def test_no_token_or_secret_reaches_the_logs(two_users: Any) -> None:
         await gw(api, "GET", "/api/deep-memory/settings", "bogus.token.value")
         await gw(api, "GET", "/api/deep-memory/settings", expired)
         async with api.client.get(f"/login?token={u['tb']}", allow_redirects=False) as resp:
+            assert resp.status == 200
+        async with api.client.post(
+            "/login", data={"token": u["tb"]}, headers={"Origin": origin}, allow_redirects=False
+        ) as resp:
             assert resp.status == 303
         async with api.client.post(
             "/login", data={"token": expired}, headers={"Origin": origin}
@@ -316,8 +335,12 @@ async def test_the_backend_refuses_a_missing_or_wrong_service_token(api: Api) ->
 
 
 async def _log_in(api: Api, user: uuid.UUID) -> None:
+    """As a person does: the login page's form, posted from the page's own origin."""
     token = mint_token(api.services.settings, user, 600)
-    async with api.client.get(f"/login?token={token}", allow_redirects=False) as resp:
+    origin = str(api.client.make_url("/").origin())
+    async with api.client.post(
+        "/login", data={"token": token}, headers={"Origin": origin}, allow_redirects=False
+    ) as resp:
         assert resp.status == 303
 
 
@@ -411,7 +434,10 @@ async def test_logout_clears_the_cookie(api: Api) -> None:
     user = uuid.uuid4()
     await _log_in(api, user)
     assert (await gw(api, "GET", "/api/deep-memory/settings"))[0] == 200
-    async with api.client.post("/logout", allow_redirects=False) as resp:
+    origin = str(api.client.make_url("/").origin())
+    async with api.client.post(
+        "/logout", headers={"Origin": origin}, allow_redirects=False
+    ) as resp:
         assert resp.status == 303
         assert resp.headers["Location"] == "/login"
     code, body = await gw(api, "GET", "/api/deep-memory/settings")
@@ -427,6 +453,7 @@ async def test_the_page_and_login_cannot_be_framed_or_leak_the_token(api: Api) -
     async with api.client.get(f"/login?token={token}", allow_redirects=False) as resp:
         assert resp.headers["Referrer-Policy"] == "same-origin"
         assert resp.headers["Cache-Control"] == "no-store"
+    await _log_in(api, user)
     async with api.client.get("/deep-memory") as resp:
         assert resp.status == 200
         assert "Generate Training Data" in await resp.text()

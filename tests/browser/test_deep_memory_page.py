@@ -26,10 +26,18 @@ TIMEOUT = 20_000
 async def open_page(browser: Any, api: Api, user: uuid.UUID) -> Any:
     page = browser.pages[0] if browser.pages else await browser.new_page()
     token = mint_token(api.services.settings, user, 600)
-    await page.goto(str(api.client.make_url(f"/login?token={token}")))
-    await expect(page).to_have_url(str(api.client.make_url("/deep-memory")))
+    await follow_login_link(page, api, token, user)
     await expect(page.get_by_test_id("settings-card")).to_be_visible(timeout=TIMEOUT)
     return page
+
+
+async def follow_login_link(page: Any, api: Api, token: str, user: uuid.UUID) -> None:
+    """A login link shows the account it opens; a person's click logs in."""
+    await page.goto(str(api.client.make_url(f"/login?token={token}")))
+    await expect(page.get_by_test_id("link-account")).to_contain_text(str(user))
+    await page.get_by_test_id("confirm-login").click()
+    await expect(page).to_have_url(str(api.client.make_url("/deep-memory")))
+    await expect(page.get_by_test_id("account")).to_have_text(f"Logged in as user {user}")
 
 
 async def test_generate_and_watch_the_bar_reach_the_end(browser: Any, api_factory: Any) -> None:
@@ -183,7 +191,7 @@ async def test_a_local_store_without_the_local_trainer_shows_the_warning(
     user = uuid.uuid4()
     page = browser.pages[0] if browser.pages else await browser.new_page()
     token = mint_token(api.services.settings, user, 600)
-    await page.goto(str(api.client.make_url(f"/login?token={token}")))
+    await follow_login_link(page, api, token, user)
     warning = page.get_by_test_id("cloud-warning")
     await expect(warning).to_be_visible(timeout=TIMEOUT)
     await expect(warning).to_have_text(WARNING)
