@@ -23,7 +23,7 @@ from deepmemory_service import (
 )
 from deepmemory_service.broadcaster import Broadcaster
 from deepmemory_service.config import Settings
-from deepmemory_service.db import Database
+from deepmemory_service.db import CONNECTION_ERRORS, Database
 from deepmemory_service.embedders import Embedder
 from deepmemory_service.events import JobEvents
 from deepmemory_service.generators import QuestionGenerator
@@ -125,7 +125,12 @@ async def open_backend(
         await leases.sweep_once(svc)
         side.start("lease-heartbeat", lambda: leases.heartbeat(svc, supervisors.working_runs))
         side.start("lease-sweeper", lambda: leases.sweeper(svc))
-        side.start("event-listener", lambda: listener.listen(svc), restart_after_s=0.5)
+        side.start(
+            "event-listener",
+            lambda: listener.listen(svc),
+            restart_after_s=0.5,
+            expected=CONNECTION_ERRORS,
+        )
     backend = Backend(svc, supervisors)
     try:
         yield backend

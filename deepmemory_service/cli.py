@@ -85,8 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from deepmemory_service.demo import announce
 
             on_ready = announce
-        server.serve(settings, on_ready=on_ready)
-        return 0
+        return server.serve(settings, on_ready=on_ready)
     if args.command == "migrate":
         from deepmemory_service import migrations, server
 

@@ -19,6 +19,14 @@ def _redact(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
+def _without_traceback(record: logging.LogRecord) -> bool:
+    if record.exc_info and record.exc_info[1] is not None:
+        exc = record.exc_info[1]
+        record.msg, record.args = f"{record.getMessage()} ({type(exc).__name__}: {exc})", ()
+        record.exc_info, record.exc_text = None, None
+    return True
+
+
 def configure(level: str = "info", fmt: str = "auto") -> None:
     use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
     renderer: Any = (
@@ -42,3 +50,6 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
         cache_logger_on_first_use=True,
     )
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
+    # asyncpg's pool retries its minimum of connections while the database is away, with a
+    # traceback each time; the reason alone says it (and the service says the rest)
+    logging.getLogger("asyncpg.pool").addFilter(_without_traceback)
