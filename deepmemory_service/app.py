@@ -41,7 +41,7 @@ from deepmemory_service.keys import (
     SUPERVISORS,
     TRAINER,
 )
-from deepmemory_service.metrics import Metrics
+from deepmemory_service.metrics import RUN_COUNTS_TTL_S, Cached, Metrics
 from deepmemory_service.middlewares import json_errors, request_context, service_auth
 from deepmemory_service.services import Services
 from deepmemory_service.side_tasks import SideTasks
@@ -111,7 +111,7 @@ async def open_backend(
             embedder.dimension,
             settings.activeloop.token or None,
         ),
-        metrics=Metrics(),
+        metrics=Metrics(Cached(lambda: db.read(lambda c: c.run_counts()), RUN_COUNTS_TTL_S)),
     )
 
     def subscribers_for(sup: RunSupervisor) -> int:

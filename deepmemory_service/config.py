@@ -129,6 +129,7 @@ class Settings:
     trainer: TrainerName
     service_token: str = attrs.field(repr=False)
     admin_token: str = attrs.field(repr=False)
+    metrics_token: str = attrs.field(repr=False)
     secret_key: str = attrs.field(repr=False)
     instance_id: str
     log_level: str

@@ -1,14 +1,43 @@
-"""Process counters, rendered in the Prometheus text format by `/metrics`."""
+"""Process counters, and the cached count of runs by status, rendered in the Prometheus
+text format by `/metrics`."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 import attrs
+
+RUN_COUNTS_TTL_S = 15.0
+
+
+@attrs.define
+class Cached:
+    """A count that costs a query (runs by status, over every instance's runs): read at most
+    once per `ttl_s`, however often it is scraped; scrapes that arrive together share one
+    read."""
+
+    read: Callable[[], Awaitable[dict[str, int]]]
+    ttl_s: float
+    reads: int = 0
+    _value: dict[str, int] | None = None
+    _read_at: float = 0.0
+    _lock: asyncio.Lock = attrs.field(factory=asyncio.Lock)
+
+    async def get(self) -> dict[str, int]:
+        async with self._lock:
+            if self._value is None or time.monotonic() - self._read_at >= self.ttl_s:
+                self._value = await self.read()
+                self._read_at = time.monotonic()
+                self.reads += 1
+            return self._value
 
 
 @attrs.define
 class Metrics:
+    # runs by status is a GROUP BY over every run: read once per scrape interval at most
+    run_counts: Cached
     started_at: float = attrs.field(factory=time.monotonic)
     chunks_generated: int = 0
     pairs_written: int = 0

@@ -1,4 +1,6 @@
-"""`GET /metrics`: runs by status, generation and LLM counters, inboxes, SSE subscribers."""
+"""`GET /metrics`: runs by status, generation and LLM counters, inboxes, SSE subscribers;
+behind a bearer token when `DEEPMEMORY_METRICS_TOKEN` is set (Prometheus sends one with
+`authorization: {credentials: …}`)."""
 
 from __future__ import annotations
 
@@ -7,19 +9,23 @@ from typing import Any
 
 from aiohttp import web
 
-from deepmemory_service.keys import SERVICES, SUPERVISORS
+from deepmemory_service.errors import Unauthorized
+from deepmemory_service.keys import SERVICES, SETTINGS, SUPERVISORS
 from deepmemory_service.metrics import render
+from deepmemory_service.middlewares import has_bearer
 from deepmemory_service.models import RunStatus
 
 
 def metrics_handler(backend: web.Application) -> Callable[[web.Request], Awaitable[web.Response]]:
-    async def handler(_request: web.Request) -> web.Response:
+    async def handler(request: web.Request) -> web.Response:
+        token = request.app[SETTINGS].metrics_token
+        if token and not has_bearer(request, token):
+            raise Unauthorized("Missing or invalid metrics token (Authorization: Bearer <token>)")
         svc = backend[SERVICES]
         sups = backend[SUPERVISORS].all()
         works = [s.work for s in sups if s.work is not None]
         m = svc.metrics
-        async with svc.db.conn() as conn:
-            counts = await conn.run_counts()
+        counts = await m.run_counts.get()
         samples: list[tuple[str, str, dict[str, str], float]] = [
             ("deepmemory_runs", "gauge", {"status": s.value}, counts.get(s.value, 0))
             for s in RunStatus

@@ -79,14 +79,19 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return web.json_response({"detail": "Internal server error"}, status=500)
 
 
+def has_bearer(request: web.Request, expected: str) -> bool:
+    """`Authorization: Bearer <expected>`, compared in constant time."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        token.strip().encode(), expected.encode()
+    )
+
+
 @web.middleware
 async def service_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The backend answers only callers holding the service token (the gateway, operators)."""
     if request.path in OPEN_PATHS:
         return await handler(request)
-    expected = request.app[SETTINGS].service_token.encode()
-    given = request.headers.get("Authorization", "")
-    scheme, _, token = given.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+    if not has_bearer(request, request.app[SETTINGS].service_token):
         raise Unauthorized("Missing or invalid service token (Authorization: Bearer <token>)")
     return await handler(request)
