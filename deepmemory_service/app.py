@@ -112,6 +112,7 @@ async def open_backend(
             settings.activeloop.token or None,
         ),
         metrics=Metrics(Cached(lambda: db.read(lambda c: c.run_counts()), RUN_COUNTS_TTL_S)),
+        budget=plugins.build_budget(settings, db),
     )
 
     def subscribers_for(sup: RunSupervisor) -> int:
@@ -137,7 +138,7 @@ async def open_backend(
     finally:
         await backend.drain()
         await side.stop()
-        for part in (svc.generator, svc.embedder, svc.trainer):
+        for part in (svc.generator, svc.embedder, svc.trainer, svc.budget):
             await part.aclose()
         await db.close()
 

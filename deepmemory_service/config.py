@@ -22,6 +22,7 @@ import cattrs
 import platformdirs
 from attrs import frozen
 
+from deepmemory_service.usage import Prices
 from deepmemory_service.validation import problems
 
 ENV_PREFIX = "DEEPMEMORY_"
@@ -95,6 +96,10 @@ class LLMSettings:
     max_retries: int
     backoff_base_s: float
     backoff_max_s: float
+    rpm: float
+    tpm: float
+    price_input_per_mtok: float
+    price_output_per_mtok: float
 
 
 @frozen
@@ -151,6 +156,10 @@ class Settings:
 
     def store_path(self, user_id: object) -> str:
         return self.store.path.format(data_dir=self.data_dir, user_id=user_id)
+
+    @property
+    def llm_prices(self) -> Prices:
+        return Prices(self.llm.price_input_per_mtok, self.llm.price_output_per_mtok)
 
     @property
     def is_cloud(self) -> bool:
@@ -302,6 +311,9 @@ def _complete(settings: Settings) -> Settings:
         problems.append("DEEPMEMORY_TRAIN_HOLDOUT must be between 0 and 1")
     if settings.llm.max_retries < 0:
         problems.append("DEEPMEMORY_LLM_MAX_RETRIES must not be negative")
+    for name in ("rpm", "tpm", "price_input_per_mtok", "price_output_per_mtok"):
+        if getattr(settings.llm, name) < 0:
+            problems.append(f"DEEPMEMORY_LLM_{name.upper()} must not be negative")
     if settings.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         problems.append("DEEPMEMORY_LOG_LEVEL must be debug, info, warning or error")
     if settings.secret_key and len(settings.secret_key.encode()) < 32:

@@ -25,6 +25,7 @@ from deepmemory_service.models import (
     Run,
     RunStatus,
 )
+from deepmemory_service.rate_budget import Claim, SharedState
 from deepmemory_service.retry import RetryPolicy, retry
 
 log = structlog.get_logger(__name__)
@@ -73,6 +74,9 @@ def _run(row: asyncpg.Record) -> Run:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         completed_at=row["completed_at"],
+        llm_calls=row["llm_calls"],
+        prompt_tokens=row["prompt_tokens"],
+        completion_tokens=row["completion_tokens"],
     )
 
 
@@ -87,6 +91,24 @@ def _event(row: asyncpg.Record) -> JobEvent:
 async def _init_connection(conn: asyncpg.Connection) -> None:
     for kind in ("json", "jsonb"):
         await conn.set_type_codec(kind, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+@attrs.frozen
+class Spent:
+    """LLM calls and tokens spent (by a job, or by a run over its jobs)."""
+
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def __add__(self, other: Spent) -> Spent:
+        return Spent(*(a + b for a, b in zip(self.as_tuple(), other.as_tuple(), strict=True)))
+
+    def as_tuple(self) -> tuple[int, int, int]:
+        return (self.calls, self.prompt_tokens, self.completion_tokens)
+
+
+NOTHING_SPENT = Spent()
 
 
 @attrs.frozen
@@ -242,12 +264,20 @@ class Conn:
         return [Chunk(r["id"], r["text"]) for r in rows]
 
     async def insert_pairs(
-        self, run_id: uuid.UUID, pairs: Sequence[Pair], owner: str
+        self,
+        run_id: uuid.UUID,
+        job_id: uuid.UUID,
+        pairs: Sequence[Pair],
+        owner: str,
+        job_spent: Spent = NOTHING_SPENT,
+        run_spent: Spent = NOTHING_SPENT,
     ) -> tuple[int, int]:
-        """Stores a batch; returns the run's (generated_chunks, pair_count) after it.
+        """Stores a batch, and what the job and the run have spent at the LLM so far (totals,
+        not increments, so a retry after a lost reply counts nothing twice); returns the
+        run's (generated_chunks, pair_count) after it.
 
-        The CTE's INSERT runs even when the run is no longer ours; raising inside the
-        transaction rolls it back, so a swept or deleted run never gains pairs here.
+        The CTEs write even when the run is no longer ours; raising inside the transaction
+        rolls them back, so a swept or deleted run never gains pairs here.
         """
         async with self.raw.transaction():
             row = await self._fetchrow(
@@ -257,6 +287,9 @@ class Conn:
                 [p.question_index for p in pairs],
                 [p.question for p in pairs],
                 owner,
+                job_id,
+                *job_spent.as_tuple(),
+                *run_spent.as_tuple(),
             )
             if row is None:
                 raise LeaseLost(f"run {run_id} is no longer generating on this instance")
@@ -359,6 +392,45 @@ class Conn:
 
     async def set_enabled(self, user_id: uuid.UUID, enabled: bool) -> None:
         await self.raw.execute(queries()["set_enabled"], user_id, enabled)
+
+    # the shared LLM rate budget
+
+    async def budget_lock(self, key: str) -> tuple[SharedState, float]:
+        """The budget's state, locked until commit, and the server's clock (epoch s)."""
+        row = await self._fetchrow("budget_lock", key)
+        assert row is not None
+        state = SharedState(
+            row["factor"],
+            row["adjusted_at"],
+            row["hold_until"],
+            row["paused_until"],
+            row["rate_limited"],
+        )
+        return state, float(row["now"])
+
+    async def budget_save(self, key: str, state: SharedState) -> None:
+        await self.raw.execute(
+            queries()["budget_save"],
+            key,
+            state.factor,
+            state.adjusted_at,
+            state.hold_until,
+            state.paused_until,
+            state.rate_limited,
+        )
+
+    async def budget_claim(
+        self, key: str, instance_id: str, claims: Sequence[Claim], ttl_s: float
+    ) -> list[Claim]:
+        rows = await self._fetch(
+            "budget_claim",
+            key,
+            instance_id,
+            [c.user_id for c in claims],
+            [c.demand for c in claims],
+            ttl_s,
+        )
+        return [Claim(r["instance_id"], r["user_id"], r["demand"]) for r in rows]
 
 
 @asynccontextmanager

@@ -21,10 +21,11 @@ import attrs
 import structlog
 
 from deepmemory_service import jobs, training
-from deepmemory_service.db import CONNECTION_ERRORS, LeaseLost, retrying
+from deepmemory_service.db import CONNECTION_ERRORS, NOTHING_SPENT, LeaseLost, Spent, retrying
 from deepmemory_service.events import Progress
 from deepmemory_service.generators import GenerationError
 from deepmemory_service.models import Chunk, Job, Pair, Run, RunStatus
+from deepmemory_service.rate_budget import Lane
 from deepmemory_service.services import Services
 from deepmemory_service.supervisor import WorkStatus
 
@@ -34,6 +35,8 @@ _END: Any = object()
 PAGE = 500
 # how long the writer holds a partial batch before writing it anyway
 FLUSH_S = 0.05
+# calls that waited this long for the provider's rate limit are worth telling the user
+WAITING_NOTICE_S = 1.0
 
 
 class WorkerLost(Exception):
@@ -45,8 +48,13 @@ class Pipeline:
     svc: Services
     work: WorkStatus
     run: Run
+    job: Job
     progress: Progress
+    lane: Lane
     done: int
+    # what the run had spent at the LLM before this job, and what was last stored
+    spent_before: Spent
+    stored_spent: Spent = NOTHING_SPENT
     chunks: asyncio.Queue[Any] = attrs.field(init=False)
     results: asyncio.Queue[Any] = attrs.field(init=False)
     failure: BaseException | None = None
@@ -108,7 +116,7 @@ class Pipeline:
             self.work.workers_busy += 1
             self._calling.add(me)
             try:
-                questions = await generator.generate(chunk, qpc)
+                questions = await generator.generate(chunk, qpc, self.lane)
                 if len(questions) != qpc or not all(q.strip() for q in questions):
                     raise GenerationError(
                         f"generator {generator.name} returned {len(questions)} questions "
@@ -160,13 +168,27 @@ class Pipeline:
             while not ended:
                 ended = await self.results.get() is _END
 
+    @property
+    def spent(self) -> Spent:
+        """What this job has spent at the LLM so far."""
+        lane = self.lane
+        return Spent(lane.calls, lane.prompt_tokens, lane.completion_tokens)
+
     async def _write(self, batch: list[Pair]) -> None:
-        if not batch:
+        spent = self.spent
+        if not batch and spent == self.stored_spent:
             return
 
         async def store() -> int:
             async with self.svc.db.conn() as conn:
-                covered, _ = await conn.insert_pairs(self.run.id, batch, self.svc.owner)
+                covered, _ = await conn.insert_pairs(
+                    self.run.id,
+                    self.job.id,
+                    batch,
+                    self.svc.owner,
+                    spent,
+                    self.spent_before + spent,
+                )
             return covered
 
         try:
@@ -174,19 +196,62 @@ class Pipeline:
             covered = await retrying(store)
         except CONNECTION_ERRORS as exc:
             raise WorkerLost(f"database unavailable while storing pairs: {exc}") from exc
+        self.stored_spent = spent
         metrics = self.svc.metrics
         metrics.chunks_generated += covered - self.done
         metrics.pairs_written += len(batch)
         self.done = covered
+        await self._report()
+
+    @property
+    def waiting_on_provider(self) -> bool:
+        """Calls of this run have waited a while for the provider's rate limit."""
+        since = self.lane.waiting_since
+        return since is not None and time.monotonic() - since >= WAITING_NOTICE_S
+
+    async def _report(self) -> None:
+        total, waiting = self.run.total_chunks, self.waiting_on_provider
+        message = f"Generated questions for {self.done}/{total} chunks"
+        if waiting:
+            message += "; waiting on the provider's rate limit"
+        spent = self.spent_before + self.spent
         await self.progress.update(
             RunStatus.GENERATING,
-            covered,
-            self.run.total_chunks,
-            f"Generated questions for {covered}/{self.run.total_chunks} chunks",
+            self.done,
+            total,
+            message,
+            waiting_on_provider=waiting,
+            calls_waiting=self.lane.waiting,
+            llm_calls=spent.calls,
+            prompt_tokens=spent.prompt_tokens,
+            completion_tokens=spent.completion_tokens,
         )
+
+    async def _watch_provider_wait(self) -> None:
+        """Progress says so when the run waits on the provider's limit (no pairs arrive
+        then, so the writer has nothing to report)."""
+        was = False
+        while True:
+            await asyncio.sleep(WAITING_NOTICE_S / 2)
+            now = self.waiting_on_provider
+            if now or was:
+                await self._report()
+            was = now
 
     async def run_all(self) -> None:
         writer = asyncio.create_task(self._writer(), name=f"writer:{self.run.id}")
+        watcher = None
+        if self.lane.limited:
+            watcher = asyncio.create_task(self._watch_provider_wait(), name=f"wait:{self.run.id}")
+        try:
+            await self._run_all(writer)
+        finally:
+            self.lane.close()
+            if watcher is not None:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
+
+    async def _run_all(self, writer: asyncio.Task[None]) -> None:
         self._tasks = [asyncio.create_task(self._producer(), name=f"producer:{self.run.id}")]
         self._tasks += [
             asyncio.create_task(self._worker(), name=f"worker:{self.run.id}:{i}")
@@ -224,7 +289,18 @@ async def generate(svc: Services, work: WorkStatus, run: Run, job: Job) -> None:
             "message": f"Generating questions from chunk {run.generated_chunks}/{run.total_chunks}",
         },
     )
-    pipeline = Pipeline(svc, work, run, progress, done=run.generated_chunks)
+    lane = svc.budget.lane(run.user_id)
+    work.lane = lane
+    pipeline = Pipeline(
+        svc,
+        work,
+        run,
+        job,
+        progress,
+        lane,
+        done=run.generated_chunks,
+        spent_before=Spent(run.llm_calls, run.prompt_tokens, run.completion_tokens),
+    )
     started = time.monotonic()
     try:
         await pipeline.run_all()

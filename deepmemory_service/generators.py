@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from deepmemory_service.models import Chunk
+
+if TYPE_CHECKING:
+    from deepmemory_service.rate_budget import Lane
 
 
 class GenerationError(Exception):
@@ -21,8 +24,9 @@ class GenerationError(Exception):
 class QuestionGenerator(Protocol):
     name: str
 
-    async def generate(self, chunk: Chunk, count: int) -> list[str]:
-        """Exactly `count` distinct, non-empty questions about `chunk`."""
+    async def generate(self, chunk: Chunk, count: int, lane: Lane | None = None) -> list[str]:
+        """Exactly `count` distinct, non-empty questions about `chunk`. A generator that
+        calls a paid API waits for its turn in `lane` and counts its calls and tokens there."""
         ...
 
     async def aclose(self) -> None: ...
@@ -224,7 +228,7 @@ class OfflineQuestionGenerator:
         self.fail_after = fail_after
         self.calls = 0
 
-    async def generate(self, chunk: Chunk, count: int) -> list[str]:
+    async def generate(self, chunk: Chunk, count: int, lane: Lane | None = None) -> list[str]:
         self.calls += 1
         if self.fail_after is not None and self.calls > self.fail_after:
             raise GenerationError(f"offline generator fault switch: call {self.calls}")

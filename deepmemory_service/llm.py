@@ -23,7 +23,9 @@ import structlog
 from deepmemory_service.config import LLMSettings
 from deepmemory_service.generators import GenerationError
 from deepmemory_service.models import Chunk
+from deepmemory_service.rate_budget import Grant, Lane
 from deepmemory_service.retry import RetryPolicy, retry, retry_after
+from deepmemory_service.usage import Usage
 
 log = structlog.get_logger(__name__)
 
@@ -43,6 +45,8 @@ class LLMStats:
     calls: int = 0
     successes: int = 0
     retries: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
     faults: Counter[str] = attrs.field(factory=Counter)
 
 
@@ -60,6 +64,12 @@ def user_prompt(chunk: Chunk, count: int) -> str:
     return (
         f'Write exactly {count} questions about this passage.\n\nPassage:\n"""\n{chunk.text}\n"""'
     )
+
+
+def _error_code(reply: object) -> object:
+    """The `error.code` of an OpenAI-style error body (`insufficient_quota`, say)."""
+    error = reply.get("error") if isinstance(reply, dict) else None
+    return error.get("code") if isinstance(error, dict) else None
 
 
 def parse_questions(content: str, count: int) -> list[str]:
@@ -115,21 +125,24 @@ class LLMQuestionGenerator:
             self._session = aiohttp.ClientSession(connector=connector)
         return self._session
 
-    async def generate(self, chunk: Chunk, count: int) -> list[str]:
+    async def generate(self, chunk: Chunk, count: int, lane: Lane | None = None) -> list[str]:
         tries = 0
 
         async def attempt() -> list[str]:
             nonlocal tries
             tries += 1
             try:
-                return await self._call(chunk, count)
+                return await self._call(chunk, count, lane)
             except UpstreamFault as fault:
                 self.stats.faults[fault.kind] += 1
                 raise
 
         def pause(exc: BaseException, attempt: int) -> float:
-            wait = exc.retry_after_s if isinstance(exc, UpstreamFault) else None
-            return self.policy.delay(attempt, wait, self._rng)
+            if not isinstance(exc, UpstreamFault):
+                return self.policy.delay(attempt, rng=self._rng)
+            if exc.kind == "rate_limited" and lane is not None and lane.limited:
+                return 0.0  # the shared budget has slowed down and paused: it does the waiting
+            return self.policy.delay(attempt, exc.retry_after_s, self._rng)
 
         def logged(exc: BaseException, attempt: int, delay: float) -> None:
             self.stats.retries += 1
@@ -156,13 +169,15 @@ class LLMQuestionGenerator:
         self.stats.successes += 1
         return questions
 
-    async def _call(self, chunk: Chunk, count: int) -> list[str]:
+    async def _call(self, chunk: Chunk, count: int, lane: Lane | None) -> list[str]:
+        prompt = user_prompt(chunk, count)
+        grant = await lane.acquire(len(SYSTEM_PROMPT) + len(prompt), count) if lane else None
         self.stats.calls += 1
         payload: dict[str, Any] = {
             "model": self.settings.model,
             "messages": [
                 {"role": "system", "content": SYSTEM_PROMPT},
-                {"role": "user", "content": user_prompt(chunk, count)},
+                {"role": "user", "content": prompt},
             ],
             "temperature": 0.3,
             "response_format": {"type": "json_object"},
@@ -180,15 +195,33 @@ class LLMQuestionGenerator:
                 body = await resp.read()
                 wait = retry_after(resp.headers.get("Retry-After"))
         except TimeoutError:
+            self._answered(lane, grant, None, ok=False)
             raise UpstreamFault(
                 "timeout", f"chat/completions timed out after {timeout:g}s", True
             ) from None
         except aiohttp.ClientError as exc:
+            self._answered(lane, grant, None, ok=False)
             raise UpstreamFault(
                 "connection", f"cannot reach the LLM API ({type(exc).__name__})", True
             ) from None
+        try:
+            reply = json.loads(body)
+        except ValueError:
+            reply = None
         if status in (429, 503):
+            if _error_code(reply) == "insufficient_quota":
+                self._answered(lane, grant, None, ok=False)
+                raise UpstreamFault(
+                    "no_quota",
+                    "the LLM API key has no quota left (HTTP 429 insufficient_quota): "
+                    "check the account's plan and billing",
+                    False,
+                )
+            if lane is not None and grant is not None:
+                lane.rate_limited(grant, wait)
             raise UpstreamFault("rate_limited", f"HTTP {status} from chat/completions", True, wait)
+        usage = Usage.from_reply(reply)
+        self._answered(lane, grant, usage, ok=status < 400)
         if status >= 500:
             raise UpstreamFault("server_error", f"HTTP {status} from chat/completions", True)
         if status == 401:
@@ -198,14 +231,24 @@ class LLMQuestionGenerator:
         if status >= 400:
             raise UpstreamFault("client_error", f"HTTP {status} from chat/completions", False)
         try:
-            content = json.loads(body)["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError):
+            content = reply["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError):
             raise UpstreamFault(
                 "bad_reply", "the response is not a chat completion", True
             ) from None
         if not isinstance(content, str):
             raise UpstreamFault("bad_reply", "the completion has no text content", True)
         return parse_questions(content, count)
+
+    def _answered(
+        self, lane: Lane | None, grant: Grant | None, usage: Usage | None, *, ok: bool
+    ) -> None:
+        """Counts a call that reached the provider (or may have: a timeout is billed too)."""
+        if usage is not None:
+            self.stats.prompt_tokens += usage.prompt_tokens
+            self.stats.completion_tokens += usage.completion_tokens
+        if lane is not None and grant is not None:
+            lane.settle(grant, usage, ok=ok)
 
     async def aclose(self) -> None:
         if self._owns_session and self._session is not None:

@@ -54,6 +54,9 @@ class Run:
     created_at: datetime
     updated_at: datetime
     completed_at: datetime | None
+    llm_calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
 
 @frozen

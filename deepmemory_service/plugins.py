@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from deepmemory_service.config import Settings
+from deepmemory_service.db import Database
 from deepmemory_service.embedders import Embedder, HashingEmbedder
 from deepmemory_service.generators import OfflineQuestionGenerator, QuestionGenerator
+from deepmemory_service.rate_budget import Limits, PostgresBudgetStore, RateBudget, budget_key
 from deepmemory_service.trainers import Trainer
 
 
@@ -14,6 +16,19 @@ def build_generator(settings: Settings) -> QuestionGenerator:
 
         return LLMQuestionGenerator(settings.llm)
     return OfflineQuestionGenerator()
+
+
+def build_budget(settings: Settings, db: Database) -> RateBudget:
+    """The LLM rate budget of the configured provider key; shared through the database when
+    a limit is set, and free of any database work when none is."""
+    llm = settings.llm
+    limits = Limits(llm.rpm, llm.tpm)
+    return RateBudget(
+        limits,
+        budget_key(llm.base_url, llm.api_key),
+        settings.instance_id,
+        store=PostgresBudgetStore(db) if limits.limited else None,
+    )
 
 
 def build_embedder(settings: Settings) -> Embedder:

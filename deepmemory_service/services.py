@@ -11,6 +11,7 @@ from deepmemory_service.embedders import Embedder
 from deepmemory_service.events import JobEvents
 from deepmemory_service.generators import QuestionGenerator
 from deepmemory_service.metrics import Metrics
+from deepmemory_service.rate_budget import RateBudget
 from deepmemory_service.store import StoreRegistry
 from deepmemory_service.trainers import Trainer
 
@@ -26,6 +27,7 @@ class Services:
     trainer: Trainer
     stores: StoreRegistry
     metrics: Metrics
+    budget: RateBudget
 
     @property
     def owner(self) -> str:

@@ -15,12 +15,15 @@ import contextvars
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 import structlog
 
 from deepmemory_service.errors import Busy
+
+if TYPE_CHECKING:
+    from deepmemory_service.rate_budget import Lane
 
 log = structlog.get_logger(__name__)
 
@@ -45,13 +48,20 @@ class WorkStatus:
     job_id: uuid.UUID
     status: str
     workers_busy: int = 0
+    # the run's seat at the LLM rate budget, while it generates
+    lane: Lane | None = None
 
     def snapshot(self) -> dict[str, Any]:
+        lane = self.lane
         return {
             "current_run_id": str(self.run_id),
             "current_job_id": str(self.job_id),
             "current_status": self.status,
             "workers_busy": self.workers_busy,
+            "calls_waiting": lane.waiting if lane and not lane.closed else 0,
+            "llm_calls": lane.calls if lane else 0,
+            "prompt_tokens": lane.prompt_tokens if lane else 0,
+            "completion_tokens": lane.completion_tokens if lane else 0,
         }
 
 
@@ -60,6 +70,10 @@ IDLE: dict[str, Any] = {
     "current_job_id": None,
     "current_status": None,
     "workers_busy": 0,
+    "calls_waiting": 0,
+    "llm_calls": 0,
+    "prompt_tokens": 0,
+    "completion_tokens": 0,
 }
 
 

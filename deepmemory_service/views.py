@@ -29,6 +29,7 @@ from deepmemory_service.payloads import (
 )
 from deepmemory_service.services import Services
 from deepmemory_service.supervisor import RunSupervisor
+from deepmemory_service.usage import Prices
 
 routes = web.RouteTableDef()
 P = ParamSpec("P")
@@ -49,7 +50,7 @@ def _accepted(accepted: JobAccepted) -> web.Response:
     return web.json_response(body, status=202)
 
 
-def run_json(run: Run, latest_job_id: uuid.UUID | None) -> dict[str, Any]:
+def run_json(run: Run, latest_job_id: uuid.UUID | None, prices: Prices) -> dict[str, Any]:
     return {
         "id": str(run.id),
         "status": run.status,
@@ -64,6 +65,11 @@ def run_json(run: Run, latest_job_id: uuid.UUID | None) -> dict[str, Any]:
         "updated_at": _iso(run.updated_at),
         "completed_at": _iso(run.completed_at),
         "latest_job_id": str(latest_job_id) if latest_job_id else None,
+        # beyond the spec: what the run spent at the LLM (cost when prices are configured)
+        "llm_calls": run.llm_calls,
+        "prompt_tokens": run.prompt_tokens,
+        "completion_tokens": run.completion_tokens,
+        "cost_usd": prices.cost(run.prompt_tokens, run.completion_tokens),
     }
 
 
@@ -135,7 +141,8 @@ async def list_runs(request: web.Request) -> web.Response:
     user_id = query_uuid(request, "user_id")
     limit = query_int(request, "limit", 50, 1, 500)
     listing = await request.app[SERVICES].db.read(lambda conn: conn.list_runs(user_id, limit))
-    return web.json_response({"runs": [run_json(r.run, r.latest_job_id) for r in listing]})
+    prices = request.app[SETTINGS].llm_prices
+    return web.json_response({"runs": [run_json(r.run, r.latest_job_id, prices) for r in listing]})
 
 
 @routes.get("/deep-memory/runs/{run_id}")
@@ -150,7 +157,7 @@ async def get_run(request: web.Request) -> web.Response:
     run, latest = await request.app[SERVICES].db.read(read)
     if run is None:
         raise run_not_found()
-    return web.json_response(run_json(run, latest))
+    return web.json_response(run_json(run, latest, request.app[SETTINGS].llm_prices))
 
 
 async def _settings_json(request: web.Request, user_id: uuid.UUID) -> dict[str, Any]:
@@ -245,6 +252,7 @@ async def debug_supervisors(request: web.Request) -> web.Response:
         "lagged": svc.broadcaster.lagged,
     }
     snapshot["instance_id"] = svc.owner
+    snapshot["llm_budget"] = svc.budget.snapshot()
     return web.json_response(snapshot)
 
 

@@ -20,6 +20,7 @@ from deepmemory_service import migrations
 from deepmemory_service.config import Settings
 from deepmemory_service.db import Database
 from deepmemory_service.models import Chunk
+from deepmemory_service.rate_budget import Lane
 from deepmemory_service.testing.fakes import ControlledGenerator
 from tests.conftest import (
     Api,
@@ -37,9 +38,9 @@ class PacedGenerator(ControlledGenerator):
 
     latency_s: float = 0.02
 
-    async def generate(self, chunk: Chunk, count: int) -> list[str]:
+    async def generate(self, chunk: Chunk, count: int, lane: Lane | None = None) -> list[str]:
         await asyncio.sleep(self.latency_s)
-        return await super().generate(chunk, count)
+        return await super().generate(chunk, count, lane)
 
 
 async def recover(api: Api, user: uuid.UUID, run_id: str) -> dict[str, Any]:

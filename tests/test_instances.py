@@ -71,12 +71,13 @@ class Instance:
 async def cluster(
     fresh_db: Callable[..., Awaitable[str]], template_db: str, tmp_path: Path, aiohttp_server: Any
 ) -> AsyncIterator[Any]:
-    """`start()` launches a backend process on a shared fresh database; all are killed after."""
+    """`start(**env)` launches a backend process on a shared fresh database (`env`: more
+    settings, `DEEPMEMORY_LLM_RPM="60"` say); all are killed after."""
     db_url = await fresh_db(template_db)
     standin = await aiohttp_server(create_standin_app(StandinConfig(latency_ms=15)))
     started: list[Instance] = []
 
-    async def start() -> Instance:
+    async def start(**extra: str) -> Instance:
         port = free_port()
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -93,6 +94,7 @@ async def cluster(
             "DEEPMEMORY_LEASE_HEARTBEAT_S": "0.2",
             "DEEPMEMORY_LEASE_SWEEP_S": "0.2",
             "DEEPMEMORY_LOG_LEVEL": "warning",
+            **extra,
         }
         proc = subprocess.Popen(
             [

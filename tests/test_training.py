@@ -8,6 +8,7 @@ from typing import Any
 import attrs
 
 from deepmemory_service.models import Chunk
+from deepmemory_service.rate_budget import Lane
 from deepmemory_service.testing.fakes import ScriptedTrainer
 from deepmemory_service.trainer_local import model_path
 from tests.conftest import Api
@@ -98,7 +99,7 @@ class NoisyGenerator:
 
     name: str = "noisy"
 
-    async def generate(self, chunk: Chunk, count: int) -> list[str]:
+    async def generate(self, chunk: Chunk, count: int, lane: Lane | None = None) -> list[str]:
         words = chunk.text.rstrip(".").split()
         return [f"{NOISE} {words[i % len(words)]}?" for i in range(count)]
 

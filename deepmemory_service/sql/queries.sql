@@ -88,17 +88,23 @@ ORDER BY c.id LIMIT $5;
 
 -- name: insert_pairs
 -- One round trip per batch. A chunk's questions always arrive together, so a chunk is
--- covered exactly when one of its pairs is stored; a conflict (a retry) adds nothing.
+-- covered exactly when one of its pairs is stored; a conflict (a retry) adds nothing. The
+-- LLM calls and tokens the job ($7-$9) and the run ($10-$12) have spent are totals, so a
+-- retry sets them again.
 WITH ins AS (
     INSERT INTO training_pairs (run_id, chunk_id, question_index, question)
     SELECT $1, u.chunk_id, u.question_index, u.question
     FROM unnest($2::bigint[], $3::smallint[], $4::text[]) AS u(chunk_id, question_index, question)
     ON CONFLICT (run_id, chunk_id, question_index) DO NOTHING
     RETURNING chunk_id
+), job AS (
+    UPDATE jobs SET llm_calls = $7, prompt_tokens = $8, completion_tokens = $9
+    WHERE id = $6 AND (llm_calls, prompt_tokens, completion_tokens) <> ($7, $8, $9)
 )
 UPDATE training_runs
 SET generated_chunks = generated_chunks + (SELECT count(DISTINCT chunk_id) FROM ins),
     pair_count = pair_count + (SELECT count(*) FROM ins),
+    llm_calls = $10, prompt_tokens = $11, completion_tokens = $12,
     updated_at = now()
 WHERE id = $1 AND status = 'generating' AND lease_owner = $5
 RETURNING generated_chunks, pair_count;
@@ -201,3 +207,34 @@ SELECT id, text FROM chunks WHERE user_id = $1 AND id = ANY($2::bigint[]);
 
 -- name: run_counts
 SELECT status, count(*) FROM training_runs GROUP BY status;
+
+-- name: budget_lock
+-- A rate budget's shared state, locked until the exchange commits (made on first use),
+-- with the server's clock that its times are in.
+INSERT INTO llm_budgets AS b (key, adjusted_at)
+VALUES ($1, extract(epoch FROM clock_timestamp()))
+ON CONFLICT (key) DO UPDATE SET key = b.key
+RETURNING factor, adjusted_at, hold_until, paused_until, rate_limited,
+          extract(epoch FROM clock_timestamp()) AS now;
+
+-- name: budget_save
+UPDATE llm_budgets
+SET factor = $2, adjusted_at = $3, hold_until = $4, paused_until = $5, rate_limited = $6
+WHERE key = $1;
+
+-- name: budget_claim
+-- Replaces this instance's claims on a budget (and drops claims nobody refreshed for a
+-- minute); returns the live claims of the other instances.
+WITH gone AS (
+    DELETE FROM llm_budget_claims
+    WHERE key = $1 AND ((instance_id = $2 AND user_id <> ALL($3::uuid[]))
+                        OR updated_at < now() - interval '1 minute')
+), put AS (
+    INSERT INTO llm_budget_claims (key, instance_id, user_id, demand)
+    SELECT $1, $2, u.user_id, u.demand
+    FROM unnest($3::uuid[], $4::float8[]) AS u(user_id, demand)
+    ON CONFLICT (key, instance_id, user_id)
+    DO UPDATE SET demand = EXCLUDED.demand, updated_at = now()
+)
+SELECT instance_id, user_id, demand FROM llm_budget_claims
+WHERE key = $1 AND instance_id <> $2 AND updated_at > now() - make_interval(secs => $5);

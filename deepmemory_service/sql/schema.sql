@@ -48,7 +48,11 @@ CREATE TABLE training_runs (
     lease_expires_at    timestamptz,
     created_at          timestamptz NOT NULL DEFAULT now(),
     updated_at          timestamptz NOT NULL DEFAULT now(),
-    completed_at        timestamptz
+    completed_at        timestamptz,
+    -- what the run spent at the LLM, from every reply's `usage`
+    llm_calls           integer NOT NULL DEFAULT 0,
+    prompt_tokens       bigint NOT NULL DEFAULT 0,
+    completion_tokens   bigint NOT NULL DEFAULT 0
 );
 -- The last guard of the one-unfinished-run rule, whatever the number of instances.
 CREATE UNIQUE INDEX training_runs_one_unfinished_per_user
@@ -75,7 +79,10 @@ CREATE TABLE jobs (
     status      text NOT NULL DEFAULT 'running'
                     CHECK (status IN ('running', 'succeeded', 'failed')),
     created_at  timestamptz NOT NULL DEFAULT now(),
-    finished_at timestamptz
+    finished_at timestamptz,
+    llm_calls         integer NOT NULL DEFAULT 0,
+    prompt_tokens     bigint NOT NULL DEFAULT 0,
+    completion_tokens bigint NOT NULL DEFAULT 0
 );
 CREATE INDEX jobs_run_id_idx ON jobs (run_id);
 
@@ -98,4 +105,26 @@ CREATE TABLE deep_memory_settings (
     can_enable_reason    text,
     metrics              jsonb,
     updated_at           timestamptz NOT NULL DEFAULT now()
+);
+
+-- The LLM rate budget every instance shares, one row per provider key (a digest of its URL
+-- and API key, never the key); times are epoch seconds of this server's clock. Unlogged:
+-- it is rebuilt from nothing after a crash.
+CREATE UNLOGGED TABLE llm_budgets (
+    key          text PRIMARY KEY,
+    factor       double precision NOT NULL DEFAULT 1.0,
+    adjusted_at  double precision NOT NULL,
+    hold_until   double precision NOT NULL DEFAULT 0,
+    paused_until double precision NOT NULL DEFAULT 0,
+    rate_limited bigint NOT NULL DEFAULT 0
+);
+
+-- What each user generating on each instance wants of a budget, refreshed while it waits.
+CREATE UNLOGGED TABLE llm_budget_claims (
+    key         text NOT NULL,
+    instance_id text NOT NULL,
+    user_id     uuid NOT NULL,
+    demand      double precision NOT NULL,
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (key, instance_id, user_id)
 );

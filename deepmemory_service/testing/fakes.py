@@ -13,6 +13,7 @@ import attrs
 
 from deepmemory_service.generators import GenerationError, OfflineQuestionGenerator
 from deepmemory_service.models import Chunk
+from deepmemory_service.rate_budget import Lane
 from deepmemory_service.store import ChunkStore
 from deepmemory_service.trainers import (
     Reporter,
@@ -46,7 +47,7 @@ class ControlledGenerator:
             self.gate.set()
         self.gate = None
 
-    async def generate(self, chunk: Chunk, count: int) -> list[str]:
+    async def generate(self, chunk: Chunk, count: int, lane: Lane | None = None) -> list[str]:
         self.calls[chunk.id] += 1
         self.started.set()
         if self.gate is not None:

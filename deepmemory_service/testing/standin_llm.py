@@ -7,6 +7,13 @@ client timeout), `bad_json`, `wrong_count`. `fail_after=N` fails every call afte
 with a 500. The config can be changed while it runs: `POST /_standin/config` with JSON,
 `GET /_standin/stats`, `POST /_standin/reset`.
 
+Every reply carries `usage` (tokens counted as words and punctuation marks). With `rpm` or
+`tpm` set it enforces a provider's limits per API key, as OpenAI does: a bucket of
+requests and one of tokens, each holding `burst_s` seconds of its limit and refilling
+continuously; a call past either is a 429 with `Retry-After` (whole seconds, at least 1)
+and the `x-ratelimit-*` headers. A call's prompt tokens are taken when it arrives, its
+completion tokens when it is answered.
+
     python -m deepmemory_service.testing.standin_llm --port 8900 --latency-ms 200
 """
 
@@ -16,6 +23,7 @@ import argparse
 import asyncio
 import hashlib
 import json
+import math
 import random
 import re
 import time
@@ -27,6 +35,7 @@ from aiohttp import web
 
 from deepmemory_service.generators import OfflineQuestionGenerator
 from deepmemory_service.models import Chunk
+from deepmemory_service.rate_budget import TokenBucket
 
 FAULTS = ("429", "500", "hang", "bad_json", "wrong_count")
 _COUNT = re.compile(r"Write exactly (\d+) questions")
@@ -50,18 +59,26 @@ class StandinConfig:
     fail_after: int | None = None
     api_key: str | None = attrs.field(default=None, repr=False)
     seed: int = 1234
+    rpm: float = 0.0
+    tpm: float = 0.0
+    burst_s: float = 1.0
 
 
 @attrs.define
 class StandinStats:
     calls: int = 0
     successes: int = 0
+    # calls refused by the rpm/tpm limits (also counted in faults["429"])
+    rate_limited: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
     faults: Counter[str] = attrs.field(factory=Counter)
     # successful calls per chunk (by `chunk_key` of its text)
     per_chunk: Counter[str] = attrs.field(factory=Counter)
 
     def clear(self) -> None:
-        self.calls = self.successes = 0
+        self.calls = self.successes = self.rate_limited = 0
+        self.prompt_tokens = self.completion_tokens = 0
         self.faults.clear()
         self.per_chunk.clear()
 
@@ -69,14 +86,70 @@ class StandinStats:
         return {
             "calls": self.calls,
             "successes": self.successes,
+            "rate_limited": self.rate_limited,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
             "faults": dict(self.faults),
             "per_chunk": dict(self.per_chunk),
         }
 
 
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+
+
+def count_tokens(text: str) -> int:
+    """The stand-in's tokenizer: words and punctuation marks."""
+    return len(_TOKEN.findall(text))
+
+
+@attrs.define
+class KeyLimits:
+    """One API key's request and token buckets."""
+
+    requests: TokenBucket | None
+    tokens: TokenBucket | None
+
+    @classmethod
+    def of(cls, cfg: StandinConfig, now: float) -> KeyLimits:
+        def bucket(per_minute: float) -> TokenBucket | None:
+            if per_minute <= 0:
+                return None
+            size = max(1.0, per_minute / 60 * cfg.burst_s)
+            return TokenBucket(per_minute / 60, size, size, now)
+
+        return cls(bucket(cfg.rpm), bucket(cfg.tpm))
+
+    def admit(self, prompt_tokens: int, now: float) -> float:
+        """0 and the call's request and prompt tokens taken, or the seconds to wait."""
+        wait = max(
+            self.requests.wait(1, now) if self.requests else 0.0,
+            self.tokens.wait(prompt_tokens, now) if self.tokens else 0.0,
+        )
+        if wait > 0:
+            return wait
+        if self.requests:
+            self.requests.take(1, now)
+        if self.tokens:
+            self.tokens.take(prompt_tokens, now)
+        return 0.0
+
+    def headers(self, cfg: StandinConfig, now: float) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for name, bucket, limit in (
+            ("requests", self.requests, cfg.rpm),
+            ("tokens", self.tokens, cfg.tpm),
+        ):
+            if bucket is not None:
+                bucket.wait(0, now)  # refill
+                out[f"x-ratelimit-limit-{name}"] = f"{limit:g}"
+                out[f"x-ratelimit-remaining-{name}"] = str(max(0, int(bucket.level)))
+        return out
+
+
 CONFIG = web.AppKey("standin_config", StandinConfig)
 STATS = web.AppKey("standin_stats", StandinStats)
 RNG = web.AppKey("standin_rng", random.Random)
+LIMITS = web.AppKey("standin_limits", dict[str, KeyLimits])
 _offline = OfflineQuestionGenerator()
 
 
@@ -92,7 +165,7 @@ def _pick_fault(app: web.Application) -> str | None:
     return None
 
 
-def _completion(content: str, model: str) -> dict[str, Any]:
+def _completion(content: str, model: str, prompt_tokens: int) -> dict[str, Any]:
     return {
         "id": f"chatcmpl-standin-{int(time.time() * 1000)}",
         "object": "chat.completion",
@@ -105,7 +178,11 @@ def _completion(content: str, model: str) -> dict[str, Any]:
                 "message": {"role": "assistant", "content": content},
             }
         ],
-        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": count_tokens(content),
+            "total_tokens": prompt_tokens + count_tokens(content),
+        },
     }
 
 
@@ -123,7 +200,30 @@ async def chat_completions(request: web.Request) -> web.Response:
     if not count_match or not passage_match:
         return web.json_response({"error": {"message": "unrecognised prompt"}}, status=400)
     count, passage = int(count_match[1]), passage_match[1]
+    prompt_tokens = sum(4 + count_tokens(m["content"]) for m in body["messages"])
     stats.calls += 1
+    limits_headers: dict[str, str] = {}
+    if cfg.rpm > 0 or cfg.tpm > 0:
+        now = time.monotonic()
+        key = request.headers.get("Authorization", "")
+        limits = app[LIMITS].setdefault(key, KeyLimits.of(cfg, now))
+        wait = limits.admit(prompt_tokens, now)
+        limits_headers = limits.headers(cfg, now)
+        if wait > 0:
+            stats.rate_limited += 1
+            stats.faults["429"] += 1
+            return web.json_response(
+                {
+                    "error": {
+                        "message": "Rate limit reached for requests",
+                        "type": "requests",
+                        "code": "rate_limit_exceeded",
+                    }
+                },
+                status=429,
+                headers={"Retry-After": str(max(1, math.ceil(wait))), **limits_headers},
+            )
+        stats.prompt_tokens += prompt_tokens
     fault = _pick_fault(app)
     delay = cfg.latency_ms + (app[RNG].uniform(0, cfg.jitter_ms) if cfg.jitter_ms else 0.0)
     if delay:
@@ -149,7 +249,15 @@ async def chat_completions(request: web.Request) -> web.Response:
         content = json.dumps({"questions": questions})
         stats.successes += 1
         stats.per_chunk[chunk_key(passage)] += 1
-    return web.json_response(_completion(content, body.get("model", "standin")))
+    reply = _completion(content, body.get("model", "standin"), prompt_tokens)
+    completion_tokens = reply["usage"]["completion_tokens"]
+    stats.completion_tokens += completion_tokens
+    if cfg.tpm > 0:
+        key = request.headers.get("Authorization", "")
+        bucket = app[LIMITS][key].tokens
+        if bucket is not None:
+            bucket.take(completion_tokens, time.monotonic())
+    return web.json_response(reply, headers=limits_headers)
 
 
 async def get_stats(request: web.Request) -> web.Response:
@@ -163,6 +271,7 @@ async def set_config(request: web.Request) -> web.Response:
         if key not in attrs.fields_dict(StandinConfig):
             return web.json_response({"detail": f"unknown setting {key}"}, status=400)
         setattr(cfg, key, tuple(value) if key == "faults" else value)
+    request.app[LIMITS].clear()  # new limits start with full buckets
     return web.json_response({"ok": True})
 
 
@@ -177,6 +286,7 @@ def create_standin_app(config: StandinConfig | None = None) -> web.Application:
     app[CONFIG] = cfg
     app[STATS] = StandinStats()
     app[RNG] = random.Random(cfg.seed)  # noqa: S311  # reproducible fault mix, not secrets
+    app[LIMITS] = {}
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/_standin/stats", get_stats)
     app.router.add_post("/_standin/config", set_config)
@@ -198,6 +308,9 @@ def main() -> None:
     parser.add_argument("--retry-after", type=int, default=1)
     parser.add_argument("--api-key")
     parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--rpm", type=float, default=0.0, help="requests a minute per API key")
+    parser.add_argument("--tpm", type=float, default=0.0, help="tokens a minute per API key")
+    parser.add_argument("--burst-s", type=float, default=1.0, help="bucket size, in seconds")
     args = parser.parse_args()
     config = StandinConfig(
         latency_ms=args.latency_ms,
@@ -208,6 +321,9 @@ def main() -> None:
         retry_after_s=args.retry_after,
         api_key=args.api_key,
         seed=args.seed,
+        rpm=args.rpm,
+        tpm=args.tpm,
+        burst_s=args.burst_s,
     )
     web.run_app(
         create_standin_app(config),

@@ -1,0 +1,203 @@
+"""A provider's rate limit, shared: real `serve` processes on one PostgreSQL against the
+stand-in LLM enforcing requests per minute per API key, and one service in process for
+what a user and an operator see while calls wait."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import attrs
+
+from deepmemory_service.config import Settings
+from deepmemory_service.testing.standin_llm import (
+    CONFIG,
+    LIMITS,
+    STATS,
+    StandinConfig,
+    create_standin_app,
+)
+from tests.conftest import Api, assert_one_pair_set_per_chunk, poll, read_stream
+from tests.test_instances import Instance, cluster, ingest, wait_status
+
+__all__ = ["cluster"]  # the fixture, shared with tests/test_instances.py
+
+
+async def generated(instance: Instance, user: uuid.UUID, run_id: str) -> int:
+    return int((await instance.run(user, run_id))["generated_chunks"])
+
+
+async def test_two_instances_share_one_budget_fairly_between_four_users(cluster: Any) -> None:
+    """Four users, three on one instance and one on the other, runs of 40 to 100 chunks,
+    one key limited to 40 calls a second: while all four generate each gets a quarter
+    (±20%), the provider refuses almost nothing, and every run ends with exactly one pair
+    set per chunk."""
+    start, db_url, standin = cluster
+    rpm = 2400
+    cfg = standin.app[CONFIG]
+    cfg.rpm, cfg.latency_ms = rpm, 20
+    standin.app[LIMITS].clear()
+    env = {
+        "DEEPMEMORY_LLM_RPM": str(rpm),
+        "DEEPMEMORY_CONCURRENCY": "8",
+        "DEEPMEMORY_ADMIN_TOKEN": "x",
+    }
+    a, b = await start(**env), await start(**env)
+
+    sizes = [40, 60, 80, 100]
+    users = [uuid.uuid4() for _ in sizes]
+    places = [a, a, b, a]
+    for user, size, place in zip(users, sizes, places, strict=True):
+        await ingest(place, user, size)
+    standin.app[STATS].clear()
+    replies = await asyncio.gather(
+        *(
+            place.call(
+                "POST", "/deep-memory/generate", json={"user_id": str(u), "questions_per_chunk": 1}
+            )
+            for u, place in zip(users, places, strict=True)
+        )
+    )
+    run_ids = [body["training_run_id"] for code, body in replies if code == 202]
+    assert len(run_ids) == 4, replies
+
+    async def progress() -> list[int]:
+        return list(
+            await asyncio.gather(
+                *(
+                    generated(place, u, r)
+                    for place, u, r in zip(places, users, run_ids, strict=True)
+                )
+            )
+        )
+
+    # the window in which all four generate: from each having begun to the first finishing
+    begun = await poll(progress, lambda done: min(done) > 0, lambda d: f"not all began: {d}")
+    ended = await poll(
+        progress,
+        lambda done: any(d >= s for d, s in zip(done, sizes, strict=True)),
+        lambda d: f"none finished: {d}",
+    )
+    shares = [e - s for s, e in zip(begun, ended, strict=True)]
+    fair = sum(shares) / 4
+    assert all(abs(s - fair) <= 0.2 * fair for s in shares), f"shares {shares}, fair {fair:.1f}"
+
+    for place, user, run_id in zip(places, users, run_ids, strict=True):
+        await wait_status(place, user, run_id, "generated")
+        await assert_one_pair_set_per_chunk(db_url, run_id, 1)
+    stats = standin.app[STATS]
+    assert stats.successes == sum(sizes)
+    assert stats.rate_limited <= 0.05 * stats.calls, stats.as_json()
+
+
+async def test_one_instance_alone_would_be_refused_without_the_shared_budget(
+    cluster: Any,
+) -> None:
+    """The control for the test above: the same two instances each assuming the whole
+    limit is theirs (no RPM configured) meet the provider's 429s."""
+    start, _, standin = cluster
+    cfg = standin.app[CONFIG]
+    cfg.rpm, cfg.latency_ms = 600, 20
+    standin.app[LIMITS].clear()
+    env = {"DEEPMEMORY_CONCURRENCY": "8", "DEEPMEMORY_LLM_MAX_RETRIES": "20"}
+    a, b = await start(**env), await start(**env)
+    users = [uuid.uuid4(), uuid.uuid4()]
+    for user, place in zip(users, (a, b), strict=True):
+        await ingest(place, user, 30)
+    standin.app[STATS].clear()
+    for user, place in zip(users, (a, b), strict=True):
+        code, _ = await place.call(
+            "POST", "/deep-memory/generate", json={"user_id": str(user), "questions_per_chunk": 1}
+        )
+        assert code == 202
+
+    async def refused() -> int:
+        return int(standin.app[STATS].rate_limited)
+
+    await poll(refused, lambda n: n > 5, lambda n: f"only {n} calls refused")
+
+
+@attrs.frozen
+class Limited:
+    api: Api
+    standin: Any
+
+
+async def limited_service(
+    api_factory: Any, aiohttp_server: Any, settings: Settings, rpm: float, **llm: Any
+) -> Limited:
+    standin = await aiohttp_server(create_standin_app(StandinConfig(rpm=rpm, latency_ms=5)))
+    configured = attrs.evolve(
+        settings,
+        generator="llm",
+        llm=attrs.evolve(
+            settings.llm,
+            base_url=str(standin.make_url("/v1")),
+            rpm=rpm,
+            backoff_base_s=0.01,
+            **llm,
+        ),
+    )
+    return Limited(await api_factory(configured), standin)
+
+
+async def test_waiting_on_the_limit_is_visible_in_progress_debug_and_metrics(
+    api_factory: Any, aiohttp_server: Any, settings: Settings, user_id: uuid.UUID
+) -> None:
+    """At 120 calls a minute, 8 chunks take about 4 s: the progress stream says the run
+    waits on the provider's limit, the debug view and /metrics show the budget and the
+    calls waiting, and the run's tokens and cost are the stand-in's count."""
+    svc = await limited_service(
+        api_factory,
+        aiohttp_server,
+        settings,
+        rpm=120,
+        price_input_per_mtok=0.15,
+        price_output_per_mtok=0.60,
+    )
+    api = svc.api
+    await api.ingest(user_id, 8)
+    _, body = await api.call(
+        "POST", "/deep-memory/generate", json={"user_id": str(user_id), "questions_per_chunk": 2}
+    )
+    stream = asyncio.create_task(read_stream(api, user_id, body["job_id"]))
+
+    async def debug() -> dict[str, Any]:
+        code, view = await api.call(
+            "GET", "/debug/supervisors", headers={"X-Admin-Token": "test-admin-token"}
+        )
+        assert code == 200
+        return dict(view)
+
+    view = await poll(
+        debug,
+        lambda v: v["llm_budget"]["calls_waiting"] > 0,
+        lambda v: f"no call waited: {v['llm_budget']}",
+    )
+    budget = view["llm_budget"]
+    assert (budget["rpm"], budget["limited"], budget["instance_share"]) == (120, True, 1.0)
+    (sup,) = view["supervisors"]
+    assert sup["calls_waiting"] > 0
+    async with api.client.get("/metrics") as resp:
+        metrics = await resp.text()
+    assert "deepmemory_llm_budget_rpm 120" in metrics
+    assert "deepmemory_llm_budget_calls_waiting " in metrics
+
+    events = await asyncio.wait_for(stream, 60)
+    waiting = [e for e in events if e.event == "progress" and e.data.get("waiting_on_provider")]
+    assert waiting, [e.data for e in events if e.event == "progress"]
+    assert "waiting on the provider's rate limit" in waiting[0].data["message"]
+    assert events[-1].event == "done"
+
+    run = await api.run(user_id, body["training_run_id"])
+    stats = svc.standin.app[STATS]
+    assert run["llm_calls"] == stats.calls == 8
+    assert run["prompt_tokens"] == stats.prompt_tokens > 0
+    assert run["completion_tokens"] == stats.completion_tokens > 0
+    expected = (stats.prompt_tokens * 0.15 + stats.completion_tokens * 0.60) / 1e6
+    assert abs(run["cost_usd"] - expected) < 1e-6
+    async with api.client.get("/metrics") as resp:
+        metrics = await resp.text()
+    assert f"deepmemory_llm_prompt_tokens_total {stats.prompt_tokens}" in metrics
+    assert "deepmemory_llm_cost_usd_total " in metrics
