@@ -295,6 +295,11 @@ class Conn:
                 raise LeaseLost(f"run {run_id} is no longer generating on this instance")
         return row["generated_chunks"], row["pair_count"]
 
+    async def chunk_position(self, user_id: uuid.UUID, chunk_id: int) -> int:
+        """1 for the user's first chunk, and so on (a run's chunks go in id order)."""
+        value: int = await self._fetchval("chunk_position", user_id, chunk_id)
+        return value
+
     async def run_pairs(self, run_id: uuid.UUID) -> list[tuple[int, str]]:
         return [(r["chunk_id"], r["question"]) for r in await self._fetch("run_pairs", run_id)]
 

@@ -24,7 +24,7 @@ from deepmemory_service import jobs, training
 from deepmemory_service.db import CONNECTION_ERRORS, NOTHING_SPENT, LeaseLost, Spent, retrying
 from deepmemory_service.events import Progress
 from deepmemory_service.generators import GenerationError
-from deepmemory_service.models import Chunk, Job, Pair, Run, RunStatus
+from deepmemory_service.models import Chunk, Job, Pair, Run, RunStatus, question_problem
 from deepmemory_service.rate_budget import Lane
 from deepmemory_service.services import Services
 from deepmemory_service.supervisor import WorkStatus
@@ -117,11 +117,16 @@ class Pipeline:
             self._calling.add(me)
             try:
                 questions = await generator.generate(chunk, qpc, self.lane)
-                if len(questions) != qpc or not all(q.strip() for q in questions):
+                # the last guard before the batch: one answer that cannot be stored must
+                # fail its own chunk, not the insert of every other chunk's answers
+                if len(questions) != qpc:
                     raise GenerationError(
-                        f"generator {generator.name} returned {len(questions)} questions "
-                        f"for chunk {chunk.id}, expected {qpc} non-empty ones"
+                        f"generator {generator.name} returned {len(questions)} questions, "
+                        f"expected {qpc}"
                     )
+                for question in questions:
+                    if (problem := question_problem(question.strip())) is not None:
+                        raise GenerationError(f"generator {generator.name} returned {problem}")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -270,10 +275,22 @@ class Pipeline:
             raise self.failure
 
 
-def failure_message(exc: BaseException, chunk_id: int | None, done: int, total: int) -> str:
-    where = f" at chunk {chunk_id}" if chunk_id is not None else ""
+def failure_message(exc: BaseException, position: int | None, done: int, total: int) -> str:
+    """The run's error: where it failed as the chunk's place in the run (1-based, of
+    `total`, as in "Resuming generation from chunk N/M"), why, and how far it got."""
+    where = f" at chunk {position}/{total}" if position is not None else ""
     reason = str(exc) or type(exc).__name__
     return f"Question generation failed{where}: {reason} ({done}/{total} chunks done)"
+
+
+async def chunk_position(svc: Services, run: Run, chunk_id: int | None) -> int | None:
+    """The chunk's 1-based place among the run's chunks (they go in id order)."""
+    if chunk_id is None:
+        return None
+    with contextlib.suppress(*CONNECTION_ERRORS):
+        async with svc.db.conn() as conn:
+            return await conn.chunk_position(run.user_id, chunk_id)
+    return None
 
 
 async def generate(svc: Services, work: WorkStatus, run: Run, job: Job) -> None:
@@ -314,7 +331,8 @@ async def generate(svc: Services, work: WorkStatus, run: Run, job: Job) -> None:
         await jobs.end_failed(svc, job, run, RunStatus.GENERATING_FAILED, str(exc))
         return
     except Exception as exc:
-        message = failure_message(exc, pipeline.failed_chunk, pipeline.done, run.total_chunks)
+        position = await chunk_position(svc, run, pipeline.failed_chunk)
+        message = failure_message(exc, position, pipeline.done, run.total_chunks)
         log.warning("generation failed", error=message)
         svc.metrics.generation_failures += 1
         await progress.flush()

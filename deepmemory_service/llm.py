@@ -22,7 +22,7 @@ import structlog
 
 from deepmemory_service.config import LLMSettings
 from deepmemory_service.generators import GenerationError
-from deepmemory_service.models import Chunk
+from deepmemory_service.models import Chunk, question_problem
 from deepmemory_service.rate_budget import Grant, Lane
 from deepmemory_service.retry import RetryPolicy, retry, retry_after
 from deepmemory_service.usage import Usage
@@ -83,12 +83,21 @@ def parse_questions(content: str, count: int) -> list[str]:
     if not isinstance(questions, list):
         raise UpstreamFault("bad_reply", 'the reply has no "questions" list', True)
     seen: list[str] = []
+    refused: list[str] = []
     for q in questions:
-        if isinstance(q, str) and q.strip() and q.strip() not in seen:
+        if not isinstance(q, str) or not q.strip():
+            continue
+        problem = question_problem(q.strip())
+        if problem is not None:
+            refused.append(problem)
+        elif q.strip() not in seen:
             seen.append(q.strip())
     if len(seen) < count:
+        why = f" ({len(refused)} refused: {refused[0]})" if refused else ""
         raise UpstreamFault(
-            "wrong_count", f"the reply has {len(seen)} usable questions, {count} were asked", True
+            "wrong_count",
+            f"the reply has {len(seen)} usable questions, {count} were asked{why}",
+            True,
         )
     return seen[:count]
 

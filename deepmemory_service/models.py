@@ -65,6 +65,31 @@ class Chunk:
     text: str
 
 
+# a search question is a line, not a page; a longer "question" is a broken reply
+MAX_QUESTION_CHARS = 1000
+
+
+def text_problem(value: str) -> str | None:
+    """Why PostgreSQL cannot store `value` as text, or None: it holds neither NUL nor
+    unpaired surrogates (which JSON, and so an API's reply, may carry)."""
+    if "\x00" in value:
+        return "a NUL character"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "an unpaired surrogate"
+    return None
+
+
+def question_problem(question: str) -> str | None:
+    """Why `question` cannot be stored as a training question, or None."""
+    if not question.strip():
+        return "an empty question"
+    if len(question) > MAX_QUESTION_CHARS:
+        return f"a question of {len(question):,} characters (at most {MAX_QUESTION_CHARS:,})"
+    return text_problem(question)
+
+
 @frozen
 class Pair:
     """One synthetic question about one chunk."""

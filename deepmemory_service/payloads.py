@@ -21,6 +21,7 @@ from cattrs.errors import IterableValidationError, IterableValidationNote
 
 from deepmemory_service.errors import BadRequest, InvalidInput, UnsupportedEncoding
 from deepmemory_service.keys import SETTINGS
+from deepmemory_service.models import text_problem
 from deepmemory_service.validation import problems
 
 T = TypeVar("T")
@@ -77,12 +78,11 @@ class DocumentsIn:
 
 def clean_text(value: str) -> str:
     """PostgreSQL text holds neither NUL nor unpaired surrogates (JSON allows both)."""
-    if "\x00" in value:
+    problem = text_problem(value)
+    if problem == "a NUL character":
         raise ValueError("must not contain NUL characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("must be valid Unicode text (an unpaired surrogate)") from None
+    if problem is not None:
+        raise ValueError("must be valid Unicode text (an unpaired surrogate)")
     return value
 
 

@@ -63,7 +63,9 @@ async def test_questions_come_back_parsed(standin: Any) -> None:
     assert standin.app[STATS].per_chunk[chunk_key(CHUNK.text)] == 1
 
 
-@pytest.mark.parametrize("fault", ["429", "500", "hang", "bad_json", "wrong_count"])
+@pytest.mark.parametrize(
+    "fault", ["429", "500", "hang", "bad_json", "wrong_count", "nul", "surrogate", "long"]
+)
 async def test_each_fault_is_retried_and_recovered(standin: Any, fault: str) -> None:
     standin.app[CONFIG].schedule = [fault, fault, "ok"]
     standin.app[CONFIG].hang_s = 5

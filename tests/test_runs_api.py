@@ -6,8 +6,11 @@ import asyncio
 import uuid
 from typing import Any
 
+import attrs
 import pytest
 
+from deepmemory_service.models import Chunk
+from deepmemory_service.rate_budget import Lane
 from deepmemory_service.testing.fakes import ControlledGenerator, ScriptedTrainer
 from tests.conftest import Api
 
@@ -166,6 +169,60 @@ async def test_generate_without_chunks_is_a_400(api: Api, user_id: uuid.UUID) ->
     code, body = await generate(api, user_id)
     assert code == 400
     assert "add documents first" in body["detail"]
+
+
+@attrs.define
+class UnstorableAnswer(ControlledGenerator):
+    """Good answers for every chunk but the last, whose answer holds a NUL character; it
+    comes only once every other chunk has been answered, so all of those are pending."""
+
+    last_chunk: int = 0
+    others: int = 0
+    answered: asyncio.Event = attrs.field(factory=asyncio.Event)
+
+    async def generate(self, chunk: Chunk, count: int, lane: Lane | None = None) -> list[str]:
+        if chunk.id == self.last_chunk:
+            await self.answered.wait()
+            return ["What is\x00 this?", *(f"Question {i}?" for i in range(1, count))]
+        questions = await super().generate(chunk, count, lane)
+        if len(self.successes) == self.others:
+            self.answered.set()
+        return questions
+
+
+async def test_an_answer_postgresql_cannot_store_fails_only_its_chunk(
+    api_factory: Any, user_id: uuid.UUID
+) -> None:
+    gen = UnstorableAnswer()
+    api = await api_factory(generator=gen)
+    await api.ingest(user_id, 8)
+    async with api.services.db.conn() as conn:
+        ids = await conn.raw.fetch("SELECT id FROM chunks WHERE user_id = $1 ORDER BY id", user_id)
+    gen.last_chunk, gen.others = ids[-1]["id"], 7
+    _, body = await generate(api, user_id, questions_per_chunk=2)
+    run = await api.wait_status(user_id, body["training_run_id"], "generating_failed")
+    assert run["error_message"] == (
+        "Question generation failed at chunk 8/8: generator controlled returned a NUL "
+        "character (7/8 chunks done)"
+    )
+    # every other chunk's answer, pending in the same batch, is stored
+    assert run["pair_count"] == await pair_count(api, body["training_run_id"]) == 14
+
+
+async def test_a_failure_names_the_chunks_place_in_the_run_not_its_id(
+    api_factory: Any, user_id: uuid.UUID
+) -> None:
+    gen = ControlledGenerator()
+    api = await api_factory(generator=gen)
+    await api.ingest(uuid.uuid4(), 30)  # another user's chunks come first in the catalog
+    await api.ingest(user_id, 10)
+    async with api.services.db.conn() as conn:
+        ids = await conn.raw.fetch("SELECT id FROM chunks WHERE user_id = $1 ORDER BY id", user_id)
+    gen.fail_chunks = {ids[3]["id"]}
+    _, body = await generate(api, user_id, questions_per_chunk=1)
+    run = await api.wait_status(user_id, body["training_run_id"], "generating_failed")
+    assert run["error_message"].startswith("Question generation failed at chunk 4/10: ")
+    assert run["error_message"].endswith(f"({run['generated_chunks']}/10 chunks done)")
 
 
 # proceed

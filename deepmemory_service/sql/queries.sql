@@ -86,6 +86,9 @@ WHERE c.user_id = $1 AND c.id <= $2 AND c.id > $3
   AND NOT EXISTS (SELECT 1 FROM training_pairs p WHERE p.run_id = $4 AND p.chunk_id = c.id)
 ORDER BY c.id LIMIT $5;
 
+-- name: chunk_position
+SELECT count(*) FROM chunks WHERE user_id = $1 AND id <= $2;
+
 -- name: insert_pairs
 -- One round trip per batch. A chunk's questions always arrive together, so a chunk is
 -- covered exactly when one of its pairs is stored; a conflict (a retry) adds nothing. The

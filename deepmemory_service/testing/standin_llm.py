@@ -3,9 +3,10 @@
 Tests, benchmarks, and anyone trying the service offline point `DEEPMEMORY_LLM_BASE_URL`
 at it. Faults come from a deterministic `schedule` (consumed call by call) or at random
 with `fault_rate` over the `faults` mix: `429` (with Retry-After), `500`, `hang` (past any
-client timeout), `bad_json`, `wrong_count`. `fail_after=N` fails every call after the Nth
-with a 500. The config can be changed while it runs: `POST /_standin/config` with JSON,
-`GET /_standin/stats`, `POST /_standin/reset`.
+client timeout), `bad_json`, `wrong_count`, and a reply whose first question holds a NUL
+(`nul`), an unpaired surrogate (`surrogate`) or 400 KB of text (`long`). `fail_after=N`
+fails every call after the Nth with a 500. The config can be changed while it runs:
+`POST /_standin/config` with JSON, `GET /_standin/stats`, `POST /_standin/reset`.
 
 Every reply carries `usage` (tokens counted as words and punctuation marks). With `rpm` or
 `tpm` set it enforces a provider's limits per API key, as OpenAI does: a bucket of
@@ -37,7 +38,13 @@ from deepmemory_service.generators import OfflineQuestionGenerator
 from deepmemory_service.models import Chunk
 from deepmemory_service.rate_budget import TokenBucket
 
-FAULTS = ("429", "500", "hang", "bad_json", "wrong_count")
+FAULTS = ("429", "500", "hang", "bad_json", "wrong_count", "nul", "surrogate", "long")
+# what the text faults put into one question: what PostgreSQL cannot store, or a page
+_BAD_TEXT = {
+    "nul": "What is\u0000 this?",
+    "surrogate": "What is \ud800 this?",
+    "long": "Why " * 100_000,
+}
 _COUNT = re.compile(r"Write exactly (\d+) questions")
 _PASSAGE = re.compile(r'Passage:\n"""\n(.*)\n"""', re.DOTALL)
 
@@ -243,6 +250,8 @@ async def chat_completions(request: web.Request) -> web.Response:
     questions = await _offline.generate(Chunk(0, passage), count)
     if fault == "bad_json":
         content = '{"questions": ["unterminated'
+    elif fault in _BAD_TEXT:
+        content = json.dumps({"questions": [_BAD_TEXT[fault], *questions[1:]]})
     elif fault == "wrong_count":
         content = json.dumps({"questions": questions[: max(0, count - 1)]})
     else:
