@@ -77,6 +77,8 @@ def _run(row: asyncpg.Record) -> Run:
         llm_calls=row["llm_calls"],
         prompt_tokens=row["prompt_tokens"],
         completion_tokens=row["completion_tokens"],
+        reused_from=row["reused_from"],
+        reused_chunks=row["reused_chunks"],
     )
 
 
@@ -183,12 +185,55 @@ class Conn:
         auto_train: bool,
         owner: str,
         lease_s: float,
+        reuse_from: uuid.UUID | None = None,
     ) -> Run:
         row = await self._fetchrow(
-            "create_run", run_id, user_id, questions_per_chunk, auto_train, owner, lease_s
+            "create_run",
+            run_id,
+            user_id,
+            questions_per_chunk,
+            auto_train,
+            owner,
+            lease_s,
+            reuse_from,
         )
         assert row is not None
         return _run(row)
+
+    async def reuse_source(self, user_id: uuid.UUID, questions_per_chunk: int) -> uuid.UUID | None:
+        value: uuid.UUID | None = await self._fetchval("reuse_source", user_id, questions_per_chunk)
+        return value
+
+    async def reuse_pairs(self, run: Run, owner: str) -> tuple[int, int, int]:
+        """Copies the reuse source's questions for the run's unchanged chunks; returns the
+        run's (generated_chunks, pair_count, reused_chunks) after it."""
+        assert run.reused_from is not None
+        async with self.raw.transaction():
+            row = await self._fetchrow(
+                "reuse_pairs",
+                run.id,
+                run.reused_from,
+                run.user_id,
+                run.chunk_id_max,
+                run.questions_per_chunk,
+                owner,
+            )
+            if row is None:
+                raise LeaseLost(f"run {run.id} is no longer generating on this instance")
+        return row["generated_chunks"], row["pair_count"], row["reused_chunks"]
+
+    async def generation_estimate(
+        self, user_id: uuid.UUID, source: uuid.UUID | None
+    ) -> tuple[int, int, int]:
+        """(the user's chunks, those a run copying `source` would reuse, the characters of
+        the others' texts)."""
+        row = await self._fetchrow("generation_estimate", user_id, source)
+        assert row is not None
+        return row["chunks"], row["reusable"], row["new_chars"]
+
+    async def calls_per_new_chunk(self, user_id: uuid.UUID) -> float | None:
+        value: float | None = await self._fetchval("calls_per_new_chunk", user_id)
+        return value
 
     async def get_run(
         self, run_id: uuid.UUID, user_id: uuid.UUID, *, for_update: bool = False

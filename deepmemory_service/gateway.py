@@ -169,6 +169,14 @@ async def generate(request: web.Request) -> web.Response:
     )
 
 
+@routes.get("/api/deep-memory/estimate")
+async def estimate(request: web.Request) -> web.Response:
+    user_id = _user(request)
+    return await _forward(
+        request, "GET", "/deep-memory/estimate", query=_query_for(request, user_id)
+    )
+
+
 @routes.post("/api/deep-memory/train")
 async def train(request: web.Request) -> web.Response:
     user_id = _user(request)

@@ -216,7 +216,10 @@ class Pipeline:
 
     async def _report(self) -> None:
         total, waiting = self.run.total_chunks, self.waiting_on_provider
+        reused = self.run.reused_chunks
         message = f"Generated questions for {self.done}/{total} chunks"
+        if reused:
+            message += f" ({reused} reused from the last trained run)"
         if waiting:
             message += "; waiting on the provider's rate limit"
         spent = self.spent_before + self.spent
@@ -225,6 +228,7 @@ class Pipeline:
             self.done,
             total,
             message,
+            reused_chunks=reused,
             waiting_on_provider=waiting,
             calls_waiting=self.lane.waiting,
             llm_calls=spent.calls,
@@ -283,6 +287,31 @@ def failure_message(exc: BaseException, position: int | None, done: int, total: 
     return f"Question generation failed{where}: {reason} ({done}/{total} chunks done)"
 
 
+async def reuse(svc: Services, run: Run) -> Run:
+    """Copies the questions of the run's reuse source for its unchanged chunks (the first
+    step of a new run; idempotent, so a retry or a second job copies nothing twice)."""
+
+    async def copy() -> tuple[int, int, int]:
+        async with svc.db.conn() as conn:
+            return await conn.reuse_pairs(run, svc.owner)
+
+    covered, pairs, reused = await retrying(copy)
+    svc.metrics.chunks_generated += covered - run.generated_chunks
+    svc.metrics.pairs_written += pairs - run.pair_count
+    log.info("questions reused", reused_chunks=reused, source=str(run.reused_from))
+    return attrs.evolve(run, generated_chunks=covered, pair_count=pairs, reused_chunks=reused)
+
+
+def start_message(run: Run) -> str:
+    total, covered = run.total_chunks, run.generated_chunks
+    if run.reused_chunks and covered == run.reused_chunks:
+        return (
+            f"Reused the questions of {run.reused_chunks}/{total} chunks from the last trained "
+            f"run; generating questions for the other {total - covered}"
+        )
+    return f"Generating questions from chunk {covered}/{total}"
+
+
 async def chunk_position(svc: Services, run: Run, chunk_id: int | None) -> int | None:
     """The chunk's 1-based place among the run's chunks (they go in id order)."""
     if chunk_id is None:
@@ -297,29 +326,33 @@ async def generate(svc: Services, work: WorkStatus, run: Run, job: Job) -> None:
     """The whole generation job; on success, a `generated` run (and training if auto_train)."""
     events = svc.events
     progress = events.progress(job.id, run.id, svc.settings.generation.progress_hz)
-    await events.emit(
-        job.id,
-        "status",
-        {
-            "run_id": str(run.id),
-            "status": RunStatus.GENERATING,
-            "message": f"Generating questions from chunk {run.generated_chunks}/{run.total_chunks}",
-        },
-    )
-    lane = svc.budget.lane(run.user_id)
-    work.lane = lane
-    pipeline = Pipeline(
-        svc,
-        work,
-        run,
-        job,
-        progress,
-        lane,
-        done=run.generated_chunks,
-        spent_before=Spent(run.llm_calls, run.prompt_tokens, run.completion_tokens),
-    )
+    pipeline: Pipeline | None = None
     started = time.monotonic()
     try:
+        if run.reused_from is not None and run.generated_chunks == 0:
+            run = await reuse(svc, run)
+        await events.emit(
+            job.id,
+            "status",
+            {
+                "run_id": str(run.id),
+                "status": RunStatus.GENERATING,
+                "message": start_message(run),
+                "reused_chunks": run.reused_chunks,
+            },
+        )
+        lane = svc.budget.lane(run.user_id)
+        work.lane = lane
+        pipeline = Pipeline(
+            svc,
+            work,
+            run,
+            job,
+            progress,
+            lane,
+            done=run.generated_chunks,
+            spent_before=Spent(run.llm_calls, run.prompt_tokens, run.completion_tokens),
+        )
         await pipeline.run_all()
     except asyncio.CancelledError:
         # shutdown: the run is released as failed by the shutdown path; the job ends here
@@ -331,8 +364,10 @@ async def generate(svc: Services, work: WorkStatus, run: Run, job: Job) -> None:
         await jobs.end_failed(svc, job, run, RunStatus.GENERATING_FAILED, str(exc))
         return
     except Exception as exc:
-        position = await chunk_position(svc, run, pipeline.failed_chunk)
-        message = failure_message(exc, position, pipeline.done, run.total_chunks)
+        failed_chunk = pipeline.failed_chunk if pipeline else None
+        done = pipeline.done if pipeline else run.generated_chunks
+        position = await chunk_position(svc, run, failed_chunk)
+        message = failure_message(exc, position, done, run.total_chunks)
         log.warning("generation failed", error=message)
         svc.metrics.generation_failures += 1
         await progress.flush()
@@ -380,4 +415,11 @@ async def generate(svc: Services, work: WorkStatus, run: Run, job: Job) -> None:
         work.status = RunStatus.TRAINING
         await training.train(svc, work, training_run, job)
         return
-    await jobs.end_done(svc, job, run, RunStatus.GENERATED, pairs=finished.pair_count)
+    await jobs.end_done(
+        svc,
+        job,
+        run,
+        RunStatus.GENERATED,
+        pairs=finished.pair_count,
+        reused_chunks=finished.reused_chunks,
+    )

@@ -57,6 +57,9 @@ class Run:
     llm_calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # the completed run whose questions this one copied for its unchanged chunks
+    reused_from: uuid.UUID | None = None
+    reused_chunks: int = 0
 
 
 @frozen

@@ -131,6 +131,22 @@ def document(max_questions: int) -> dict[str, Any]:
                     body=_body(payloads.TrainIn),
                 )
             },
+            "/deep-memory/estimate": {
+                "get": _op(
+                    "What a generate would send to the LLM now: chunks, calls, tokens, cost",
+                    {"200": _json({"type": "object"}, "The estimate")},
+                    params=[
+                        USER,
+                        _param(
+                            "questions_per_chunk",
+                            "query",
+                            {"type": "integer", "minimum": 1, "maximum": max_questions},
+                            required=False,
+                        ),
+                        _param("regenerate", "query", {"type": "boolean"}, required=False),
+                    ],
+                )
+            },
             "/deep-memory/runs": {
                 "get": _op(
                     "The user's runs, newest first",

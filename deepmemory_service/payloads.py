@@ -44,6 +44,8 @@ class GenerateIn:
     user_id: uuid.UUID
     questions_per_chunk: int | None = None
     auto_train: bool = False
+    # ask the LLM for every chunk, reusing nothing of the last completed run
+    regenerate: bool = False
 
 
 @frozen

@@ -34,8 +34,14 @@ def _launch(svc: Services, sup: RunSupervisor, run: Run, job: Job) -> None:
 
 
 async def generate(
-    svc: Services, sup: RunSupervisor, questions_per_chunk: int | None, auto_train: bool
+    svc: Services,
+    sup: RunSupervisor,
+    questions_per_chunk: int | None,
+    auto_train: bool,
+    regenerate: bool = False,
 ) -> JobAccepted:
+    """A new run of the user's chunks. It reuses the questions of the user's latest
+    completed run for every chunk whose text that run covered, unless `regenerate`."""
     user_id = sup.user_id
     gen = svc.settings.generation
     qpc = gen.questions_per_chunk if questions_per_chunk is None else questions_per_chunk
@@ -52,8 +58,15 @@ async def generate(
                 raise BadRequest(
                     "No chunks to generate from: add documents first (POST /v1/api/documents)"
                 )
+            source = None if regenerate else await conn.reuse_source(user_id, qpc)
             run = await conn.create_run(
-                uuid.uuid4(), user_id, qpc, auto_train, svc.owner, svc.settings.lease.ttl_s
+                uuid.uuid4(),
+                user_id,
+                qpc,
+                auto_train,
+                svc.owner,
+                svc.settings.lease.ttl_s,
+                source,
             )
             job = await conn.create_job(run.id, user_id, JobKind.GENERATE)
     except UniqueViolation:
@@ -64,7 +77,11 @@ async def generate(
             raise
         raise BlockingRunExists(*blocking) from None
     log.info(
-        "run created", run_id=str(run.id), total_chunks=run.total_chunks, questions_per_chunk=qpc
+        "run created",
+        run_id=str(run.id),
+        total_chunks=run.total_chunks,
+        questions_per_chunk=qpc,
+        reuses=str(run.reused_from) if run.reused_from else None,
     )
     _launch(svc, sup, run, job)
     return JobAccepted(job.id, run.id)

@@ -11,7 +11,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import structlog
 from aiohttp import web
 
-from deepmemory_service import documents, runs
+from deepmemory_service import documents, estimates, runs
 from deepmemory_service.db import Conn, UserSettingsRow
 from deepmemory_service.errors import Conflict, NotFound, Unauthorized, run_not_found
 from deepmemory_service.keys import SERVICES, SETTINGS, SUPERVISORS
@@ -23,6 +23,7 @@ from deepmemory_service.payloads import (
     SettingsIn,
     TrainIn,
     path_uuid,
+    query_bool,
     query_int,
     query_uuid,
     read_json,
@@ -70,6 +71,11 @@ def run_json(run: Run, latest_job_id: uuid.UUID | None, prices: Prices) -> dict[
         "prompt_tokens": run.prompt_tokens,
         "completion_tokens": run.completion_tokens,
         "cost_usd": prices.cost(run.prompt_tokens, run.completion_tokens),
+        # incremental generation: chunks whose questions were copied from an earlier run,
+        # and those the generator was asked about in this one
+        "reused_chunks": run.reused_chunks,
+        "new_chunks": run.generated_chunks - run.reused_chunks,
+        "reused_from_run_id": str(run.reused_from) if run.reused_from else None,
     }
 
 
@@ -107,6 +113,7 @@ async def generate(request: web.Request) -> web.Response:
             runs.generate,
             body.questions_per_chunk,
             body.auto_train,
+            body.regenerate,
         )
     )
 
@@ -134,6 +141,20 @@ async def delete_run(request: web.Request) -> web.Response:
     _bind(user_id=str(user_id), run_id=str(run_id))
     message = await _ask(request, user_id, "delete", runs.delete, run_id)
     return web.json_response({"message": message})
+
+
+@routes.get("/deep-memory/estimate")
+async def estimate(request: web.Request) -> web.Response:
+    """What a generate would send to the LLM now (chunks, calls, tokens, cost)."""
+    user_id = query_uuid(request, "user_id")
+    gen = request.app[SETTINGS].generation
+    qpc = query_int(
+        request, "questions_per_chunk", gen.questions_per_chunk, 1, gen.max_questions_per_chunk
+    )
+    regenerate = query_bool(request, "regenerate") or False
+    return web.json_response(
+        await estimates.estimate(request.app[SERVICES], user_id, qpc, regenerate)
+    )
 
 
 @routes.get("/deep-memory/runs")

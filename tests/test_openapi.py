@@ -42,7 +42,12 @@ def test_request_bodies_are_the_payload_classes() -> None:
     generate = doc["paths"]["/deep-memory/generate"]["post"]["requestBody"]
     schema = generate["content"]["application/json"]["schema"]
     assert schema["required"] == ["user_id"]
-    assert set(schema["properties"]) == {"user_id", "questions_per_chunk", "auto_train"}
+    assert set(schema["properties"]) == {
+        "user_id",
+        "questions_per_chunk",
+        "auto_train",
+        "regenerate",
+    }
     assert schema["properties"]["questions_per_chunk"]["maximum"] == 10
     assert schema["additionalProperties"] is False
     docs = schema_of(payloads.DocumentsIn)

@@ -11,11 +11,68 @@ ORDER BY created_at DESC LIMIT 1;
 
 -- name: create_run
 INSERT INTO training_runs (id, user_id, status, questions_per_chunk, auto_train,
-                           chunk_id_max, total_chunks, lease_owner, lease_expires_at)
+                           chunk_id_max, total_chunks, lease_owner, lease_expires_at,
+                           reused_from)
 SELECT $1, $2, 'generating', $3, $4, coalesce(max(c.id), 0), count(*),
-       $5, now() + make_interval(secs => $6)
+       $5, now() + make_interval(secs => $6), $7
 FROM chunks c WHERE c.user_id = $2
 RETURNING *;
+
+-- name: reuse_source
+-- The user's latest completed run, if it asked at least as many questions per chunk: a new
+-- run copies its questions for the chunks whose text it covered.
+SELECT id FROM (
+    SELECT id, questions_per_chunk FROM training_runs
+    WHERE user_id = $1 AND status = 'completed'
+    ORDER BY created_at DESC LIMIT 1
+) latest
+WHERE questions_per_chunk >= $2;
+
+-- name: reuse_pairs
+-- Copies, for each of the run's snapshot chunks, the first $5 questions the source run has
+-- for a chunk of the same text. A chunk's questions are copied together in one statement,
+-- so a copied chunk is covered exactly like a generated one; a conflict adds nothing.
+WITH source AS (
+    SELECT DISTINCT ON (oc.text_md5, p.question_index) oc.text_md5, p.question_index,
+           p.question
+    FROM training_pairs p JOIN chunks oc ON oc.id = p.chunk_id
+    WHERE p.run_id = $2 AND p.question_index < $5
+    ORDER BY oc.text_md5, p.question_index, p.chunk_id
+), ins AS (
+    INSERT INTO training_pairs (run_id, chunk_id, question_index, question)
+    SELECT $1, c.id, s.question_index, s.question
+    FROM chunks c JOIN source s ON s.text_md5 = c.text_md5
+    WHERE c.user_id = $3 AND c.id <= $4
+    ON CONFLICT (run_id, chunk_id, question_index) DO NOTHING
+    RETURNING chunk_id
+)
+UPDATE training_runs
+SET generated_chunks = generated_chunks + (SELECT count(DISTINCT chunk_id) FROM ins),
+    pair_count = pair_count + (SELECT count(*) FROM ins),
+    reused_chunks = reused_chunks + (SELECT count(DISTINCT chunk_id) FROM ins),
+    updated_at = now()
+WHERE id = $1 AND status = 'generating' AND lease_owner = $6
+RETURNING generated_chunks, pair_count, reused_chunks;
+
+-- name: generation_estimate
+-- What a generate would cover now: the user's chunks, those whose text the reuse source
+-- covered (none without a source), and the length of the others' texts.
+SELECT count(*) AS chunks,
+       count(*) FILTER (WHERE r.text_md5 IS NOT NULL) AS reusable,
+       coalesce(sum(length(c.text)) FILTER (WHERE r.text_md5 IS NULL), 0) AS new_chars
+FROM chunks c
+LEFT JOIN (
+    SELECT DISTINCT oc.text_md5 FROM training_pairs p JOIN chunks oc ON oc.id = p.chunk_id
+    WHERE p.run_id = $2
+) r ON r.text_md5 = c.text_md5
+WHERE c.user_id = $1;
+
+-- name: calls_per_new_chunk
+-- LLM calls per chunk asked for, in the user's latest run that asked for any (retries and
+-- 429s included): what a new run may expect.
+SELECT llm_calls::float8 / (generated_chunks - reused_chunks) FROM training_runs
+WHERE user_id = $1 AND llm_calls > 0 AND generated_chunks > reused_chunks
+ORDER BY created_at DESC LIMIT 1;
 
 -- name: get_run
 SELECT * FROM training_runs WHERE id = $1 AND user_id = $2;

@@ -18,9 +18,12 @@ CREATE TABLE chunks (
     document_id uuid NOT NULL REFERENCES documents (id) ON DELETE CASCADE,
     position    integer NOT NULL,
     text        text NOT NULL,
-    created_at  timestamptz NOT NULL DEFAULT now()
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    -- a new run reuses an earlier run's questions for chunks of the same text
+    text_md5    uuid GENERATED ALWAYS AS (md5(text)::uuid) STORED
 );
 CREATE INDEX chunks_user_id_id_idx ON chunks (user_id, id);
+CREATE INDEX chunks_user_id_text_md5_idx ON chunks (user_id, text_md5);
 
 CREATE TABLE corpora (
     user_id      uuid PRIMARY KEY,
@@ -52,7 +55,10 @@ CREATE TABLE training_runs (
     -- what the run spent at the LLM, from every reply's `usage`
     llm_calls           integer NOT NULL DEFAULT 0,
     prompt_tokens       bigint NOT NULL DEFAULT 0,
-    completion_tokens   bigint NOT NULL DEFAULT 0
+    completion_tokens   bigint NOT NULL DEFAULT 0,
+    -- the completed run whose questions this one copied for unchanged chunks, and how many
+    reused_from         uuid REFERENCES training_runs (id) ON DELETE SET NULL,
+    reused_chunks       integer NOT NULL DEFAULT 0
 );
 -- The last guard of the one-unfinished-run rule, whatever the number of instances.
 CREATE UNIQUE INDEX training_runs_one_unfinished_per_user
