@@ -124,11 +124,14 @@ async def open_backend(
     side = SideTasks()
     if background:
         await leases.sweep_once(svc)
-        side.start("lease-heartbeat", lambda: leases.heartbeat(svc, supervisors.working_runs))
+        side.start(
+            "lease-heartbeat",
+            lambda: leases.heartbeat(svc, supervisors.working_runs, supervisors.cancel_run),
+        )
         side.start("lease-sweeper", lambda: leases.sweeper(svc))
         side.start(
             "event-listener",
-            lambda: listener.listen(svc),
+            lambda: listener.listen(svc, supervisors.cancel_run),
             restart_after_s=0.5,
             expected=CONNECTION_ERRORS,
         )

@@ -288,8 +288,16 @@ class Conn:
     async def renew_leases(
         self, owner: str, lease_s: float, run_ids: Sequence[uuid.UUID]
     ) -> list[uuid.UUID]:
+        """Renews the leases; returns the runs among them a user asked to cancel."""
         rows = await self._fetch("renew_leases", owner, lease_s, list(run_ids))
-        return [r["id"] for r in rows]
+        return [r["id"] for r in rows if r["cancel_requested"]]
+
+    async def request_cancel(self, run_id: uuid.UUID, origin: str) -> tuple[str | None, bool]:
+        """Marks a running run for cancelling and notifies every instance; returns (the
+        instance holding its lease, whether that lease has expired)."""
+        row = await self._fetchrow("request_cancel", run_id, origin)
+        assert row is not None, "request_cancel runs under the user lock on a running run"
+        return row["lease_owner"], row["lease_expired"]
 
     async def expire_leases(self, message: str) -> list[Run]:
         return [_run(r) for r in await self._fetch("expire_leases", message)]

@@ -91,6 +91,13 @@ def run_not_found() -> NotFound:
     return NotFound(RUN_NOT_FOUND)
 
 
+def not_running(status: RunStatus) -> BadRequest:
+    return BadRequest(
+        "Training run is not generating or training, so there is nothing to cancel; "
+        f"its status is {status}"
+    )
+
+
 def not_failed(status: RunStatus) -> BadRequest:
     return BadRequest(
         "Training run is not in a failed status (generating_failed or training_failed); "

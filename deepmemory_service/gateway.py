@@ -115,14 +115,24 @@ def _run_id(request: web.Request) -> str:
     return str(parse_uuid("runId", request.match_info["runId"]))
 
 
-@routes.post("/api/deep-memory/proceed")
-async def proceed(request: web.Request) -> web.Response:
+async def _run_command(request: web.Request, path: str) -> web.Response:
+    """A command on one run: `{training_run_id}` from the client, the user from the identity."""
     user_id = _user(request)
     body = await read_json_object(request)
     if "training_run_id" not in body:
         raise InvalidInput("training_run_id: field required")
     forwarded = {"training_run_id": body["training_run_id"], "user_id": str(user_id)}
-    return await _forward(request, "POST", "/deep-memory/proceed", body=forwarded)
+    return await _forward(request, "POST", path, body=forwarded)
+
+
+@routes.post("/api/deep-memory/proceed")
+async def proceed(request: web.Request) -> web.Response:
+    return await _run_command(request, "/deep-memory/proceed")
+
+
+@routes.post("/api/deep-memory/cancel")
+async def cancel(request: web.Request) -> web.Response:
+    return await _run_command(request, "/deep-memory/cancel")
 
 
 @routes.delete("/api/deep-memory/runs/{runId}")

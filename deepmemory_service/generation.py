@@ -43,6 +43,10 @@ class WorkerLost(Exception):
     """The run's work stopped for a reason outside the generator (database, lease)."""
 
 
+class GenerationCancelled(Exception):
+    """A user asked the run to stop."""
+
+
 @attrs.define
 class Pipeline:
     svc: Services
@@ -236,6 +240,12 @@ class Pipeline:
             completion_tokens=spent.completion_tokens,
         )
 
+    async def _watch_cancel(self) -> None:
+        """A cancel stops the run like a failure: calls in flight are dropped, the answers
+        already in hand are stored."""
+        await self.work.cancelled.wait()
+        self._fail(GenerationCancelled())
+
     async def _watch_provider_wait(self) -> None:
         """Progress says so when the run waits on the provider's limit (no pairs arrive
         then, so the writer has nothing to report)."""
@@ -249,16 +259,18 @@ class Pipeline:
 
     async def run_all(self) -> None:
         writer = asyncio.create_task(self._writer(), name=f"writer:{self.run.id}")
-        watcher = None
+        watchers = [asyncio.create_task(self._watch_cancel(), name=f"cancel:{self.run.id}")]
         if self.lane.limited:
-            watcher = asyncio.create_task(self._watch_provider_wait(), name=f"wait:{self.run.id}")
+            watchers.append(
+                asyncio.create_task(self._watch_provider_wait(), name=f"wait:{self.run.id}")
+            )
         try:
             await self._run_all(writer)
         finally:
             self.lane.close()
-            if watcher is not None:
+            for watcher in watchers:
                 watcher.cancel()
-                await asyncio.gather(watcher, return_exceptions=True)
+            await asyncio.gather(*watchers, return_exceptions=True)
 
     async def _run_all(self, writer: asyncio.Task[None]) -> None:
         self._tasks = [asyncio.create_task(self._producer(), name=f"producer:{self.run.id}")]
@@ -312,6 +324,20 @@ def start_message(run: Run) -> str:
     return f"Generating questions from chunk {covered}/{total}"
 
 
+async def cancel_message(svc: Services, run: Run, done: int) -> str:
+    """Where a cancelled run stopped: its first chunk without pairs (where Proceed goes
+    on), as a place among its chunks, and how many are done."""
+    total = run.total_chunks
+
+    async def first_uncovered() -> int:
+        async with svc.db.conn() as conn:
+            page = await conn.uncovered_chunks(run, 0, 1)
+            return await conn.chunk_position(run.user_id, page[0].id) if page else total
+
+    at = await retrying(first_uncovered)
+    return f"Generation cancelled at chunk {at}/{total} ({done}/{total} chunks done)"
+
+
 async def chunk_position(svc: Services, run: Run, chunk_id: int | None) -> int | None:
     """The chunk's 1-based place among the run's chunks (they go in id order)."""
     if chunk_id is None:
@@ -331,6 +357,8 @@ async def generate(svc: Services, work: WorkStatus, run: Run, job: Job) -> None:
     try:
         if run.reused_from is not None and run.generated_chunks == 0:
             run = await reuse(svc, run)
+        if work.cancelled.is_set():
+            raise GenerationCancelled
         await events.emit(
             job.id,
             "status",
@@ -362,6 +390,13 @@ async def generate(svc: Services, work: WorkStatus, run: Run, job: Job) -> None:
     except LeaseLost as exc:
         log.warning("run lost during generation", error=str(exc))
         await jobs.end_failed(svc, job, run, RunStatus.GENERATING_FAILED, str(exc))
+        return
+    except GenerationCancelled:
+        done = pipeline.done if pipeline else run.generated_chunks
+        message = await cancel_message(svc, run, done)
+        log.info("generation cancelled", message=message)
+        await progress.flush()
+        await jobs.fail(svc, job, run, RunStatus.GENERATING, RunStatus.GENERATING_FAILED, message)
         return
     except Exception as exc:
         failed_chunk = pipeline.failed_chunk if pipeline else None

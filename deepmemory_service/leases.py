@@ -22,16 +22,24 @@ LOST = (
 )
 
 
-async def heartbeat(svc: Services, working: Callable[[], list[uuid.UUID]]) -> None:
-    """Renews the leases of the runs `working()` names: those with live work here."""
+async def heartbeat(
+    svc: Services,
+    working: Callable[[], list[uuid.UUID]],
+    cancel: Callable[[uuid.UUID], object] = lambda _: None,
+) -> None:
+    """Renews the leases of the runs `working()` names: those with live work here; and
+    `cancel`s those a user asked to stop (the NOTIFY that says so may have been missed)."""
     cfg = svc.settings.lease
     while True:
         await asyncio.sleep(cfg.heartbeat_s)
         try:
             async with svc.db.conn() as conn:
-                await conn.renew_leases(svc.owner, cfg.ttl_s, working())
+                cancelled = await conn.renew_leases(svc.owner, cfg.ttl_s, working())
         except CONNECTION_ERRORS as exc:
             log.warning("lease renewal failed", error=str(exc))
+            continue
+        for run_id in cancelled:
+            cancel(run_id)
 
 
 async def _end_jobs(svc: Services, swept: list[Run], message: str) -> None:

@@ -3,6 +3,10 @@
 The payload names the stored event; it is read only when someone here is subscribed to that
 job. If the listening connection drops, a subscriber misses nothing for long: the task is
 restarted, and each SSE stream replays from the database by Last-Event-ID anyway.
+
+The same channel carries requests to cancel a run (`{"cancel_run": id}`), made on whichever
+instance the user asked: the one running it stops it (a missed one is caught at its next
+lease renewal).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -21,7 +26,7 @@ CHANNEL = "deepmemory_events"
 CHECK_S = 5.0
 
 
-async def listen(svc: Services) -> None:
+async def listen(svc: Services, cancel_run: Callable[[uuid.UUID], object] = lambda _: None) -> None:
     pending: asyncio.Queue[int] = asyncio.Queue()
 
     def on_notify(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
@@ -29,7 +34,9 @@ async def listen(svc: Services) -> None:
             note = json.loads(payload)
             if note.get("origin") == svc.owner:
                 return
-            if svc.broadcaster.has_subscribers(uuid.UUID(note["job_id"])):
+            if "cancel_run" in note:
+                cancel_run(uuid.UUID(note["cancel_run"]))
+            elif svc.broadcaster.has_subscribers(uuid.UUID(note["job_id"])):
                 pending.put_nowait(int(note["id"]))
         except (ValueError, KeyError, TypeError):
             log.warning("bad notification payload", payload=payload[:200])

@@ -124,6 +124,18 @@ def document(max_questions: int) -> dict[str, Any]:
                     body=_body(payloads.ProceedIn),
                 )
             },
+            "/deep-memory/cancel": {
+                "post": _op(
+                    "Stop a generating or training run, keeping its pairs",
+                    {
+                        "200": _json({"$ref": "#/components/schemas/Cancelled"}, "Stopped"),
+                        "202": _json({"$ref": "#/components/schemas/Cancelled"}, "Asked to stop"),
+                        "400": _json(_ERROR, "The run is not generating or training"),
+                        "404": not_found,
+                    },
+                    body=_body(payloads.CancelIn),
+                )
+            },
             "/deep-memory/train": {
                 "post": _op(
                     "Train a generated run",
@@ -294,6 +306,15 @@ def document(max_questions: int) -> dict[str, Any]:
                     "properties": {
                         "job_id": {"type": "string", "format": "uuid"},
                         "training_run_id": {"type": "string", "format": "uuid"},
+                        "message": {"type": "string"},
+                    },
+                },
+                "Cancelled": {
+                    "type": "object",
+                    "required": ["training_run_id", "status", "message"],
+                    "properties": {
+                        "training_run_id": {"type": "string", "format": "uuid"},
+                        "status": {"type": "string"},
                         "message": {"type": "string"},
                     },
                 },

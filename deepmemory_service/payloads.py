@@ -55,6 +55,12 @@ class ProceedIn:
 
 
 @frozen
+class CancelIn:
+    training_run_id: uuid.UUID
+    user_id: uuid.UUID
+
+
+@frozen
 class TrainIn:
     user_id: uuid.UUID
     training_run_id: uuid.UUID

@@ -1,4 +1,4 @@
-"""The run commands: generate, proceed, train, delete.
+"""The run commands: generate, proceed, train, cancel, delete.
 
 Each runs inside the user's supervisor (one at a time per user in this process) and inside
 a transaction holding the user's advisory lock (one at a time per user across instances).
@@ -8,17 +8,22 @@ that the sweeper turns into a failed, recoverable one.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
 import uuid
 
 import structlog
+from attrs import frozen
 
-from deepmemory_service import generation, training
+from deepmemory_service import generation, leases, training
 from deepmemory_service.db import UniqueViolation
 from deepmemory_service.errors import (
     BadRequest,
     BlockingRunExists,
     InvalidInput,
     not_failed,
+    not_running,
     run_not_found,
 )
 from deepmemory_service.models import Job, JobAccepted, JobKind, Run, RunStatus
@@ -139,3 +144,61 @@ async def delete(svc: Services, sup: RunSupervisor, run_id: uuid.UUID) -> str:
         await conn.delete_run(run.id, sup.user_id)
     log.info("run deleted", run_id=str(run_id), pairs=pairs)
     return f"Training run and {pairs} associated pairs deleted"
+
+
+# how long a cancel waits for the run to stop before answering that it was asked to
+CANCEL_WAIT_S = 5.0
+CANCEL_POLL_S = 0.05
+
+
+@frozen
+class Cancelled:
+    """A cancel's outcome: the run's status after it, and what happened in words."""
+
+    run_id: uuid.UUID
+    status: RunStatus
+    message: str
+    stopped: bool
+
+
+async def cancel(svc: Services, sup: RunSupervisor, run_id: uuid.UUID) -> Cancelled:
+    """Stops a generating or training run, keeping every pair written; it becomes
+    generating_failed / training_failed with a message saying where it stopped, and Proceed
+    and Delete apply. The run may be working on another instance: that one hears of it."""
+    async with svc.db.tx(lock_user=sup.user_id) as conn:
+        run = await conn.get_run(run_id, sup.user_id, for_update=True)
+        if run is None:
+            raise run_not_found()
+        if run.status not in (RunStatus.GENERATING, RunStatus.TRAINING):
+            raise not_running(run.status)
+        owner, lease_expired = await conn.request_cancel(run.id, svc.owner)
+    log.info("run cancel requested", run_id=str(run_id), owner=owner)
+    here = owner == svc.owner and sup.work is not None and sup.work.run_id == run_id
+    if here:
+        assert sup.work is not None
+        sup.work.cancel()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(sup.wait_idle(), CANCEL_WAIT_S)
+    elif lease_expired:
+        # nobody runs it any more (its instance died): the sweeper's verdict, now
+        await leases.sweep_once(svc)
+    return await _after_cancel(svc, sup.user_id, run_id)
+
+
+async def _after_cancel(svc: Services, user_id: uuid.UUID, run_id: uuid.UUID) -> Cancelled:
+    deadline = time.monotonic() + CANCEL_WAIT_S
+    while True:
+        async with svc.db.conn() as conn:
+            run = await conn.get_run(run_id, user_id)
+        if run is None:
+            raise run_not_found()
+        if run.status not in (RunStatus.GENERATING, RunStatus.TRAINING):
+            return Cancelled(run.id, run.status, run.error_message or str(run.status), True)
+        if time.monotonic() > deadline:
+            return Cancelled(
+                run.id,
+                run.status,
+                "Cancel requested; the run stops as soon as its instance hears of it",
+                False,
+            )
+        await asyncio.sleep(CANCEL_POLL_S)

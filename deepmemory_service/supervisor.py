@@ -50,6 +50,11 @@ class WorkStatus:
     workers_busy: int = 0
     # the run's seat at the LLM rate budget, while it generates
     lane: Lane | None = None
+    # a user asked the work to stop (the work watches it and stops at once)
+    cancelled: asyncio.Event = attrs.field(factory=asyncio.Event)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
 
     def snapshot(self) -> dict[str, Any]:
         lane = self.lane
@@ -58,6 +63,7 @@ class WorkStatus:
             "current_job_id": str(self.job_id),
             "current_status": self.status,
             "workers_busy": self.workers_busy,
+            "cancel_requested": self.cancelled.is_set(),
             "calls_waiting": lane.waiting if lane and not lane.closed else 0,
             "llm_calls": lane.calls if lane else 0,
             "prompt_tokens": lane.prompt_tokens if lane else 0,
@@ -70,6 +76,7 @@ IDLE: dict[str, Any] = {
     "current_job_id": None,
     "current_status": None,
     "workers_busy": 0,
+    "cancel_requested": False,
     "calls_waiting": 0,
     "llm_calls": 0,
     "prompt_tokens": 0,
@@ -251,6 +258,14 @@ class SupervisorRegistry:
 
     def all(self) -> list[RunSupervisor]:
         return list(self._supervisors.values())
+
+    def cancel_run(self, run_id: uuid.UUID) -> bool:
+        """Asks the work of `run_id` to stop, if it runs here; says whether it does."""
+        for sup in self._supervisors.values():
+            if sup.working and sup.work is not None and sup.work.run_id == run_id:
+                sup.work.cancel()
+                return True
+        return False
 
     def working_runs(self) -> list[uuid.UUID]:
         """The runs whose work is alive in this process."""

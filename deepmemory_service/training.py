@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
+from typing import TypeVar
 
 import structlog
 
@@ -19,14 +21,39 @@ from deepmemory_service.supervisor import WorkStatus
 from deepmemory_service.trainers import TrainingError, TrainingProgress, TrainingRequest
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+
+class TrainingCancelled(Exception):
+    """A user asked the training to stop."""
 
 
 def _reason(exc: BaseException, timeout_s: float) -> str:
+    if isinstance(exc, TrainingCancelled):
+        return str(exc)
     if isinstance(exc, TimeoutError):
         return f"Training timed out after {timeout_s:g}s"
     if isinstance(exc, TrainingError):
         return f"Training failed: {exc}"
     return f"Training failed: {type(exc).__name__}: {exc}"
+
+
+async def _unless_cancelled(call: Awaitable[T], work: WorkStatus, message: str) -> T:
+    """`call`'s result, or `TrainingCancelled(message)` as soon as a user cancels the work
+    (the trainer's task is cancelled: the local trainer's numpy thread stops at its next
+    epoch and nothing is saved)."""
+    task = asyncio.ensure_future(call)
+    stop = asyncio.ensure_future(work.cancelled.wait())
+    try:
+        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    if task.cancelled() and work.cancelled.is_set():
+        raise TrainingCancelled(message)
+    return task.result()
 
 
 async def train(svc: Services, work: WorkStatus, run: Run, job: Job) -> None:
@@ -66,7 +93,12 @@ async def train(svc: Services, work: WorkStatus, run: Run, job: Job) -> None:
                 details=update.details,
             )
 
-        outcome = await asyncio.wait_for(svc.trainer.train(request, report), timeout_s)
+        outcome = await _unless_cancelled(
+            asyncio.wait_for(svc.trainer.train(request, report), timeout_s),
+            work,
+            f"Training cancelled; its {len(request.questions)} pairs are kept (Proceed trains "
+            "again)",
+        )
     except asyncio.CancelledError:
         raise
     except Exception as exc:

@@ -17,6 +17,7 @@ from deepmemory_service.errors import Conflict, NotFound, Unauthorized, run_not_
 from deepmemory_service.keys import SERVICES, SETTINGS, SUPERVISORS
 from deepmemory_service.models import JobAccepted, Run
 from deepmemory_service.payloads import (
+    CancelIn,
     DocumentsIn,
     GenerateIn,
     ProceedIn,
@@ -132,6 +133,19 @@ async def train(request: web.Request) -> web.Response:
     body = await read_json(request, TrainIn)
     _bind(user_id=str(body.user_id), run_id=str(body.training_run_id))
     return _accepted(await _ask(request, body.user_id, "train", runs.train, body.training_run_id))
+
+
+@routes.post("/deep-memory/cancel")
+async def cancel(request: web.Request) -> web.Response:
+    """Stops a running run: 200 once it stopped (its status and message), 202 if it has not
+    yet within a few seconds (it will)."""
+    body = await read_json(request, CancelIn)
+    _bind(user_id=str(body.user_id), run_id=str(body.training_run_id))
+    done = await _ask(request, body.user_id, "cancel", runs.cancel, body.training_run_id)
+    return web.json_response(
+        {"training_run_id": str(done.run_id), "status": done.status, "message": done.message},
+        status=200 if done.stopped else 202,
+    )
 
 
 @routes.delete("/deep-memory/runs/{run_id}")

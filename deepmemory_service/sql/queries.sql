@@ -90,16 +90,16 @@ ORDER BY r.created_at DESC LIMIT $2;
 SELECT id FROM jobs WHERE run_id = $1 ORDER BY created_at DESC LIMIT 1;
 
 -- name: resume_run
--- Back from a failed status to work: clears the error and takes the lease.
+-- Back from a failed status to work: clears the error (and a past cancel) and takes the lease.
 UPDATE training_runs
-SET status = $3, error_message = NULL, lease_owner = $4,
+SET status = $3, error_message = NULL, cancel_requested_at = NULL, lease_owner = $4,
     lease_expires_at = now() + make_interval(secs => $5), updated_at = now()
 WHERE id = $1 AND user_id = $2 AND status = $6
 RETURNING *;
 
 -- name: start_training
 UPDATE training_runs
-SET status = 'training', error_message = NULL, lease_owner = $3,
+SET status = 'training', error_message = NULL, cancel_requested_at = NULL, lease_owner = $3,
     lease_expires_at = now() + make_interval(secs => $4), updated_at = now()
 WHERE id = $1 AND user_id = $2 AND status = 'generated'
 RETURNING *;
@@ -198,9 +198,22 @@ SELECT count(DISTINCT chunk_id) FROM training_pairs WHERE run_id = $1;
 
 -- name: renew_leases
 -- Only runs with live work here: a run whose work died unrecorded must expire and be swept.
+-- Says which of them a user asked to cancel (in case the NOTIFY was missed).
 UPDATE training_runs SET lease_expires_at = now() + make_interval(secs => $2)
 WHERE lease_owner = $1 AND id = ANY($3::uuid[]) AND status IN ('generating', 'training')
-RETURNING id;
+RETURNING id, cancel_requested_at IS NOT NULL AS cancel_requested;
+
+-- name: request_cancel
+-- Marks a running run for cancelling and tells every instance (the one running it acts).
+WITH r AS (
+    UPDATE training_runs SET cancel_requested_at = now(), updated_at = now()
+    WHERE id = $1 AND status IN ('generating', 'training')
+    RETURNING id, lease_owner, lease_expires_at
+)
+SELECT r.lease_owner, coalesce(r.lease_expires_at < now(), true) AS lease_expired,
+       pg_notify('deepmemory_events',
+                 json_build_object('cancel_run', r.id, 'origin', $2::text)::text)
+FROM r;
 
 -- name: expire_leases
 -- Runs whose owner stopped renewing: failed, so the user can Proceed.

@@ -58,7 +58,9 @@ CREATE TABLE training_runs (
     completion_tokens   bigint NOT NULL DEFAULT 0,
     -- the completed run whose questions this one copied for unchanged chunks, and how many
     reused_from         uuid REFERENCES training_runs (id) ON DELETE SET NULL,
-    reused_chunks       integer NOT NULL DEFAULT 0
+    reused_chunks       integer NOT NULL DEFAULT 0,
+    -- a user asked the running run to stop (cleared when it is resumed)
+    cancel_requested_at timestamptz
 );
 -- The last guard of the one-unfinished-run rule, whatever the number of instances.
 CREATE UNIQUE INDEX training_runs_one_unfinished_per_user
