@@ -238,6 +238,9 @@ class Pipeline:
             llm_calls=spent.calls,
             prompt_tokens=spent.prompt_tokens,
             completion_tokens=spent.completion_tokens,
+            cost_usd=self.svc.settings.llm_prices.cost(
+                spent.prompt_tokens, spent.completion_tokens
+            ),
         )
 
     async def _watch_cancel(self) -> None:

@@ -230,7 +230,6 @@ async def chat_completions(request: web.Request) -> web.Response:
                 status=429,
                 headers={"Retry-After": str(max(1, math.ceil(wait))), **limits_headers},
             )
-        stats.prompt_tokens += prompt_tokens
     fault = _pick_fault(app)
     delay = cfg.latency_ms + (app[RNG].uniform(0, cfg.jitter_ms) if cfg.jitter_ms else 0.0)
     if delay:
@@ -259,7 +258,9 @@ async def chat_completions(request: web.Request) -> web.Response:
         stats.successes += 1
         stats.per_chunk[chunk_key(passage)] += 1
     reply = _completion(content, body.get("model", "standin"), prompt_tokens)
+    # what a client is billed: the usage of every reply that carries one
     completion_tokens = reply["usage"]["completion_tokens"]
+    stats.prompt_tokens += prompt_tokens
     stats.completion_tokens += completion_tokens
     if cfg.tpm > 0:
         key = request.headers.get("Authorization", "")

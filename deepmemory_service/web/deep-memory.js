@@ -51,6 +51,61 @@ function show(id, visible) { $(id).hidden = !visible; }
 
 function statusLabel(status) { return status.replaceAll("_", " "); }
 
+const number = (n) => Number(n).toLocaleString("en-US");
+const plural = (n, one, many) => `${number(n)} ${n === 1 ? one : many}`;
+const dollars = (x) => `$${x < 0.01 ? x.toFixed(4) : x.toFixed(2)}`;
+
+// what a generate would take, from GET /api/deep-memory/estimate
+function estimateText(e) {
+  if (!e.total_chunks) { return ""; }
+  if (!e.chunks_to_generate) {
+    return "Every chunk's questions can be reused from your last trained run: no LLM calls needed.";
+  }
+  const reused = e.reusable_chunks
+    ? ` (${plural(e.reusable_chunks, "chunk", "chunks")} reused from your last trained run)` : "";
+  const what = `${plural(e.chunks_to_generate, "chunk", "chunks")} to generate${reused}`;
+  if (e.generator !== "llm") { return `${what}, with the offline generator: no LLM calls.`; }
+  const parts = [`about ${plural(e.expected_calls, "LLM call", "LLM calls")}`,
+    `${number(e.prompt_tokens + e.completion_tokens)} tokens`];
+  if (e.cost_usd !== null) { parts.push(dollars(e.cost_usd)); }
+  let text = `${what}: ${parts.join(", ")}`;
+  if (e.minutes_at_rate_limit !== null) {
+    const minutes = e.minutes_at_rate_limit;
+    text += `; ${minutes < 1 ? "under a minute" : `about ${plural(Math.round(minutes), "minute", "minutes")}`} at the provider's rate limit`;
+  }
+  return `${text}.`;
+}
+
+async function loadEstimate() {
+  const regenerate = $("regenerate").checked;
+  const r = await api("GET", `/api/deep-memory/estimate${regenerate ? "?regenerate=true" : ""}`);
+  const text = r.ok ? estimateText(r.data) : "";
+  $("estimate").textContent = text;
+  show("estimate", Boolean(text));
+  show("regenerate-row", r.ok && (regenerate || r.data.reusable_chunks > 0));
+}
+
+// what a run reused and spent at the LLM (the run's fields, or a progress event's)
+function usageText(u) {
+  const parts = [];
+  if (u.reused_chunks) {
+    const generated = u.new_chunks !== undefined ? u.new_chunks : u.done - u.reused_chunks;
+    parts.push(`${plural(u.reused_chunks, "chunk", "chunks")} reused from your last trained run, ${number(generated)} generated`);
+  }
+  if (u.llm_calls) {
+    let spent = `${plural(u.llm_calls, "LLM call", "LLM calls")}, ${number(u.prompt_tokens)} prompt + ${number(u.completion_tokens)} completion tokens`;
+    if (u.cost_usd !== null && u.cost_usd !== undefined) { spent += ` (${dollars(u.cost_usd)})`; }
+    parts.push(spent);
+  }
+  return parts.join(" · ");
+}
+
+function showUsage(u) {
+  const text = usageText(u);
+  $("run-usage").textContent = text;
+  show("run-usage", Boolean(text));
+}
+
 function renderSettings(s) {
   $("enabled").textContent = s.enabled ? "on" : "off";
   $("last-trained").textContent = s.last_trained_at ? new Date(s.last_trained_at).toLocaleString() : "never";
@@ -77,6 +132,12 @@ function renderSettings(s) {
   }
   $("block-message").textContent = message;
   show("block-message", Boolean(message));
+  if (generate.disabled) {
+    show("estimate", false);
+    show("regenerate-row", false);
+  } else {
+    loadEstimate();
+  }
   if (message) { generate.setAttribute("aria-describedby", "block-message"); }
   else { generate.removeAttribute("aria-describedby"); }
 }
@@ -116,7 +177,9 @@ function renderRun(run) {
   $("run-error").textContent = run.error_message || "";
   show("proceed", failed);
   show("delete", failed);
+  show("cancel", running);
   show("train", run.status === "generated");
+  showUsage(run);
   $("progress").classList.toggle("stalled", failed);
   const generation = run.status === "generating" || run.status === "generated"
     || run.status === "generating_failed";
@@ -165,6 +228,7 @@ function follow(jobId) {
   source.addEventListener("progress", (e) => {
     const data = JSON.parse(e.data);
     setProgress(data.fraction, data.message);
+    if (data.llm_calls !== undefined) { showUsage(data); }
   });
   source.addEventListener("status", (e) => {
     const data = JSON.parse(e.data);
@@ -267,7 +331,19 @@ async function search(event) {
 document.addEventListener("DOMContentLoaded", () => {
   $("generate").addEventListener("click", () => {
     notice("");
-    act(api("POST", "/api/deep-memory/generate", {}), (d) => follow(d.job_id));
+    const body = $("regenerate").checked ? { regenerate: true } : {};
+    act(api("POST", "/api/deep-memory/generate", body), (d) => follow(d.job_id));
+  });
+  $("regenerate").addEventListener("change", loadEstimate);
+  const stopDialog = $("confirm-cancel");
+  $("cancel").addEventListener("click", () => {
+    stopDialog.returnValue = "";
+    stopDialog.showModal();
+  });
+  stopDialog.addEventListener("close", () => {
+    if (stopDialog.returnValue === "stop") {
+      act(api("POST", "/api/deep-memory/cancel", { training_run_id: currentRunId() }));
+    }
   });
   $("proceed").addEventListener("click", () => {
     act(api("POST", "/api/deep-memory/proceed", { training_run_id: currentRunId() }),
