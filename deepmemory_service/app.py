@@ -105,8 +105,7 @@ async def open_backend(
         embedder=embedder,
         trainer=parts.trainer or plugins.build_trainer(settings),
         stores=StoreRegistry(
-            settings.store.path,
-            settings.data_dir,
+            settings.store_path,
             embedder.name,
             embedder.dimension,
             settings.activeloop.token or None,

@@ -36,6 +36,11 @@ TrainerName = Literal["local", "activeloop"]
 Role = Literal["all", "backend", "gateway"]
 
 
+def is_cloud_path(path: str) -> bool:
+    """The spec's definition: a vector store path that starts with hub:// is in the cloud."""
+    return path.startswith("hub://")
+
+
 class ConfigError(Exception):
     """A setting is missing or has a bad value; the message names it."""
 
@@ -155,6 +160,7 @@ class Settings:
         return Path(self.data_dir)
 
     def store_path(self, user_id: object) -> str:
+        """A user's vector store: the configured template, filled in."""
         return self.store.path.format(data_dir=self.data_dir, user_id=user_id)
 
     @property
@@ -163,8 +169,7 @@ class Settings:
 
     @property
     def is_cloud(self) -> bool:
-        """The spec's definition: the vector store path starts with hub://."""
-        return self.store.path.startswith("hub://")
+        return is_cloud_path(self.store.path)
 
 
 def _converter() -> cattrs.Converter:

@@ -17,7 +17,9 @@ import attrs
 import structlog
 
 from deepmemory_service.models import (
+    CatalogChunk,
     Chunk,
+    Corpus,
     Job,
     JobEvent,
     JobKind,
@@ -364,27 +366,54 @@ class Conn:
         rows = await self._fetch("chunk_texts", user_id, list(ids))
         return {r["id"]: r["text"] for r in rows}
 
-    async def add_document(
-        self, user_id: uuid.UUID, title: str | None, texts: Sequence[str]
-    ) -> tuple[uuid.UUID, list[int]]:
-        document_id = uuid.uuid4()
+    async def add_documents(
+        self, user_id: uuid.UUID, documents: Sequence[tuple[str | None, Sequence[str]]]
+    ) -> tuple[list[uuid.UUID], list[int]]:
+        """Documents given as (title, chunk texts), in two round trips; returns their ids
+        and their chunks' ids, in the order given."""
+        document_ids = [uuid.uuid4() for _ in documents]
         await self.raw.execute(
-            queries()["insert_document"], document_id, user_id, title, len(texts)
-        )
-        rows = await self._fetch(
-            "insert_chunks",
+            queries()["insert_documents"],
             user_id,
-            [document_id] * len(texts),
-            list(range(len(texts))),
-            list(texts),
+            document_ids,
+            [title for title, _ in documents],
+            [len(texts) for _, texts in documents],
         )
-        return document_id, [r["id"] for r in rows]
+        owners: list[uuid.UUID] = []
+        positions: list[int] = []
+        texts_all: list[str] = []
+        for document_id, (_, texts) in zip(document_ids, documents, strict=True):
+            owners += [document_id] * len(texts)
+            positions += range(len(texts))
+            texts_all += texts
+        rows = await self._fetch("insert_chunks", user_id, owners, positions, texts_all)
+        return document_ids, [r["id"] for r in rows]
 
-    async def add_to_corpus(
-        self, user_id: uuid.UUID, added: int, embedder: str, dimension: int
-    ) -> int:
-        value: int = await self._fetchval("add_to_corpus", user_id, added, embedder, dimension)
-        return value
+    async def corpus(self, user_id: uuid.UUID) -> Corpus | None:
+        row = await self._fetchrow("get_corpus", user_id)
+        if row is None:
+            return None
+        return Corpus(
+            row["total_chunks"],
+            row["store_version"],
+            row["embedder"],
+            row["dimension"],
+            row["last_id"],
+        )
+
+    async def publish_corpus(
+        self, user_id: uuid.UUID, rows: int, embedder: str, dimension: int, version: str
+    ) -> None:
+        await self.raw.execute(
+            queries()["publish_corpus"], user_id, rows, embedder, dimension, version
+        )
+
+    async def chunk_page(self, user_id: uuid.UUID, after_id: int, limit: int) -> list[CatalogChunk]:
+        rows = await self._fetch("chunk_page", user_id, after_id, limit)
+        return [
+            CatalogChunk(r["id"], r["text"], r["document_id"], r["position"], r["title"])
+            for r in rows
+        ]
 
     async def total_chunks(self, user_id: uuid.UUID) -> int:
         value: int | None = await self._fetchval("total_chunks", user_id)

@@ -22,6 +22,8 @@ holding the process open.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import importlib
 import json
 import os
@@ -178,3 +180,49 @@ async def in_daemon_thread(fn: Callable[..., T], *args: Any, deadline: float | N
     name = f"deeplake:{getattr(fn, '__name__', 'call')}"
     threading.Thread(target=run, name=name, daemon=True).start()
     return await future
+
+
+@functools.cache
+def atomic_local_provider() -> type[Any]:
+    """deeplake's `LocalProvider` with atomic, durable writes: each file is written beside
+    its name, flushed to disk and renamed over it. A write never changes an existing file
+    in place, so a file hard-linked into an older version of a store stays as it was, and
+    a crash leaves a whole old file or a whole new one, never a torn one."""
+    from deeplake.core.storage.local import LocalProvider
+
+    class AtomicLocalProvider(LocalProvider):  # type: ignore[misc]  # deeplake is untyped
+        def __setitem__(self, path: str, value: bytes) -> None:
+            self.check_readonly()
+            full = self._check_is_file(path)
+            os.makedirs(os.path.dirname(full), exist_ok=True)
+            tmp = f"{full}.{os.getpid()}.{threading.get_ident()}.tmp"
+            try:
+                with open(tmp, "wb") as file:
+                    file.write(value)
+                    file.flush()
+                    os.fsync(file.fileno())
+                os.replace(tmp, full)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.remove(tmp)
+                raise
+            if self.files is not None:
+                self.files.add(path)
+
+    return AtomicLocalProvider
+
+
+def open_local(root: str, *, read_only: bool) -> Any:
+    """The dataset in the folder `root`, opened without deeplake's `load` (whose existence
+    checks, reporting and locks a versioned local store does not need); writes go through
+    `atomic_local_provider`."""
+    load()
+    from deeplake.core.dataset import Dataset
+    from deeplake.util.cache_chain import generate_chain
+
+    storage = generate_chain(atomic_local_provider()(root), 256 * 2**20, 0, root)
+    if read_only:
+        storage.enable_readonly()
+    return Dataset(
+        storage=storage, path=root, read_only=read_only, verbose=False, lock_enabled=False
+    )

@@ -1,58 +1,56 @@
-"""Ingestion: documents → chunks → embeddings → the user's vector store and the catalog."""
+"""Ingestion: documents → chunks → embeddings, then into the catalog and the user's vector
+store together (corpus.py).
+
+The slow part (chunking, embedding) runs before the user's lock or a database connection
+is taken; the lock is held only for the writes.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Sequence
 
-import attrs
 import structlog
 
-from deepmemory_service import chunking
+from deepmemory_service import chunking, corpus
+from deepmemory_service.corpus import Added, NewDocument
 from deepmemory_service.errors import InvalidInput
 from deepmemory_service.payloads import DocumentIn
 from deepmemory_service.services import Services
 
 log = structlog.get_logger(__name__)
 
-
-@attrs.frozen
-class Ingested:
-    document_ids: list[uuid.UUID]
-    chunks: int
-    total_chunks: int
+# documents chunked on the event loop; a larger upload is chunked in the executor
+CHUNK_INLINE = 64
 
 
-async def ingest(svc: Services, user_id: uuid.UUID, documents: Sequence[DocumentIn]) -> Ingested:
-    if not documents:
-        raise InvalidInput("documents: at least one document is required")
-    store_cfg = svc.settings.store
+def _split(documents: Sequence[DocumentIn], size: int, overlap: int) -> list[NewDocument]:
     split = []
     for i, doc in enumerate(documents):
-        texts = chunking.split(doc.text, store_cfg.chunk_chars, store_cfg.chunk_overlap)
+        texts = chunking.split(doc.text, size, overlap)
         if not texts:
             raise InvalidInput(f"documents[{i}].text: must contain some text")
-        split.append((doc, texts))
+        split.append(NewDocument(doc.title, texts))
+    return split
 
-    embedder = svc.embedder
-    store = svc.stores.for_user(user_id)
-    # under the user's lock: a run's chunk snapshot never sees a half-ingested document
-    async with svc.db.tx(lock_user=user_id) as conn:
-        ids: list[int] = []
-        texts_all: list[str] = []
-        metadata: list[dict[str, object]] = []
-        document_ids = []
-        for doc, texts in split:
-            document_id, chunk_ids = await conn.add_document(user_id, doc.title, texts)
-            document_ids.append(document_id)
-            ids += chunk_ids
-            texts_all += texts
-            metadata += [
-                {"document_id": str(document_id), "title": doc.title, "position": p}
-                for p in range(len(texts))
-            ]
-        total = await conn.add_to_corpus(user_id, len(ids), embedder.name, embedder.dimension)
-        vectors = await embedder.embed(texts_all)
-        await store.add(ids, texts_all, vectors, metadata)
-    log.info("documents ingested", documents=len(document_ids), chunks=len(ids), total_chunks=total)
-    return Ingested(document_ids, len(ids), total)
+
+async def ingest(svc: Services, user_id: uuid.UUID, documents: Sequence[DocumentIn]) -> Added:
+    if not documents:
+        raise InvalidInput("documents: at least one document is required")
+    cfg = svc.settings.store
+    if len(documents) <= CHUNK_INLINE:
+        split = _split(documents, cfg.chunk_chars, cfg.chunk_overlap)
+    else:
+        split = await asyncio.get_running_loop().run_in_executor(
+            None, _split, documents, cfg.chunk_chars, cfg.chunk_overlap
+        )
+    vectors = await svc.embedder.embed([t for d in split for t in d.chunks])
+    added = await corpus.add(svc, user_id, split, vectors)
+    log.info(
+        "documents ingested",
+        documents=len(added.document_ids),
+        chunks=added.chunks,
+        total_chunks=added.total_chunks,
+    )
+    return added

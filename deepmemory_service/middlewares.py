@@ -14,7 +14,6 @@ from deepmemory_service.db import UNAVAILABLE
 from deepmemory_service.embedders import EmbeddingError
 from deepmemory_service.errors import ServiceError, Unauthorized
 from deepmemory_service.keys import SETTINGS
-from deepmemory_service.store import StoreError
 
 log = structlog.get_logger(__name__)
 
@@ -53,11 +52,9 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return await handler(request)
     except ServiceError as exc:
         return web.json_response(exc.body(), status=exc.status, headers=exc.headers)
-    except (StoreError, EmbeddingError) as exc:
-        # the store cannot serve this request as configured (an embedder mismatch, say),
-        # or a remote embedder failed: the client can act on the message; not a crash
-        status = 409 if isinstance(exc, StoreError) else 502
-        return web.json_response({"detail": str(exc)}, status=status)
+    except EmbeddingError as exc:
+        # a remote embedder failed: the client can act on the message; not a crash
+        return web.json_response({"detail": str(exc)}, status=502)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -1,4 +1,4 @@
-"""Values of the domain: run statuses, runs, chunks, jobs, events."""
+"""Values of the domain: run statuses, runs, chunks and corpora, jobs, events."""
 
 from __future__ import annotations
 
@@ -91,6 +91,29 @@ def question_problem(question: str) -> str | None:
     if len(question) > MAX_QUESTION_CHARS:
         return f"a question of {len(question):,} characters (at most {MAX_QUESTION_CHARS:,})"
     return text_problem(question)
+
+
+@frozen
+class Corpus:
+    """The catalog's side of a user's vector store: `rows` chunks, up to id `last_id`, held
+    by store version `version` (None: a store from before versions), made by `embedder`."""
+
+    rows: int
+    version: str | None
+    embedder: str
+    dimension: int
+    last_id: int | None
+
+
+@frozen
+class CatalogChunk:
+    """A chunk as the catalog has it, with what the vector store keeps beside it."""
+
+    id: int
+    text: str
+    document_id: uuid.UUID
+    position: int
+    title: str | None
 
 
 @frozen

@@ -12,11 +12,12 @@ import uuid
 
 from aiohttp import web
 
+from deepmemory_service import corpus
 from deepmemory_service.embedders import Embedder
 from deepmemory_service.errors import Conflict, InvalidInput
 from deepmemory_service.keys import SERVICES
 from deepmemory_service.payloads import query_bool, query_int, query_uuid
-from deepmemory_service.store import ChunkStore, StoreError
+from deepmemory_service.store import ChunkStore, CorpusReader
 from deepmemory_service.trainers import NoModel, Trainer
 from deepmemory_service.vector_search import SearchResult, nearest_chunks
 
@@ -36,25 +37,21 @@ async def search_chunks(
     k: int,
     *,
     trainer: Trainer | None = None,
-    rows: int | None = None,
+    read: CorpusReader | None = None,
 ) -> list[SearchResult]:
     """The top `k` chunks for `query`, best first: through `trainer`'s model for the
-    store when one is given, else by plain cosine similarity. `rows` is the catalog's
-    chunk count, which validates the store's cached vectors."""
-    if embedder.name != store.embedder or embedder.dimension != store.dimension:
-        raise StoreError(
-            f"vector store {store.path} holds {store.embedder} vectors of dimension "
-            f"{store.dimension}, but the query embedder is {embedder.name} "
-            f"({embedder.dimension})"
-        )
+    store when one is given, else by plain cosine similarity; among those of `read()`,
+    the store at the catalog's version (by default the newest the store knows, for a
+    store without a catalog)."""
+    read = read or store.latest
     vectors = await embedder.embed([query])
     if trainer is None:
-        return await nearest_chunks(store, vectors, k, rows)
+        return await nearest_chunks(read, vectors, k)
     model = await trainer.query_model(store)
     if model is None:
         raise NoModelError(NO_MODEL)
     try:
-        return await model.search(vectors, k, rows)
+        return await model.search(vectors, k, read)
     except NoModel:
         raise NoModelError(NO_MODEL) from None
 
@@ -71,17 +68,18 @@ async def search(request: web.Request) -> web.Response:
     svc = request.app[SERVICES]
     deep_memory = query_bool(request, "deep_memory")
     async with svc.db.conn() as conn:
-        rows = await conn.total_chunks(user_id)
+        in_catalog = await conn.corpus(user_id)
         if deep_memory is None:
             row = await conn.get_settings(user_id)
             deep_memory = bool(row and row.enabled)
+    corpus.check_corpus_embedder(svc, in_catalog)
     found = await search_chunks(
         svc.stores.for_user(user_id),
         svc.embedder,
         query,
         k,
         trainer=svc.trainer if deep_memory else None,
-        rows=rows,
+        read=lambda: corpus.snapshot(svc, user_id, in_catalog),
     )
     results = [{"chunk_id": r.chunk_id, "text": r.text, "score": round(r.score, 6)} for r in found]
     return web.json_response({"results": results, "deep_memory": deep_memory})

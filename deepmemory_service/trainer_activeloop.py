@@ -34,7 +34,7 @@ from deepmemory_service.deeplake_compat import (
 )
 from deepmemory_service.embedders import Matrix
 from deepmemory_service.errors import BadGateway
-from deepmemory_service.store import ChunkStore
+from deepmemory_service.store import ChunkStore, CorpusReader
 from deepmemory_service.trainers import (
     NoModel,
     Reporter,
@@ -123,7 +123,7 @@ class ActiveloopTrainer:
         store, embedder = request.store, request.embedder
         if not store.is_cloud:
             raise TrainingError(
-                f"the activeloop trainer needs a hub:// vector store, not {store.path}"
+                "the activeloop trainer needs a hub:// vector store (DEEPMEMORY_STORE_PATH)"
             )
         if not self._token:
             raise TrainingError("DEEPMEMORY_ACTIVELOOP_TOKEN is not set")
@@ -131,12 +131,6 @@ class ActiveloopTrainer:
             raise TrainingError(
                 f"nothing to train on: {len(request.questions)} questions for "
                 f"{len(request.chunk_ids)} chunk ids"
-            )
-        if embedder.name != store.embedder or embedder.dimension != store.dimension:
-            raise TrainingError(
-                f"the vector store holds {store.embedder} vectors of dimension "
-                f"{store.dimension}, but the configured embedder is {embedder.name} "
-                f"({embedder.dimension})"
             )
         started = time.monotonic()
         deadline = started + self.settings.timeout_s * DEADLINE_SHARE
@@ -284,7 +278,7 @@ class CloudQueryModel:
 
     store: ChunkStore
 
-    async def search(self, query: Matrix, k: int, rows: int | None) -> list[SearchResult]:
+    async def search(self, query: Matrix, k: int, corpus: CorpusReader) -> list[SearchResult]:
         install_request_guard()
         deadline = time.monotonic() + CLOUD_SEARCH_TIMEOUT_S
         try:

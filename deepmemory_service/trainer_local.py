@@ -42,7 +42,7 @@ from deepmemory_service.query_sets import (
     split_three,
 )
 from deepmemory_service.ranking import Evaluation, Ranks, Recalls, mean_recall, ranks_of
-from deepmemory_service.store import ChunkStore, StoreError
+from deepmemory_service.store import ChunkStore, CorpusReader, StoreError
 from deepmemory_service.trainers import (
     Reporter,
     TrainingError,
@@ -224,15 +224,11 @@ class LocalTrainer:
             raise TrainingError(
                 f"too few pairs to train on: {len(request.questions)} (at least {MIN_PAIRS})"
             )
-        if request.embedder.name != store.embedder:
-            raise TrainingError(
-                f"the vector store holds {store.embedder} vectors but the configured embedder "
-                f"is {request.embedder.name}: re-ingest or configure the same embedder"
-            )
         try:
-            ids, corpus = await store.matrix()
+            snapshot = await request.read_corpus()
         except StoreError as exc:
             raise TrainingError(str(exc)) from None
+        ids, corpus, texts = snapshot.ids, snapshot.vectors, list(snapshot.texts)
         if len(ids) == 0:
             raise TrainingError("the vector store holds no chunks")
         row_of = {int(c): i for i, c in enumerate(ids)}
@@ -261,9 +257,6 @@ class LocalTrainer:
             )
         train_q, valid_q, test_q = np.split(embedded, [len(train_i), len(train_i) + len(valid_i)])
         loop = asyncio.get_running_loop()
-        texts = await store.texts()
-        if len(texts) != len(ids):
-            raise TrainingError(f"the vector store holds {len(ids)} vectors but {len(texts)} texts")
         embedder = request.embedder
 
         test_rows, valid_rows = np.unique(rows[test_i]), np.unique(rows[valid_i])
@@ -372,5 +365,5 @@ class LocalQueryModel:
     adapter: Adapter
     store: ChunkStore
 
-    async def search(self, query: Matrix, k: int, rows: int | None) -> list[SearchResult]:
-        return await nearest_chunks(self.store, self.adapter.apply(query), k, rows)
+    async def search(self, query: Matrix, k: int, corpus: CorpusReader) -> list[SearchResult]:
+        return await nearest_chunks(corpus, self.adapter.apply(query), k)

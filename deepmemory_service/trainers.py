@@ -14,10 +14,11 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
+import attrs
 from attrs import frozen
 
 from deepmemory_service.embedders import Embedder, Matrix
-from deepmemory_service.store import ChunkStore
+from deepmemory_service.store import ChunkStore, CorpusReader
 from deepmemory_service.vector_search import SearchResult
 
 
@@ -33,6 +34,11 @@ class TrainingRequest:
     chunk_ids: Sequence[int]
     store: ChunkStore
     embedder: Embedder
+    # the store at the catalog's version, read when the trainer needs the corpus itself
+    # (the service passes it; without, the newest version the store knows)
+    read_corpus: CorpusReader = attrs.field(
+        default=attrs.Factory(lambda request: request.store.latest, takes_self=True)
+    )
 
 
 @frozen
@@ -62,9 +68,10 @@ class NoModel(Exception):
 class QueryModel(Protocol):
     """A user's trained model, as search uses it."""
 
-    async def search(self, query: Matrix, k: int, rows: int | None) -> list[SearchResult]:
-        """The top `k` chunks for one embedded query, best first; `rows` is the catalog's
-        chunk count. Raises `NoModel` when the model turns out not to exist."""
+    async def search(self, query: Matrix, k: int, corpus: CorpusReader) -> list[SearchResult]:
+        """The top `k` chunks for one embedded query, best first, among `corpus()` (the
+        store at the catalog's version). Raises `NoModel` when the model turns out not to
+        exist."""
         ...
 
 

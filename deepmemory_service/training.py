@@ -14,9 +14,10 @@ from typing import TypeVar
 
 import structlog
 
-from deepmemory_service import jobs
+from deepmemory_service import corpus, jobs
 from deepmemory_service.models import Job, Run, RunStatus
 from deepmemory_service.services import Services
+from deepmemory_service.store import StoreError
 from deepmemory_service.supervisor import WorkStatus
 from deepmemory_service.trainers import TrainingError, TrainingProgress, TrainingRequest
 
@@ -33,7 +34,7 @@ def _reason(exc: BaseException, timeout_s: float) -> str:
         return str(exc)
     if isinstance(exc, TimeoutError):
         return f"Training timed out after {timeout_s:g}s"
-    if isinstance(exc, TrainingError):
+    if isinstance(exc, TrainingError | StoreError):
         return f"Training failed: {exc}"
     return f"Training failed: {type(exc).__name__}: {exc}"
 
@@ -65,6 +66,8 @@ async def train(svc: Services, work: WorkStatus, run: Run, job: Job) -> None:
         async with svc.db.conn() as conn:
             pairs = await conn.run_pairs(run.id)
             trained_chunks = await conn.distinct_pair_chunks(run.id)
+            in_catalog = await conn.corpus(run.user_id)
+        corpus.check_corpus_embedder(svc, in_catalog)
         await events.emit(
             job.id,
             "status",
@@ -81,6 +84,7 @@ async def train(svc: Services, work: WorkStatus, run: Run, job: Job) -> None:
             chunk_ids=[c for c, _ in pairs],
             store=svc.stores.for_user(run.user_id),
             embedder=svc.embedder,
+            read_corpus=lambda: corpus.snapshot(svc, run.user_id, in_catalog),
         )
         del pairs
 

@@ -26,6 +26,9 @@ from deepmemory_service.embedded_pg import EmbeddedPostgres
 from deepmemory_service.keys import BACKEND, SERVICES, SUPERVISORS
 from deepmemory_service.services import Services
 
+# the `cluster` fixture: real service processes on one database
+pytest_plugins = ("tests.cluster",)
+
 SERVICE_TOKEN = "test-service-token"
 SECRET_KEY = "test-secret-key-of-at-least-32-bytes"
 TEMPLATE = f"dm_template_{os.getpid()}"

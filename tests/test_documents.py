@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from deepmemory_service import deeplake_compat
-from tests.conftest import Api
+from deepmemory_service.embedders import HashingEmbedder
+from tests.conftest import Api, poll
 
 
 async def test_documents_are_chunked_embedded_and_stored(api: Api, user_id: uuid.UUID) -> None:
@@ -30,6 +31,7 @@ async def test_documents_are_chunked_embedded_and_stored(api: Api, user_id: uuid
     assert len(body["document_ids"]) == 2
 
     store = api.services.stores.for_user(user_id)
+    # the store's path opens its newest version as a plain deeplake dataset
     ds = deeplake_compat.load().load(store.path, read_only=True, verbose=False)
     assert len(ds) == body["chunks"]
     assert set(ds.tensors) >= {"id", "text", "embedding", "metadata"}
@@ -41,9 +43,9 @@ async def test_documents_are_chunked_embedded_and_stored(api: Api, user_id: uuid
                 "SELECT id FROM chunks WHERE user_id = $1 ORDER BY id", user_id
             )
         ]
-    stored_ids, vectors = await store.matrix()
-    assert sorted(stored_ids.tolist()) == ids
-    assert vectors.shape == (len(ids), api.services.embedder.dimension)
+    stored = await store.latest()
+    assert stored.ids.tolist() == ids
+    assert stored.vectors.shape == (len(ids), api.services.embedder.dimension)
 
     code, again = await api.call(
         "POST", "/documents", json={"user_id": str(user_id), "documents": [{"text": "One more."}]}
@@ -56,8 +58,8 @@ async def test_users_stores_are_separate(api: Api) -> None:
     await api.ingest(a, 3)
     await api.ingest(b, 2)
     assert api.services.stores.for_user(a).path != api.services.stores.for_user(b).path
-    ids_a, _ = await api.services.stores.for_user(a).matrix()
-    ids_b, _ = await api.services.stores.for_user(b).matrix()
+    ids_a = (await api.services.stores.for_user(a).latest()).ids
+    ids_b = (await api.services.stores.for_user(b).latest()).ids
     assert (len(ids_a), len(ids_b)) == (3, 2)
     assert not set(ids_a.tolist()) & set(ids_b.tolist())
 
@@ -102,14 +104,31 @@ def test_ingest_command_reads_files_with_a_progress_bar(settings: Any, tmp_path:
 async def test_a_store_made_by_another_embedder_is_a_clear_409(
     api_factory: Any, user_id: uuid.UUID
 ) -> None:
-    from deepmemory_service.embedders import HashingEmbedder
-
+    """One check, on every path that reads the store: upload, search, training."""
     first: Api = await api_factory()
-    await first.ingest(user_id, 2)
+    await first.ingest(user_id, 12)
     other: Api = await api_factory(embedder=HashingEmbedder(dimension=256))
+    mismatch = (
+        "this user's vector store holds hashing vectors of dimension 1024, but the configured "
+        "embedder is hashing (256)"
+    )
     code, body = await other.call(
         "POST", "/documents", json={"user_id": str(user_id), "documents": [{"text": "more"}]}
     )
     assert code == 409
-    assert "holds hashing vectors of dimension 1024" in body["detail"]
-    assert "configured embedder is hashing (256)" in body["detail"]
+    assert body["detail"].startswith(mismatch)
+    assert other.services.settings.data_dir not in body["detail"]  # no server path
+    code, body = await other.call("GET", "/search", params={"user_id": str(user_id), "q": "x"})
+    assert (code, body["detail"].startswith(mismatch)) == (409, True)
+
+    code, body = await other.call(
+        "POST", "/deep-memory/generate", json={"user_id": str(user_id), "auto_train": True}
+    )
+    assert code == 202, body
+    run = await poll(
+        lambda: other.run(user_id, body["training_run_id"]),
+        lambda run: run["status"] in ("training_failed", "completed"),
+        lambda run: f"run stayed {run['status']}",
+    )
+    assert run["status"] == "training_failed"
+    assert run["error_message"].startswith(f"Training failed: {mismatch}")

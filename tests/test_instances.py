@@ -4,181 +4,21 @@ cross between them, and a process killed with SIGKILL leaves every run recoverab
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
 import signal
-import socket
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import asyncpg
-import attrs
-import pytest
 
-from deepmemory_service.testing.standin_llm import (
-    CONFIG,
-    STATS,
-    StandinConfig,
-    create_standin_app,
-)
-from tests.conftest import assert_one_pair_set_per_chunk, poll, wait_generated
+from deepmemory_service.testing.standin_llm import CONFIG, STATS
+from tests.cluster import Instance, ingest, read_events, signal_while_writing, wait_status
+from tests.conftest import assert_one_pair_set_per_chunk, wait_generated
 
-TOKEN = "instances-service-token"
 KILLS = int(os.environ.get("DEEPMEMORY_TEST_KILLS", "10"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@attrs.define
-class Instance:
-    url: str
-    proc: subprocess.Popen[bytes]
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-    async def call(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
-        headers = {"Authorization": f"Bearer {TOKEN}"}
-        async with (
-            aiohttp.ClientSession(headers=headers) as http,
-            http.request(method, f"{self.url}/v1/api{path}", **kwargs) as resp,
-        ):
-            return resp.status, await resp.json()
-
-    async def run(self, user: uuid.UUID, run_id: str) -> dict[str, Any]:
-        code, run = await self.call(
-            "GET", f"/deep-memory/runs/{run_id}", params={"user_id": str(user)}
-        )
-        assert code == 200, run
-        return dict(run)
-
-
-@pytest.fixture
-async def cluster(
-    fresh_db: Callable[..., Awaitable[str]], template_db: str, tmp_path: Path, aiohttp_server: Any
-) -> AsyncIterator[Any]:
-    """`start(**env)` launches a backend process on a shared fresh database (`env`: more
-    settings, `DEEPMEMORY_LLM_RPM="60"` say); all are killed after."""
-    db_url = await fresh_db(template_db)
-    standin = await aiohttp_server(create_standin_app(StandinConfig(latency_ms=15)))
-    started: list[Instance] = []
-
-    async def start(**extra: str) -> Instance:
-        port = free_port()
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": str(tmp_path),
-            "DEEPMEMORY_DATABASE_URL": db_url,
-            "DEEPMEMORY_DATA_DIR": str(tmp_path / "data"),
-            "DEEPMEMORY_SERVICE_TOKEN": TOKEN,
-            "DEEPMEMORY_HTTP_ROLE": "backend",
-            "DEEPMEMORY_GENERATOR": "llm",
-            "DEEPMEMORY_LLM_BASE_URL": str(standin.make_url("/v1")),
-            "DEEPMEMORY_LLM_BACKOFF_BASE_S": "0.01",
-            "DEEPMEMORY_CONCURRENCY": "4",
-            "DEEPMEMORY_LEASE_TTL_S": "1.0",
-            "DEEPMEMORY_LEASE_HEARTBEAT_S": "0.2",
-            "DEEPMEMORY_LEASE_SWEEP_S": "0.2",
-            "DEEPMEMORY_LOG_LEVEL": "warning",
-            **extra,
-        }
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "deepmemory_service",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        instance = Instance(f"http://127.0.0.1:{port}", proc)
-        started.append(instance)
-        deadline = time.monotonic() + 60
-        async with aiohttp.ClientSession() as http:
-            while True:
-                assert proc.poll() is None, "the service exited during start-up"
-                try:
-                    async with http.get(f"{instance.url}/v1/api/healthz") as resp:
-                        if resp.status == 200:
-                            return instance
-                except aiohttp.ClientError:
-                    pass
-                assert time.monotonic() < deadline, "the service did not start"
-                await asyncio.sleep(0.05)
-
-    try:
-        yield start, db_url, standin
-    finally:
-        for instance in started:
-            instance.kill()
-
-
-async def ingest(instance: Instance, user: uuid.UUID, n: int) -> None:
-    docs = [
-        {"text": f"Chunk {i} covers component{i} and its link to module{i % 7}."} for i in range(n)
-    ]
-    code, body = await instance.call(
-        "POST", "/documents", json={"user_id": str(user), "documents": docs}
-    )
-    assert code == 201, body
-
-
-async def wait_status(
-    instance: Instance, user: uuid.UUID, run_id: str, *statuses: str, within: float = 60
-) -> dict[str, Any]:
-    return await poll(
-        lambda: instance.run(user, run_id),
-        lambda run: run["status"] in statuses,
-        lambda run: f"run stayed {run['status']}",
-        within,
-    )
-
-
-async def read_events(
-    instance: Instance, user: uuid.UUID, job_id: str
-) -> list[tuple[str, str, dict[str, Any]]]:
-    """A job's SSE stream until the server ends it: (id, event, data) per event."""
-    events, fields = [], {}
-    async with (
-        aiohttp.ClientSession() as http,
-        http.get(
-            f"{instance.url}/v1/api/events/stream/{job_id}",
-            params={"user_id": str(user)},
-            headers={"Authorization": f"Bearer {TOKEN}"},
-        ) as resp,
-    ):
-        assert resp.status == 200
-        async for raw in resp.content:
-            line = raw.decode().rstrip("\r\n")
-            if not line:
-                if "data" in fields:
-                    events.append((fields["id"], fields["event"], json.loads(fields["data"])))
-                fields = {}
-            elif not line.startswith(":"):
-                name, _, value = line.partition(":")
-                fields[name] = value.strip()
-    return events
 
 
 async def test_a_hundred_generates_over_two_instances_make_one_run(cluster: Any) -> None:
@@ -370,3 +210,72 @@ async def test_documents_added_on_any_instance_are_searched_on_every_one(cluster
     )
     assert code == 201, body
     assert len(await search(b, "okapi")) == 5
+
+
+async def test_an_upload_frozen_anywhere_on_one_instance_never_shows_on_another(
+    cluster: Any, tmp_path: Path
+) -> None:
+    """Instance A is stopped (SIGSTOP) during uploads: at random points, and while it has a
+    file of the vector store open for writing. While it stands still, searches on B answer 200 from
+    the last whole state: only chunks the catalog has, each with its own text, and no
+    server path in any reply."""
+    start, db_url, _ = cluster
+    rng = random.Random(int(os.environ.get("DEEPMEMORY_TEST_SEED", "5")))
+    a, b = await start(), await start()
+    user = uuid.uuid4()
+    await ingest(a, user, 20)
+    stores = tmp_path / "data" / "stores"
+
+    def docs(n: int) -> list[dict[str, str]]:
+        return [
+            {"title": f"u{n}", "text": f"Upload {n} part {i}: zebra{n} quokka{i}. " * 30}
+            for i in range(150)
+        ]
+
+    async def upload(n: int) -> None:
+        code, body = await a.call(
+            "POST", "/documents", json={"user_id": str(user), "documents": docs(n)}
+        )
+        assert code == 201, body
+
+    async def catalog() -> dict[int, str]:
+        conn = await asyncpg.connect(db_url)
+        try:
+            return dict(await conn.fetch("SELECT id, text FROM chunks WHERE user_id = $1", user))
+        finally:
+            await conn.close()
+
+    started = time.monotonic()
+    await upload(0)
+    upload_s = time.monotonic() - started
+    stops = int(os.environ.get("DEEPMEMORY_TEST_STOPS", "8"))
+    mid_write = 0
+    for n in range(1, stops + 1):
+        sending = asyncio.create_task(upload(n))
+        if n % 2:
+            await asyncio.sleep(rng.uniform(0.05, 1.0) * upload_s)
+            os.killpg(a.proc.pid, signal.SIGSTOP)
+        elif await asyncio.to_thread(
+            signal_while_writing, stores, a.proc.pid, signal.SIGSTOP, sending.done
+        ):
+            mid_write += 1
+        else:
+            await sending  # it wrote too fast to be caught: nothing to look at
+            continue
+        try:
+            committed = await catalog()
+            for q in ("zebra3 quokka7", f"zebra{n} quokka1"):
+                code, body = await b.call(
+                    "GET", "/search", params={"user_id": str(user), "q": q, "k": "20"}
+                )
+                assert code == 200, body
+                assert str(tmp_path) not in str(body)
+                hits = {hit["chunk_id"]: hit["text"] for hit in body["results"]}
+                assert hits, "a search found nothing"
+                assert set(hits) <= set(committed), "a search saw chunks the catalog has not"
+                assert all(committed[i] == text for i, text in hits.items())
+        finally:
+            os.killpg(a.proc.pid, signal.SIGCONT)
+        await sending
+    assert mid_write >= 1, "no stop landed while the store was being written"
+    assert len(await catalog()) == 20 + 150 * (stops + 1)

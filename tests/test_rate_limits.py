@@ -18,10 +18,8 @@ from deepmemory_service.testing.standin_llm import (
     StandinConfig,
     create_standin_app,
 )
+from tests.cluster import Instance, ingest, wait_status
 from tests.conftest import Api, assert_one_pair_set_per_chunk, poll, read_stream
-from tests.test_instances import Instance, cluster, ingest, wait_status
-
-__all__ = ["cluster"]  # the fixture, shared with tests/test_instances.py
 
 
 async def generated(instance: Instance, user: uuid.UUID, run_id: str) -> int:

@@ -19,7 +19,7 @@ from deepmemory_service.fitting import Fit
 from deepmemory_service.query_sets import heading_queries, headings, split_three
 from deepmemory_service.ranking import Change, Evaluation, changes
 from deepmemory_service.search import NoModelError, search_chunks
-from deepmemory_service.store import ChunkStore
+from deepmemory_service.store import ChunkStore, Rows
 from deepmemory_service.trainer_local import Bounds, Evaluations, LocalTrainer, refusal
 from deepmemory_service.trainers import TrainingError, TrainingProgress, TrainingRequest
 
@@ -63,7 +63,7 @@ async def make_store(tmp_path: Path, embedder: HashingEmbedder) -> tuple[ChunkSt
     texts = corpus()
     store = ChunkStore(str(tmp_path / "stores" / "user"), embedder.name, embedder.dimension)
     ids = list(range(len(texts)))
-    await store.add(ids, texts, await embedder.embed(texts), [{} for _ in ids])
+    await store.append(Rows(ids, texts, await embedder.embed(texts), [{} for _ in ids]))
     return store, texts
 
 
@@ -174,7 +174,7 @@ async def test_a_store_made_by_another_embedder_is_a_training_error(tmp_path: Pa
         await settings().train(wrong, _noop)
 
     renamed = ChunkStore(store.path, "minilm", 512)
-    with pytest.raises(TrainingError, match="holds minilm vectors"):
+    with pytest.raises(TrainingError, match="holds hashing vectors of dimension 512"):
         await settings().train(
             TrainingRequest(uuid.uuid4(), uuid.uuid4(), questions, chunk_ids, renamed, embedder),
             _noop,

@@ -259,21 +259,35 @@ INSERT INTO deep_memory_settings AS s (user_id, enabled) VALUES ($1, $2)
 ON CONFLICT (user_id) DO UPDATE SET enabled = $2, updated_at = now();
 
 -- name: get_corpus
-SELECT user_id, total_chunks, embedder, dimension FROM corpora WHERE user_id = $1;
+-- The catalog's side of a user's vector store; `last_id` by the (user_id, id) index.
+SELECT c.total_chunks, c.store_version, c.embedder, c.dimension,
+       (SELECT max(k.id) FROM chunks k WHERE k.user_id = $1) AS last_id
+FROM corpora c WHERE c.user_id = $1;
 
--- name: insert_document
-INSERT INTO documents (id, user_id, title, chunk_count) VALUES ($1, $2, $3, $4);
+-- name: insert_documents
+INSERT INTO documents (id, user_id, title, chunk_count)
+SELECT u.id, $1, u.title, u.chunk_count
+FROM unnest($2::uuid[], $3::text[], $4::integer[]) AS u(id, title, chunk_count);
 
 -- name: insert_chunks
+-- One round trip for an upload's chunks; ids ascend in the order given.
 INSERT INTO chunks (user_id, document_id, position, text)
 SELECT $1, u.document_id, u.position, u.text
-FROM unnest($2::uuid[], $3::integer[], $4::text[]) AS u(document_id, position, text)
+FROM unnest($2::uuid[], $3::integer[], $4::text[]) WITH ORDINALITY AS u(document_id, position, text, n)
+ORDER BY u.n
 RETURNING id;
 
--- name: add_to_corpus
-INSERT INTO corpora AS c (user_id, total_chunks, embedder, dimension) VALUES ($1, $2, $3, $4)
-ON CONFLICT (user_id) DO UPDATE SET total_chunks = c.total_chunks + $2, updated_at = now()
-RETURNING total_chunks;
+-- name: publish_corpus
+-- The chunk count and the store version that holds them, changed together.
+INSERT INTO corpora AS c (user_id, total_chunks, embedder, dimension, store_version)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (user_id) DO UPDATE SET total_chunks = $2, store_version = $5, updated_at = now();
+
+-- name: chunk_page
+-- The catalog's chunks after id `$2`, with what the store keeps beside each (a rebuild).
+SELECT c.id, c.text, c.document_id, c.position, d.title
+FROM chunks c JOIN documents d ON d.id = c.document_id
+WHERE c.user_id = $1 AND c.id > $2 ORDER BY c.id LIMIT $3;
 
 -- name: chunk_texts
 SELECT id, text FROM chunks WHERE user_id = $1 AND id = ANY($2::bigint[]);

@@ -25,12 +25,15 @@ CREATE TABLE chunks (
 CREATE INDEX chunks_user_id_id_idx ON chunks (user_id, id);
 CREATE INDEX chunks_user_id_text_md5_idx ON chunks (user_id, text_md5);
 
+-- store_version: the version of the user's vector store that holds exactly these chunks,
+-- published in the transaction that adds them (NULL: a store from before versions).
 CREATE TABLE corpora (
-    user_id      uuid PRIMARY KEY,
-    total_chunks integer NOT NULL DEFAULT 0,
-    embedder     text NOT NULL,
-    dimension    integer NOT NULL,
-    updated_at   timestamptz NOT NULL DEFAULT now()
+    user_id       uuid PRIMARY KEY,
+    total_chunks  integer NOT NULL DEFAULT 0,
+    embedder      text NOT NULL,
+    dimension     integer NOT NULL,
+    updated_at    timestamptz NOT NULL DEFAULT now(),
+    store_version text
 );
 
 CREATE TABLE training_runs (

@@ -1,0 +1,213 @@
+"""A user's corpus: chunks in the catalog (PostgreSQL, the truth) and their vectors in the
+user's vector store, kept in line.
+
+Adding chunks is all-or-nothing across the two. Under the user's lock, the next store
+version is written beside the published one (store.py); the catalog then adds the chunks
+and publishes that version in one transaction. A crash or a full disk before the commit
+leaves an unpublished version, cleared away by the next write; after it, the version is
+whole (it was flushed and synced first). Readers read the version the catalog names.
+
+A store that cannot serve the catalog's version (one written before versions, or damaged
+by hand) is brought back in line on its next use: taken over when it is whole, otherwise
+rebuilt from the catalog's chunk texts with the configured embedder.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from types import MappingProxyType
+
+import structlog
+from attrs import frozen
+
+from deepmemory_service.db import Conn
+from deepmemory_service.embedders import Matrix
+from deepmemory_service.models import Corpus
+from deepmemory_service.services import Services
+from deepmemory_service.store import (
+    ChunkStore,
+    Rows,
+    Snapshot,
+    StoreDamaged,
+    StoreError,
+    StoreWriter,
+    check_embedder,
+)
+
+log = structlog.get_logger(__name__)
+
+# catalog chunks embedded and appended at a time by a rebuild
+REBUILD_PAGE = 512
+STORE_UNAVAILABLE = "This user's vector store is being repaired; retry shortly"
+
+
+class StoreUnavailable(StoreError):
+    """The store could not be read or repaired just now."""
+
+    status = 503
+    headers = MappingProxyType({"Retry-After": "1"})
+
+
+@frozen
+class NewDocument:
+    title: str | None
+    chunks: Sequence[str]
+
+
+@frozen
+class Added:
+    document_ids: list[uuid.UUID]
+    chunks: int
+    total_chunks: int
+
+
+def _metadata(document_id: uuid.UUID, title: str | None, position: int) -> dict[str, object]:
+    """What the store keeps beside each chunk."""
+    return {"document_id": str(document_id), "title": title, "position": position}
+
+
+def check_corpus_embedder(svc: Services, corpus: Corpus | None) -> None:
+    if corpus is not None:
+        check_embedder(corpus.embedder, corpus.dimension, svc.embedder.name, svc.embedder.dimension)
+
+
+async def add(
+    svc: Services, user_id: uuid.UUID, documents: Sequence[NewDocument], vectors: Matrix
+) -> Added:
+    """Adds documents already chunked and embedded (`vectors`: one row per chunk, in order)
+    to the catalog and the store, both or neither."""
+    store = svc.stores.for_user(user_id)
+    async with svc.db.tx(lock_user=user_id) as conn:
+        corpus = await conn.corpus(user_id)
+        check_corpus_embedder(svc, corpus)
+        writer = await _next_version(svc, conn, user_id, store, corpus, rebuild=False)
+        try:
+            document_ids, ids = await conn.add_documents(
+                user_id, [(d.title, d.chunks) for d in documents]
+            )
+            await writer.append(
+                Rows(
+                    ids,
+                    [t for d in documents for t in d.chunks],
+                    vectors,
+                    [
+                        _metadata(document_id, d.title, p)
+                        for document_id, d in zip(document_ids, documents, strict=True)
+                        for p in range(len(d.chunks))
+                    ],
+                )
+            )
+            version = await writer.finish()
+        except BaseException:
+            await writer.abandon()
+            raise
+        await _publish(svc, conn, user_id, writer.rows, version)
+    # after the commit; a crash before it leaves only the link and the clean-up to redo
+    await store.published(version)
+    return Added(document_ids, len(ids), writer.rows)
+
+
+async def snapshot(svc: Services, user_id: uuid.UUID, corpus: Corpus | None) -> Snapshot:
+    """The store at the catalog's version (`corpus`, just read from the catalog). A version
+    cleared away meanwhile (two uploads published during the read) is read again at the
+    catalog's newer one; a store that cannot serve the catalog is repaired first."""
+    check_corpus_embedder(svc, corpus)
+    store = svc.stores.for_user(user_id)
+    for _ in range(3):
+        if corpus is None:
+            return await store.read(None, 0)
+        try:
+            return await store.read(corpus.version, corpus.rows)
+        except StoreDamaged as exc:
+            async with svc.db.conn() as conn:
+                fresh = await conn.corpus(user_id)
+            if fresh != corpus:
+                corpus = fresh
+                continue
+            log.warning("vector store cannot serve the catalog; repairing it", reason=str(exc))
+            corpus = await repair(svc, user_id)
+    raise StoreUnavailable(STORE_UNAVAILABLE)
+
+
+async def repair(svc: Services, user_id: uuid.UUID) -> Corpus | None:
+    """Under the user's lock: the catalog's version read in full, and when it cannot be,
+    a store from before versions taken over or the store rebuilt from the catalog."""
+    store = svc.stores.for_user(user_id)
+    async with svc.db.tx(lock_user=user_id) as conn:
+        corpus = await conn.corpus(user_id)
+        if corpus is None or (corpus.rows == 0 and corpus.version is not None):
+            return corpus
+        check_corpus_embedder(svc, corpus)
+        if corpus.version is not None:
+            try:
+                await store.read(corpus.version, corpus.rows)
+                return corpus  # readable after all: the failure was passing
+            except StoreDamaged as exc:
+                log.warning("vector store version unreadable", reason=str(exc))
+        writer = await _next_version(
+            svc, conn, user_id, store, corpus, rebuild=corpus.version is not None
+        )
+        try:
+            version = await writer.finish()
+        except BaseException:
+            await writer.abandon()
+            raise
+        await _publish(svc, conn, user_id, writer.rows, version)
+        repaired = await conn.corpus(user_id)
+    await store.published(version)
+    return repaired
+
+
+async def _publish(svc: Services, conn: Conn, user_id: uuid.UUID, rows: int, version: str) -> None:
+    embedder = svc.embedder
+    await conn.publish_corpus(user_id, rows, embedder.name, embedder.dimension, version)
+
+
+async def _next_version(
+    svc: Services,
+    conn: Conn,
+    user_id: uuid.UUID,
+    store: ChunkStore,
+    corpus: Corpus | None,
+    *,
+    rebuild: bool,
+) -> StoreWriter:
+    """A writer of the version after the catalog's; one rebuilt from the catalog when the
+    published version cannot be built on (or `rebuild`)."""
+    if not rebuild:
+        try:
+            if corpus is None:
+                return await store.begin(None, 0, None)
+            return await store.begin(corpus.version, corpus.rows, corpus.last_id)
+        except StoreDamaged as exc:
+            log.warning("vector store out of line with the catalog", reason=str(exc))
+    return await _rebuild(svc, conn, user_id, store, corpus.rows if corpus else 0)
+
+
+async def _rebuild(
+    svc: Services, conn: Conn, user_id: uuid.UUID, store: ChunkStore, expected: int
+) -> StoreWriter:
+    log.warning("rebuilding the vector store from the catalog", chunks=expected)
+    writer = await store.begin_empty()
+    try:
+        after = 0
+        while page := await conn.chunk_page(user_id, after, REBUILD_PAGE):
+            texts = [c.text for c in page]
+            await writer.append(
+                Rows(
+                    [c.id for c in page],
+                    texts,
+                    await svc.embedder.embed(texts),
+                    [_metadata(c.document_id, c.title, c.position) for c in page],
+                )
+            )
+            after = page[-1].id
+        if writer.rows != expected:
+            # the chunks are the truth; the count beside them is made to agree
+            log.warning("catalog count set to its chunks", count=expected, chunks=writer.rows)
+    except BaseException:
+        await writer.abandon()
+        raise
+    log.info("vector store rebuilt from the catalog", chunks=writer.rows)
+    return writer
