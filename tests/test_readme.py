@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_instances import free_port
+from tests.cluster import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## API walk-through with curl"
