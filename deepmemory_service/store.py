@@ -201,6 +201,24 @@ def disk_full(exc: BaseException) -> bool:
     return False
 
 
+@attrs.define
+class DatasetWriter:
+    """Appends rows to a dataset and counts them; each storage adds how a version is made
+    whole (`finish`) and given up (`abandon`)."""
+
+    ds: Any
+    rows: int
+
+    def append(self, rows: Rows) -> None:
+        extend(self.ds, rows)
+        self.rows += len(rows.ids)
+
+    def flush(self) -> None:
+        self.ds.flush()
+        if lengths(self.ds) != {self.rows}:
+            raise StoreDamaged(f"tensors of unequal length after a write: {lengths(self.ds)}")
+
+
 # ------------------------------------------------------------------ where versions live
 
 

@@ -22,31 +22,13 @@ from typing import Any
 
 import attrs
 
-from deepmemory_service import deeplake_compat
-from deepmemory_service.store import (
-    Rows,
-    StoreDamaged,
-    check_info,
-    check_whole,
-    create_tensors,
-    extend,
-    lengths,
-)
+from deepmemory_service import deeplake_compat, store
+from deepmemory_service.store import StoreDamaged
 
 
-@attrs.define
-class CommitWriter:
-    ds: Any
-    rows: int
-
-    def append(self, rows: Rows) -> None:
-        extend(self.ds, rows)
-        self.rows += len(rows.ids)
-
+class CommitWriter(store.DatasetWriter):
     def finish(self) -> str:
-        self.ds.flush()
-        if lengths(self.ds) != {self.rows}:
-            raise StoreDamaged(f"tensors of unequal length after a write: {lengths(self.ds)}")
+        self.flush()
         version: str = self.ds.pending_commit_id
         return version
 
@@ -89,15 +71,15 @@ class CloudVersions:
             ds = self._load()
             if ds.commit_id is not None:
                 raise StoreDamaged("the store has commits the catalog does not know")
-            check_info(ds, self.embedder, self.dimension)
-            check_whole(ds, base_rows, last_id)
+            store.check_info(ds, self.embedder, self.dimension)
+            store.check_whole(ds, base_rows, last_id)
             return CommitWriter(ds, base_rows)
         try:
             ds = self._load(reset=True)
             if ds.pending_commit_id == base:
                 # the published version, still the HEAD: committed before anything is added
-                if lengths(ds) != {base_rows}:
-                    raise StoreDamaged(f"{lengths(ds)} rows, the catalog {base_rows}")
+                if store.lengths(ds) != {base_rows}:
+                    raise StoreDamaged(f"{store.lengths(ds)} rows, the catalog {base_rows}")
                 ds.commit("upload", allow_empty=True)
             elif ds.has_head_changes:
                 ds.reset()  # a write the catalog never published
@@ -107,9 +89,9 @@ class CloudVersions:
             raise StoreDamaged(f"the store cannot be loaded: {exc!r}") from exc
         if ds.commit_id != base:
             raise StoreDamaged(f"the published version {base} is not the store's last")
-        check_info(ds, self.embedder, self.dimension)
-        if lengths(ds) != {base_rows}:
-            raise StoreDamaged(f"{lengths(ds)} rows, the catalog {base_rows}")
+        store.check_info(ds, self.embedder, self.dimension)
+        if store.lengths(ds) != {base_rows}:
+            raise StoreDamaged(f"{store.lengths(ds)} rows, the catalog {base_rows}")
         return CommitWriter(ds, base_rows)
 
     def begin_empty(self) -> CommitWriter:
@@ -119,7 +101,7 @@ class CloudVersions:
         ds = deeplake_compat.load().empty(
             self.path, overwrite=True, verbose=False, lock_enabled=False, **self._creds
         )
-        create_tensors(ds, self.embedder, self.dimension)
+        store.create_tensors(ds, self.embedder, self.dimension)
         return CommitWriter(ds, 0)
 
     def published(self, version: str) -> None:

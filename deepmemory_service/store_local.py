@@ -32,12 +32,11 @@ import structlog
 
 from deepmemory_service import deeplake_compat
 from deepmemory_service.store import (
-    Rows,
+    DatasetWriter,
     StoreDamaged,
     check_info,
     check_whole,
     create_tensors,
-    extend,
     lengths,
 )
 
@@ -82,19 +81,11 @@ def _fsync_dir(folder: Path) -> None:
 
 
 @attrs.define
-class FolderWriter:
+class FolderWriter(DatasetWriter):
     folder: Path
-    ds: Any
-    rows: int
-
-    def append(self, rows: Rows) -> None:
-        extend(self.ds, rows)
-        self.rows += len(rows.ids)
 
     def finish(self) -> str:
-        self.ds.flush()
-        if lengths(self.ds) != {self.rows}:
-            raise StoreDamaged(f"tensors of unequal length after a write: {lengths(self.ds)}")
+        self.flush()
         _fsync_tree(self.folder)
         return self.folder.name
 
@@ -143,7 +134,7 @@ class LocalVersions:
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        return FolderWriter(folder, ds, base_rows)
+        return FolderWriter(ds, base_rows, folder)
 
     def begin_empty(self) -> FolderWriter:
         self._collect(None)
@@ -160,7 +151,7 @@ class LocalVersions:
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        return FolderWriter(folder, ds, 0)
+        return FolderWriter(ds, 0, folder)
 
     def _collect(self, base: str | None) -> None:
         """Removes folders nobody reads: attempts never published (a crash, a full disk),
