@@ -25,8 +25,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from deepmemory_service.embedded_pg import EmbeddedPostgres
+from tests.cluster import free_port
 from tests.conftest import poll
-from tests.test_instances import free_port
 
 
 async def test_a_server_slower_than_pg_ctls_timeout_is_waited_for(
