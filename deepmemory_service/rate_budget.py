@@ -449,7 +449,7 @@ class RateBudget:
                 self._turns.remove(user_id)
 
     def settle(self, grant: Grant, usage: Usage | None, *, ok: bool = True) -> None:
-        if ok:
+        if ok and self.limits.limited:
             self._report = _merged(self._report, Report(successes=1))
         if usage is None:
             return
