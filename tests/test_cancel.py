@@ -15,11 +15,9 @@ from deepmemory_service.models import Chunk
 from deepmemory_service.rate_budget import Lane
 from deepmemory_service.testing.fakes import ControlledGenerator, ScriptedTrainer
 from deepmemory_service.testing.standin_llm import CONFIG
+from tests.cluster import ingest, wait_status
 from tests.conftest import Api, assert_one_pair_set_per_chunk, read_stream, wait_generated
 from tests.test_gateway import gw
-from tests.test_instances import cluster, ingest, wait_status
-
-__all__ = ["cluster"]  # the fixture, shared with tests/test_instances.py
 
 
 @attrs.define
