@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import re
@@ -32,6 +33,8 @@ from deepmemory_service.retry import RetryPolicy, retry
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
+# one constant: every instance that migrates at once takes the same advisory lock
+MIGRATION_LOCK = 0x6D656D6F7279
 
 UniqueViolation = asyncpg.UniqueViolationError
 # the server went away or is restarting: a request may say so (503) instead of crashing
@@ -519,6 +522,67 @@ class Conn:
         )
         return [Claim(r["instance_id"], r["user_id"], r["demand"]) for r in rows]
 
+    # health and schema
+
+    async def ping(self) -> None:
+        await self._fetchval("ping")
+
+    @asynccontextmanager
+    async def migration_lock(self) -> AsyncIterator[None]:
+        """Held while migrating: every instance that migrates at once takes the same lock."""
+        await self.raw.execute(queries()["migration_lock"], MIGRATION_LOCK)
+        try:
+            yield
+        finally:
+            await self.raw.execute(queries()["migration_unlock"], MIGRATION_LOCK)
+
+    async def applied_migrations(self) -> set[int]:
+        await self.raw.execute(queries()["create_migrations_table"])
+        return {r["version"] for r in await self._fetch("applied_migrations")}
+
+    async def apply_migration(self, version: int, name: str, sql: str) -> None:
+        """The migration and its record, in one transaction."""
+        async with self.raw.transaction():
+            await self.raw.execute(sql)
+            await self.raw.execute(queries()["record_migration"], version, name)
+
+
+@asynccontextmanager
+async def connect(url: str) -> AsyncIterator[Conn]:
+    """A connection of its own, outside any pool (migrations, one-off tools)."""
+    raw = await asyncpg.connect(url, timeout=10)
+    try:
+        yield Conn(raw)
+    finally:
+        await raw.close()
+
+
+@attrs.define
+class Notifications:
+    """NOTIFY payloads of one channel, received on a connection of their own."""
+
+    _raw: asyncpg.Connection
+    check_s: float
+    _pending: asyncio.Queue[str] = attrs.field(factory=asyncio.Queue)
+
+    def _received(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        self._pending.put_nowait(payload)
+
+    async def batch(self) -> list[str]:
+        """Every payload received since the last batch, at least one. While none comes, the
+        connection is asked something every `check_s`: a dead one says nothing otherwise,
+        and its loss is raised here."""
+        while True:
+            try:
+                first = await asyncio.wait_for(self._pending.get(), self.check_s)
+            except TimeoutError:
+                await self._raw.fetchval(queries()["ping"], timeout=self.check_s)
+                continue
+            payloads = [first]
+            while not self._pending.empty():
+                payloads.append(self._pending.get_nowait())
+            return payloads
+
 
 @asynccontextmanager
 async def _discarded_if_broken(raw: asyncpg.Connection) -> AsyncIterator[None]:
@@ -578,8 +642,13 @@ class Database:
                 await conn.lock_user(lock_user)
             yield conn
 
-    async def listen(self, channel: str, callback: Any) -> asyncpg.Connection:
-        """A dedicated connection LISTENing on `channel`; the caller closes it."""
+    @asynccontextmanager
+    async def listening(self, channel: str, check_s: float) -> AsyncIterator[Notifications]:
+        """LISTEN on `channel` over a connection of its own, closed when the block ends."""
         raw: asyncpg.Connection = await asyncpg.connect(self.url, timeout=10)
-        await raw.add_listener(channel, callback)
-        return raw
+        try:
+            notifications = Notifications(raw, check_s)
+            await raw.add_listener(channel, notifications._received)
+            yield notifications
+        finally:
+            await asyncio.shield(raw.close(timeout=2))

@@ -4,16 +4,35 @@ LLM (those an earlier run's questions do not already cover), the calls, tokens a
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
+from attrs import frozen
+
+from deepmemory_service.config import GeneratorName
 from deepmemory_service.llm import SYSTEM_PROMPT, user_prompt
 from deepmemory_service.models import Chunk
 from deepmemory_service.services import Services
 
 
+@frozen
+class Estimate:
+    total_chunks: int
+    reusable_chunks: int
+    chunks_to_generate: int
+    reuse_from_run_id: uuid.UUID | None
+    questions_per_chunk: int
+    generator: GeneratorName
+    expected_calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float | None
+    # how long the calls take at the provider's limit, if one is set (more while other
+    # users share it)
+    minutes_at_rate_limit: float | None
+
+
 async def estimate(
     svc: Services, user_id: uuid.UUID, questions_per_chunk: int, regenerate: bool
-) -> dict[str, Any]:
+) -> Estimate:
     settings = svc.settings
     async with svc.db.conn() as conn:
         source = None if regenerate else await conn.reuse_source(user_id, questions_per_chunk)
@@ -32,20 +51,16 @@ async def estimate(
         prompt_tokens = round(new * per_prompt + new_chars * budget.tokens_per_char)
         completion_tokens = round(new * questions_per_chunk * budget.tokens_per_question)
     rpm = settings.llm.rpm
-    return {
-        "total_chunks": chunks,
-        "reusable_chunks": reusable,
-        "chunks_to_generate": new,
-        "reuse_from_run_id": str(source) if source and reusable else None,
-        "questions_per_chunk": questions_per_chunk,
-        "generator": settings.generator,
-        "expected_calls": calls,
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "cost_usd": settings.llm_prices.cost(prompt_tokens, completion_tokens)
-        if uses_llm
-        else None,
-        # how long the calls take at the provider's limit, if one is set (more while other
-        # users share it)
-        "minutes_at_rate_limit": round(calls / rpm, 1) if uses_llm and rpm > 0 else None,
-    }
+    return Estimate(
+        total_chunks=chunks,
+        reusable_chunks=reusable,
+        chunks_to_generate=new,
+        reuse_from_run_id=source if source and reusable else None,
+        questions_per_chunk=questions_per_chunk,
+        generator=settings.generator,
+        expected_calls=calls,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        cost_usd=settings.llm_prices.cost(prompt_tokens, completion_tokens) if uses_llm else None,
+        minutes_at_rate_limit=round(calls / rpm, 1) if uses_llm and rpm > 0 else None,
+    )

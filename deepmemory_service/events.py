@@ -11,7 +11,7 @@ import structlog
 
 from deepmemory_service.broadcaster import Broadcaster
 from deepmemory_service.db import Database, retrying
-from deepmemory_service.models import JobEvent
+from deepmemory_service.models import EventName, JobEvent
 
 log = structlog.get_logger(__name__)
 
@@ -22,7 +22,7 @@ class JobEvents:
     broadcaster: Broadcaster
     origin: str
 
-    async def emit(self, job_id: uuid.UUID, event: str, data: dict[str, Any]) -> JobEvent:
+    async def emit(self, job_id: uuid.UUID, event: EventName, data: dict[str, Any]) -> JobEvent:
         async with self.db.conn() as conn:
             event_id = await conn.insert_event(job_id, event, data, self.origin)
         stored = JobEvent(event_id, job_id, event, data)

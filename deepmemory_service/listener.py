@@ -11,11 +11,9 @@ lease renewal).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from collections.abc import Callable
-from typing import Any
 
 import structlog
 
@@ -26,37 +24,34 @@ CHANNEL = "deepmemory_events"
 CHECK_S = 5.0
 
 
-async def listen(svc: Services, cancel_run: Callable[[uuid.UUID], object] = lambda _: None) -> None:
-    pending: asyncio.Queue[int] = asyncio.Queue()
-
-    def on_notify(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
-        try:
-            note = json.loads(payload)
-            if note.get("origin") == svc.owner:
-                return
-            if "cancel_run" in note:
-                cancel_run(uuid.UUID(note["cancel_run"]))
-            elif svc.broadcaster.has_subscribers(uuid.UUID(note["job_id"])):
-                pending.put_nowait(int(note["id"]))
-        except (ValueError, KeyError, TypeError):
-            log.warning("bad notification payload", payload=payload[:200])
-
-    conn = await svc.db.listen(CHANNEL, on_notify)
+def _wanted(svc: Services, payload: str, cancel_run: Callable[[uuid.UUID], object]) -> int | None:
+    """The id of the event a notification names, if it is news to a subscriber here; a
+    request to cancel a run is passed on at once."""
     try:
+        note = json.loads(payload)
+        if note.get("origin") == svc.owner:
+            return None
+        if "cancel_run" in note:
+            cancel_run(uuid.UUID(note["cancel_run"]))
+            return None
+        if not svc.broadcaster.has_subscribers(uuid.UUID(note["job_id"])):
+            return None
+        return int(note["id"])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        log.warning("bad notification payload", payload=payload[:200])
+        return None
+
+
+async def listen(svc: Services, cancel_run: Callable[[uuid.UUID], object] = lambda _: None) -> None:
+    async with svc.db.listening(CHANNEL, CHECK_S) as notifications:
         while True:
-            try:
-                event_id = await asyncio.wait_for(pending.get(), CHECK_S)
-            except TimeoutError:
-                # a dead connection says nothing; ask it something to find out
-                await conn.fetchval("SELECT 1", timeout=CHECK_S)
-                continue
             # a burst of notifications arrives together: one round trip reads all of it
-            event_ids = [event_id]
-            while not pending.empty():
-                event_ids.append(pending.get_nowait())
+            payloads = await notifications.batch()
+            wanted = (_wanted(svc, p, cancel_run) for p in payloads)
+            event_ids = [i for i in wanted if i is not None]
+            if not event_ids:
+                continue
             async with svc.db.conn() as db:
                 events = await db.get_events(event_ids)
             for event in events:
                 svc.broadcaster.publish(event)
-    finally:
-        await asyncio.shield(conn.close(timeout=2))

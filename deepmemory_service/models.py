@@ -7,7 +7,7 @@ import json
 import uuid
 from datetime import datetime
 from functools import cached_property
-from typing import Any
+from typing import Any, Literal
 
 from attrs import frozen
 
@@ -155,6 +155,8 @@ class JobEvent:
         return f"id: {self.id}\nevent: {self.event}\ndata: {data}\n\n".encode()
 
 
+# the events of a job's stream; the last one is `done` or `failed`
+EventName = Literal["status", "progress", "done", "failed"]
 TERMINAL_EVENTS = frozenset({"done", "failed"})
 
 

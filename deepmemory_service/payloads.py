@@ -33,6 +33,12 @@ _NOT_BLANK = re.compile(NOT_BLANK)
 Text = NewType("Text", str)
 """A string with something in it besides whitespace."""
 
+# the canonical form only, as the OpenAPI document's `format: uuid` says (uuid.UUID also
+# takes braces, a urn: prefix and no hyphens)
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+# ASCII digits only (int() also takes " 5", "+5" and "٣")
+_INT = re.compile(r"-?[0-9]{1,18}")
+
 # no body of this API nests deeper; json.loads itself fails near 1,000 (a RecursionError)
 MAX_JSON_DEPTH = 32
 # wbits for zlib: gzip's header, or zlib's (RFC 9110's "deflate")
@@ -100,10 +106,9 @@ def _converter() -> cattrs.Converter:
     def to_uuid(value: Any, _: type) -> uuid.UUID:
         if not isinstance(value, str):
             raise ValueError(f"must be a UUID string, got {type(value).__name__}")
-        try:
-            return uuid.UUID(value)
-        except ValueError:
-            raise ValueError(f"not a valid UUID: {value[:64]!r}") from None
+        if not _UUID.fullmatch(value):
+            raise ValueError(f"not a valid UUID: {value[:64]!r}")
+        return uuid.UUID(value)
 
     def to_int(value: Any, _: type) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -248,10 +253,9 @@ async def read_json(request: web.Request, cls: type[T]) -> T:
 def parse_uuid(name: str, value: str | None) -> uuid.UUID:
     if value is None or value == "":
         raise InvalidInput(f"{name}: field required")
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise InvalidInput(f"{name}: not a valid UUID: {value[:64]!r}") from None
+    if not _UUID.fullmatch(value):
+        raise InvalidInput(f"{name}: not a valid UUID: {value[:64]!r}")
+    return uuid.UUID(value)
 
 
 def query_uuid(request: web.Request, name: str) -> uuid.UUID:
@@ -266,10 +270,9 @@ def query_int(request: web.Request, name: str, default: int, low: int, high: int
     raw = request.query.get(name)
     if raw is None or raw == "":
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidInput(f"{name}: must be an integer, got {raw[:32]!r}") from None
+    if not _INT.fullmatch(raw):
+        raise InvalidInput(f"{name}: must be an integer, got {raw[:32]!r}")
+    value = int(raw)
     if not low <= value <= high:
         raise InvalidInput(f"{name}: must be between {low} and {high}, got {value}")
     return value
@@ -279,9 +282,9 @@ def query_bool(request: web.Request, name: str) -> bool | None:
     raw = request.query.get(name)
     if raw is None or raw == "":
         return None
-    if raw.lower() in {"true", "1", "yes"}:
+    if raw == "true":
         return True
-    if raw.lower() in {"false", "0", "no"}:
+    if raw == "false":
         return False
     raise InvalidInput(f"{name}: must be true or false, got {raw[:32]!r}")
 

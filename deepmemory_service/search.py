@@ -17,6 +17,7 @@ from deepmemory_service.embedders import Embedder
 from deepmemory_service.errors import Conflict, InvalidInput
 from deepmemory_service.keys import SERVICES
 from deepmemory_service.payloads import query_bool, query_int, query_uuid
+from deepmemory_service.replies import SearchReply, to_json
 from deepmemory_service.store import ChunkStore, CorpusReader
 from deepmemory_service.trainers import NoModel, Trainer
 from deepmemory_service.vector_search import SearchResult, nearest_chunks
@@ -59,11 +60,12 @@ async def search_chunks(
 @routes.get("/search")
 async def search(request: web.Request) -> web.Response:
     user_id: uuid.UUID = query_uuid(request, "user_id")
-    query = request.query.get("q", "").strip()
+    raw = request.query.get("q", "")
+    if len(raw) > 2000:
+        raise InvalidInput("q: at most 2000 characters")
+    query = raw.strip()
     if not query:
         raise InvalidInput("q: field required")
-    if len(query) > 2000:
-        raise InvalidInput("q: at most 2000 characters")
     k = query_int(request, "k", 10, 1, 100)
     svc = request.app[SERVICES]
     deep_memory = query_bool(request, "deep_memory")
@@ -81,5 +83,5 @@ async def search(request: web.Request) -> web.Response:
         trainer=svc.trainer if deep_memory else None,
         read=lambda: corpus.snapshot(svc, user_id, in_catalog),
     )
-    results = [{"chunk_id": r.chunk_id, "text": r.text, "score": round(r.score, 6)} for r in found]
-    return web.json_response({"results": results, "deep_memory": deep_memory})
+    results = [SearchResult(r.chunk_id, r.text, round(r.score, 6)) for r in found]
+    return web.json_response(to_json(SearchReply(results, deep_memory)))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hmac
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import structlog
@@ -29,55 +28,28 @@ from deepmemory_service.payloads import (
     query_uuid,
     read_json,
 )
+from deepmemory_service.replies import (
+    Cancelled,
+    Health,
+    Message,
+    SettingsReply,
+    run_json,
+    to_json,
+)
 from deepmemory_service.services import Services
 from deepmemory_service.supervisor import RunSupervisor
-from deepmemory_service.usage import Prices
 
 routes = web.RouteTableDef()
 P = ParamSpec("P")
 T = TypeVar("T")
 
 
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
+def _reply(value: Any, status: int = 200) -> web.Response:
+    return web.json_response(to_json(value), status=status)
 
 
 def _accepted(accepted: JobAccepted) -> web.Response:
-    body: dict[str, Any] = {
-        "job_id": str(accepted.job_id),
-        "training_run_id": str(accepted.training_run_id),
-    }
-    if accepted.message is not None:
-        body["message"] = accepted.message
-    return web.json_response(body, status=202)
-
-
-def run_json(run: Run, latest_job_id: uuid.UUID | None, prices: Prices) -> dict[str, Any]:
-    return {
-        "id": str(run.id),
-        "status": run.status,
-        "error_message": run.error_message,
-        "questions_per_chunk": run.questions_per_chunk,
-        "auto_train": run.auto_train,
-        "total_chunks": run.total_chunks,
-        "generated_chunks": run.generated_chunks,
-        "pair_count": run.pair_count,
-        "metrics": run.metrics,
-        "created_at": _iso(run.created_at),
-        "updated_at": _iso(run.updated_at),
-        "completed_at": _iso(run.completed_at),
-        "latest_job_id": str(latest_job_id) if latest_job_id else None,
-        # beyond the spec: what the run spent at the LLM (cost when prices are configured)
-        "llm_calls": run.llm_calls,
-        "prompt_tokens": run.prompt_tokens,
-        "completion_tokens": run.completion_tokens,
-        "cost_usd": prices.cost(run.prompt_tokens, run.completion_tokens),
-        # incremental generation: chunks whose questions were copied from an earlier run,
-        # and those the generator was asked about in this one
-        "reused_chunks": run.reused_chunks,
-        "new_chunks": run.generated_chunks - run.reused_chunks,
-        "reused_from_run_id": str(run.reused_from) if run.reused_from else None,
-    }
+    return _reply(accepted, 202)
 
 
 def _bind(**values: str) -> None:
@@ -142,10 +114,7 @@ async def cancel(request: web.Request) -> web.Response:
     body = await read_json(request, CancelIn)
     _bind(user_id=str(body.user_id), run_id=str(body.training_run_id))
     done = await _ask(request, body.user_id, "cancel", runs.cancel, body.training_run_id)
-    return web.json_response(
-        {"training_run_id": str(done.run_id), "status": done.status, "message": done.message},
-        status=200 if done.stopped else 202,
-    )
+    return _reply(Cancelled(done.run_id, done.status, done.message), 200 if done.stopped else 202)
 
 
 @routes.delete("/deep-memory/runs/{run_id}")
@@ -154,7 +123,7 @@ async def delete_run(request: web.Request) -> web.Response:
     run_id = path_uuid(request, "run_id")
     _bind(user_id=str(user_id), run_id=str(run_id))
     message = await _ask(request, user_id, "delete", runs.delete, run_id)
-    return web.json_response({"message": message})
+    return _reply(Message(message))
 
 
 @routes.get("/deep-memory/estimate")
@@ -166,9 +135,7 @@ async def estimate(request: web.Request) -> web.Response:
         request, "questions_per_chunk", gen.questions_per_chunk, 1, gen.max_questions_per_chunk
     )
     regenerate = query_bool(request, "regenerate") or False
-    return web.json_response(
-        await estimates.estimate(request.app[SERVICES], user_id, qpc, regenerate)
-    )
+    return _reply(await estimates.estimate(request.app[SERVICES], user_id, qpc, regenerate))
 
 
 @routes.get("/deep-memory/runs")
@@ -195,7 +162,7 @@ async def get_run(request: web.Request) -> web.Response:
     return web.json_response(run_json(run, latest, request.app[SETTINGS].llm_prices))
 
 
-async def _settings_json(request: web.Request, user_id: uuid.UUID) -> dict[str, Any]:
+async def _settings(request: web.Request, user_id: uuid.UUID) -> SettingsReply:
     svc = request.app[SERVICES]
 
     async def read(conn: Conn) -> tuple[UserSettingsRow | None, Any, int]:
@@ -206,29 +173,26 @@ async def _settings_json(request: web.Request, user_id: uuid.UUID) -> dict[str, 
         )
 
     row, blocking, total = await svc.db.read(read)
-    return {
-        "enabled": row.enabled if row else False,
-        "last_trained_at": _iso(row.last_trained_at) if row else None,
-        "last_training_run_id": (
-            str(row.last_training_run_id) if row and row.last_training_run_id else None
-        ),
-        "can_enable": row.can_enable if row else False,
-        "total_chunks": total,
-        "trained_chunk_count": row.trained_chunk_count if row else 0,
-        "has_blocking_run": blocking is not None,
-        "blocking_run_id": str(blocking[0]) if blocking else None,
-        "blocking_run_status": str(blocking[1]) if blocking else None,
-        "is_cloud": svc.settings.is_cloud,
-        # beyond the spec: which trainer is on, and why a model may not be enabled
-        "trainer": svc.settings.trainer,
-        "can_enable_reason": row.can_enable_reason if row else None,
-    }
+    return SettingsReply(
+        enabled=row.enabled if row else False,
+        last_trained_at=row.last_trained_at if row else None,
+        last_training_run_id=row.last_training_run_id if row else None,
+        can_enable=row.can_enable if row else False,
+        total_chunks=total,
+        trained_chunk_count=row.trained_chunk_count if row else 0,
+        has_blocking_run=blocking is not None,
+        blocking_run_id=blocking[0] if blocking else None,
+        blocking_run_status=blocking[1] if blocking else None,
+        is_cloud=svc.settings.is_cloud,
+        trainer=svc.settings.trainer,
+        can_enable_reason=row.can_enable_reason if row else None,
+    )
 
 
 @routes.get("/deep-memory/settings")
 async def get_settings(request: web.Request) -> web.Response:
     user_id = query_uuid(request, "user_id")
-    return web.json_response(await _settings_json(request, user_id))
+    return _reply(await _settings(request, user_id))
 
 
 @routes.put("/deep-memory/settings")
@@ -253,7 +217,7 @@ async def put_settings(request: web.Request) -> web.Response:
             await conn.set_enabled(body.user_id, body.enabled)
 
     await request.app[SUPERVISORS].ask(body.user_id, "settings", handle)
-    return web.json_response(await _settings_json(request, body.user_id))
+    return _reply(await _settings(request, body.user_id))
 
 
 @routes.post("/documents")
@@ -261,14 +225,7 @@ async def add_documents(request: web.Request) -> web.Response:
     body = await read_json(request, DocumentsIn)
     _bind(user_id=str(body.user_id))
     result = await documents.ingest(request.app[SERVICES], body.user_id, body.documents)
-    return web.json_response(
-        {
-            "document_ids": [str(d) for d in result.document_ids],
-            "chunks": result.chunks,
-            "total_chunks": result.total_chunks,
-        },
-        status=201,
-    )
+    return _reply(result, 201)
 
 
 @routes.get("/debug/supervisors")
@@ -293,8 +250,8 @@ async def debug_supervisors(request: web.Request) -> web.Response:
 
 async def health(svc: Services) -> web.Response:
     async with svc.db.conn() as conn:
-        await conn.raw.fetchval("SELECT 1")
-    return web.json_response({"status": "ok"})
+        await conn.ping()
+    return _reply(Health("ok"))
 
 
 @routes.get("/healthz")

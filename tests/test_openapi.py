@@ -6,17 +6,32 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
+import requests
+import schemathesis
 
-from deepmemory_service import payloads
+from deepmemory_service import payloads, replies
 from deepmemory_service.keys import BACKEND
+from deepmemory_service.models import Run
 from deepmemory_service.openapi import document, schema_of
-from tests.conftest import SERVICE_TOKEN, Api
+from tests.conftest import SERVICE_TOKEN, Api, paragraph
+from tests.test_runs_api import force_status
 
 METHODS = {"get", "post", "put", "delete", "patch"}
+# every reply is checked against the document: its status is listed, its content type, its
+# headers and its body match; and no 5xx
+CHECKS = (
+    "not_a_server_error",
+    "status_code_conformance",
+    "content_type_conformance",
+    "response_headers_conformance",
+    "response_schema_conformance",
+)
 
 
 def routed(api: Api) -> set[tuple[str, str]]:
@@ -66,7 +81,7 @@ async def test_schemathesis_finds_no_server_errors(api: Api, tmp_path: Path) -> 
         "run",
         url,
         "--checks",
-        "not_a_server_error",
+        ",".join(CHECKS),
         "--max-examples",
         "15",
         "--generation-deterministic",
@@ -92,3 +107,85 @@ async def test_openapi_needs_no_token(api: Any) -> None:
     async with api.client.get("/v1/api/openapi.json") as resp:
         assert resp.status == 200
         assert (await resp.json())["openapi"].startswith("3.")
+
+
+async def test_every_kind_of_reply_matches_the_document(api: Api, user_id: uuid.UUID) -> None:
+    """Each reply body the service gives in a user's loop, checked against the document's
+    schema for its route and status (schemathesis, with random ids, rarely reaches them)."""
+    schema = schemathesis.openapi.from_dict(document(10))
+    base = str(api.client.make_url("/v1/api"))
+    user = str(user_id)
+    checked: list[tuple[str, str, int]] = []
+
+    async def check(method: str, path: str, template: str, **kwargs: Any) -> Any:
+        resp = await asyncio.to_thread(
+            requests.request, method, base + path, headers=api.headers, timeout=30, **kwargs
+        )
+        schema[template][method].validate_response(resp)
+        checked.append((method, template, resp.status_code))
+        return resp.json()
+
+    docs = {"user_id": user, "documents": [{"title": None, "text": paragraph(i)} for i in range(4)]}
+    await check("POST", "/documents", "/documents", json=docs)
+    accepted = await check(
+        "POST", "/deep-memory/generate", "/deep-memory/generate", json={"user_id": user}
+    )
+    run_id = accepted["training_run_id"]
+    await api.wait_status(user_id, run_id, "generated")
+    await check("POST", "/deep-memory/generate", "/deep-memory/generate", json={"user_id": user})
+    await check(
+        "GET", f"/deep-memory/runs/{run_id}", "/deep-memory/runs/{run_id}", params={"user_id": user}
+    )
+    await check(
+        "DELETE",
+        f"/deep-memory/runs/{run_id}",
+        "/deep-memory/runs/{run_id}",
+        params={"user_id": user},
+    )
+    await force_status(api, run_id, "generating_failed", "Question generation failed: boom")
+    await check(
+        "POST",
+        "/deep-memory/proceed",
+        "/deep-memory/proceed",
+        json={"user_id": user, "training_run_id": run_id},
+    )
+    await api.wait_status(user_id, run_id, "generated")
+    await check("GET", "/deep-memory/runs", "/deep-memory/runs", params={"user_id": user})
+    await check("GET", "/deep-memory/settings", "/deep-memory/settings", params={"user_id": user})
+    await check(
+        "PUT",
+        "/deep-memory/settings",
+        "/deep-memory/settings",
+        json={"user_id": user, "enabled": True},
+    )
+    await check("GET", "/search", "/search", params={"user_id": user, "q": "vector stores"})
+    await check("GET", "/healthz", "/healthz")
+    assert [(m, p, s) for m, p, s in checked] == [
+        ("POST", "/documents", 201),
+        ("POST", "/deep-memory/generate", 202),
+        ("POST", "/deep-memory/generate", 409),
+        ("GET", "/deep-memory/runs/{run_id}", 200),
+        ("DELETE", "/deep-memory/runs/{run_id}", 400),
+        ("POST", "/deep-memory/proceed", 202),
+        ("GET", "/deep-memory/runs", 200),
+        ("GET", "/deep-memory/settings", 200),
+        ("PUT", "/deep-memory/settings", 409),
+        ("GET", "/search", 200),
+        ("GET", "/healthz", 200),
+    ]
+
+
+def test_reply_schemas_are_the_classes_the_views_use() -> None:
+    doc = document(10)
+    schemas = doc["components"]["schemas"]
+    run = schemas["Run"]
+    shown = {f.name for f in attrs.fields(Run)} - replies.RUN_HIDDEN | set(replies.RUN_EXTRA)
+    assert set(run["properties"]) == set(run["required"]) == shown
+    settings = schemas["Settings"]
+    assert set(settings["properties"]) == {f.name for f in attrs.fields(replies.SettingsReply)}
+    for name, schema in schemas.items():
+        assert schema["additionalProperties"] is False, name
+    text = schema_of(payloads.DocumentIn)["properties"]["text"]
+    assert text["pattern"] == payloads.NOT_BLANK
+    generate = doc["paths"]["/deep-memory/generate"]["post"]["responses"]
+    assert {"202", "400", "409", "413", "415", "422", "401", "503"} <= set(generate)

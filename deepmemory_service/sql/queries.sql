@@ -325,3 +325,24 @@ WITH gone AS (
 )
 SELECT instance_id, user_id, demand FROM llm_budget_claims
 WHERE key = $1 AND instance_id <> $2 AND updated_at > now() - make_interval(secs => $5);
+
+-- name: ping
+SELECT 1;
+
+-- name: migration_lock
+SELECT pg_advisory_lock($1);
+
+-- name: migration_unlock
+SELECT pg_advisory_unlock($1);
+
+-- name: create_migrations_table
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    integer PRIMARY KEY,
+    name       text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now());
+
+-- name: applied_migrations
+SELECT version FROM schema_migrations;
+
+-- name: record_migration
+INSERT INTO schema_migrations (version, name) VALUES ($1, $2);
