@@ -225,8 +225,9 @@ _CONVERTER = _converter()
 def env_names() -> dict[str, tuple[str, ...]]:
     """Every environment variable name → its path in the settings tree."""
     names: dict[str, tuple[str, ...]] = {}
-    for field in attrs.fields(Settings):
-        sub = _SECTIONS.get(field.name)
+    for field in attrs.fields(attrs.resolve_types(Settings)):
+        # a section is a field whose type is a settings class of its own
+        sub = field.type if isinstance(field.type, type) and attrs.has(field.type) else None
         if sub is None:
             names[ENV_PREFIX + field.name.upper()] = (field.name,)
         else:
@@ -236,20 +237,6 @@ def env_names() -> dict[str, tuple[str, ...]]:
                     inner.name,
                 )
     return names
-
-
-_SECTIONS: dict[str, type] = {
-    "database": DatabaseSettings,
-    "http": HttpSettings,
-    "store": StoreSettings,
-    "generation": GenerationSettings,
-    "supervisor": SupervisorSettings,
-    "lease": LeaseSettings,
-    "llm": LLMSettings,
-    "train": TrainSettings,
-    "activeloop": ActiveloopSettings,
-    "openai_embeddings": OpenAIEmbeddingSettings,
-}
 
 
 def _setting_name(parts: list[str]) -> str:
