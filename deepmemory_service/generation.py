@@ -369,7 +369,7 @@ async def generate(svc: Services, work: WorkStatus, run: Run, job: Job) -> None:
                 "run_id": str(run.id),
                 "status": RunStatus.GENERATING,
                 "message": start_message(run),
-                "reused_chunks": run.reused_chunks,
+                **({"reused_chunks": run.reused_chunks} if run.reused_chunks else {}),
             },
         )
         lane = svc.budget.lane(run.user_id)
@@ -459,5 +459,5 @@ async def generate(svc: Services, work: WorkStatus, run: Run, job: Job) -> None:
         run,
         RunStatus.GENERATED,
         pairs=finished.pair_count,
-        reused_chunks=finished.reused_chunks,
+        **({"reused_chunks": finished.reused_chunks} if finished.reused_chunks else {}),
     )

@@ -54,7 +54,6 @@ async def test_stream_carries_progress_to_done_and_replays_after_last_event_id(
         "run_id": body["training_run_id"],
         "status": "generated",
         "pairs": 40,
-        "reused_chunks": 0,
     }
     ids = [e.id for e in events]
     assert ids == sorted(ids)
