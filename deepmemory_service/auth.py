@@ -33,12 +33,6 @@ def mint_token(settings: Settings, user_id: uuid.UUID, ttl_s: int) -> str:
     return jwt.encode(claims, settings.secret_key, algorithm=ALGORITHM)
 
 
-def token_command(settings: Settings, user_id: uuid.UUID, ttl_s: int) -> str:
-    if ttl_s <= 0:
-        raise ValueError("the lifetime must be positive")
-    return mint_token(settings, user_id, ttl_s)
-
-
 @frozen
 class Verified:
     user_id: uuid.UUID

@@ -8,6 +8,9 @@ import re
 
 from attrs import frozen
 
+# the files read as documents when a folder is given (the page's upload accepts the same)
+TEXT_SUFFIXES = frozenset({".txt", ".md", ".markdown", ".rst", ".text"})
+
 _PARAGRAPH = re.compile(r"\n\s*\n")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 _SPACE = re.compile(r"[ \t]+")

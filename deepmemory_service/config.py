@@ -318,6 +318,42 @@ def _complete(settings: Settings) -> Settings:
     if problems:
         raise ConfigError("bad configuration: " + "; ".join(problems))
 
-    data_dir = settings.data_dir or platformdirs.user_data_dir("deepmemory-service")
+    data_dir = Path(settings.data_dir).expanduser() if settings.data_dir else default_data_dir()
     instance = settings.instance_id or f"{socket.gethostname()}-{os.getpid()}"
-    return attrs.evolve(settings, data_dir=str(Path(data_dir).expanduser()), instance_id=instance)
+    return attrs.evolve(
+        settings,
+        data_dir=str(data_dir),
+        instance_id=instance,
+        secret_key=settings.secret_key or stored_secret_key(data_dir),
+    )
+
+
+# a source checkout (the package beside its pyproject.toml): what scripts/serve uses
+CHECKOUT = Path(__file__).resolve().parent.parent
+SECRET_KEY_FILE = "secret_key"  # noqa: S105  # a file name, not a secret
+
+
+def default_data_dir() -> Path:
+    """The checkout's `var/` when running from a source checkout, so every command (serve,
+    ingest, migrate, token) works on the instance `scripts/serve` runs; else a per-user dir."""
+    if (CHECKOUT / "pyproject.toml").is_file() and (CHECKOUT / "deepmemory_service").is_dir():
+        return CHECKOUT / "var"
+    return Path(platformdirs.user_data_dir("deepmemory-service"))
+
+
+def stored_secret_key(data_dir: Path) -> str:
+    """The token key kept in the data dir (`scripts/serve` writes it), or "" when there is
+    none: then a process makes a random one that dies with it."""
+    path = data_dir / SECRET_KEY_FILE
+    try:
+        key = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return ""
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the token key in {path}: {exc}") from None
+    if len(key.encode()) < 32:
+        raise ConfigError(
+            f"the token key in {path} must be at least 32 bytes long; delete the file to "
+            "have scripts/serve make a new one (tokens signed with the old key stop working)"
+        )
+    return key

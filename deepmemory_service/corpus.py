@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Sequence
 from types import MappingProxyType
 
+import attrs
 import structlog
 from attrs import frozen
 
@@ -53,6 +54,8 @@ class StoreUnavailable(StoreError):
 class NewDocument:
     title: str | None
     chunks: Sequence[str]
+    # of title and text: the same document added again has the same one
+    digest: bytes
 
 
 @frozen
@@ -60,6 +63,8 @@ class Added:
     document_ids: list[uuid.UUID]
     chunks: int
     total_chunks: int
+    # indexes of the documents not added: the user already had them (skip_known)
+    skipped: list[int] = attrs.field(factory=list)
 
 
 def _metadata(document_id: uuid.UUID, title: str | None, position: int) -> dict[str, object]:
@@ -73,18 +78,31 @@ def check_corpus_embedder(svc: Services, corpus: Corpus | None) -> None:
 
 
 async def add(
-    svc: Services, user_id: uuid.UUID, documents: Sequence[NewDocument], vectors: Matrix
+    svc: Services,
+    user_id: uuid.UUID,
+    documents: Sequence[NewDocument],
+    vectors: Matrix,
+    *,
+    skip_known: bool = False,
 ) -> Added:
     """Adds documents already chunked and embedded (`vectors`: one row per chunk, in order)
-    to the catalog and the store, both or neither."""
+    to the catalog and the store, both or neither; with `skip_known`, not those whose
+    digest the user already has."""
     store = svc.stores.for_user(user_id)
     async with svc.db.tx(lock_user=user_id) as conn:
         corpus = await conn.corpus(user_id)
         check_corpus_embedder(svc, corpus)
+        skipped: list[int] = []
+        if skip_known:
+            documents, vectors, skipped = _without_known(
+                documents, vectors, await conn.known_digests(user_id, [d.digest for d in documents])
+            )
+            if not documents:
+                return Added([], 0, corpus.rows if corpus else 0, skipped)
         writer = await _next_version(svc, conn, user_id, store, corpus, rebuild=False)
         try:
             document_ids, ids = await conn.add_documents(
-                user_id, [(d.title, d.chunks) for d in documents]
+                user_id, [(d.title, d.chunks, d.digest) for d in documents]
             )
             await writer.append(
                 Rows(
@@ -105,7 +123,28 @@ async def add(
         await _publish(svc, conn, user_id, writer.rows, version)
     # after the commit; a crash before it leaves only the link and the clean-up to redo
     await store.published(version)
-    return Added(document_ids, len(ids), writer.rows)
+    return Added(document_ids, len(ids), writer.rows, skipped)
+
+
+def _without_known(
+    documents: Sequence[NewDocument], vectors: Matrix, known: set[bytes]
+) -> tuple[Sequence[NewDocument], Matrix, list[int]]:
+    """The documents whose digest is not `known`, their rows of `vectors`, and the indexes
+    of those left out."""
+    if not known:
+        return documents, vectors, []
+    kept: list[NewDocument] = []
+    rows: list[int] = []
+    skipped: list[int] = []
+    row = 0
+    for i, doc in enumerate(documents):
+        if doc.digest in known:
+            skipped.append(i)
+        else:
+            kept.append(doc)
+            rows += range(row, row + len(doc.chunks))
+        row += len(doc.chunks)
+    return kept, vectors[rows], skipped
 
 
 async def snapshot(svc: Services, user_id: uuid.UUID, corpus: Corpus | None) -> Snapshot:

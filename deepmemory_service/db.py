@@ -16,11 +16,13 @@ from typing import Any, TypeVar
 import asyncpg
 import attrs
 import structlog
+import yarl
 
 from deepmemory_service.models import (
     CatalogChunk,
     Chunk,
     Corpus,
+    Document,
     Job,
     JobEvent,
     JobKind,
@@ -51,6 +53,37 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
 # errors that mean "the connection or server went away", worth a reconnect and retry by
 # the service's own background work (any socket error counts there)
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (*UNAVAILABLE, OSError, ConnectionError)
+
+
+class DatabaseUnreachable(Exception):
+    """No connection could be made to the database; the message says where and why."""
+
+
+def redacted(url: str) -> str:
+    """A database URL fit to show: without its password."""
+    try:
+        parsed = yarl.URL(url)
+    except ValueError:
+        return "(an unparsable URL)"
+    return str(parsed.with_password("***")) if parsed.password else url
+
+
+def _unreachable(url: str, exc: BaseException) -> DatabaseUnreachable:
+    if isinstance(exc, asyncpg.ClientConfigurationError):
+        reason = f"not a PostgreSQL URL ({exc})"
+    elif isinstance(exc, TimeoutError):
+        reason = "no answer in time"
+    else:
+        reason = str(exc) or type(exc).__name__
+    return DatabaseUnreachable(
+        f"cannot connect to the database at {redacted(url)}: {reason}; check "
+        "DEEPMEMORY_DATABASE_URL (empty: the embedded PostgreSQL in the data directory)"
+    )
+
+
+# what connecting can fail with: a bad URL, a refused or unresolvable address, no answer, or
+# the server refusing the login or the database name
+_CONNECT_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 @cache
@@ -370,22 +403,23 @@ class Conn:
         return {r["id"]: r["text"] for r in rows}
 
     async def add_documents(
-        self, user_id: uuid.UUID, documents: Sequence[tuple[str | None, Sequence[str]]]
+        self, user_id: uuid.UUID, documents: Sequence[tuple[str | None, Sequence[str], bytes]]
     ) -> tuple[list[uuid.UUID], list[int]]:
-        """Documents given as (title, chunk texts), in two round trips; returns their ids
-        and their chunks' ids, in the order given."""
+        """Documents given as (title, chunk texts, digest), in two round trips; returns their
+        ids and their chunks' ids, in the order given."""
         document_ids = [uuid.uuid4() for _ in documents]
         await self.raw.execute(
             queries()["insert_documents"],
             user_id,
             document_ids,
-            [title for title, _ in documents],
-            [len(texts) for _, texts in documents],
+            [title for title, _, _ in documents],
+            [len(texts) for _, texts, _ in documents],
+            [digest for _, _, digest in documents],
         )
         owners: list[uuid.UUID] = []
         positions: list[int] = []
         texts_all: list[str] = []
-        for document_id, (_, texts) in zip(document_ids, documents, strict=True):
+        for document_id, (_, texts, _) in zip(document_ids, documents, strict=True):
             owners += [document_id] * len(texts)
             positions += range(len(texts))
             texts_all += texts
@@ -417,6 +451,19 @@ class Conn:
             CatalogChunk(r["id"], r["text"], r["document_id"], r["position"], r["title"])
             for r in rows
         ]
+
+    async def known_digests(self, user_id: uuid.UUID, digests: Sequence[bytes]) -> set[bytes]:
+        """Which of `digests` belong to documents the user already has."""
+        rows = await self._fetch("documents_with_digests", user_id, list(digests))
+        return {bytes(r["digest"]) for r in rows}
+
+    async def list_documents(self, user_id: uuid.UUID, limit: int) -> list[Document]:
+        rows = await self._fetch("list_documents", user_id, limit)
+        return [Document(r["id"], r["title"], r["chunk_count"], r["created_at"]) for r in rows]
+
+    async def document_count(self, user_id: uuid.UUID) -> int:
+        value: int = await self._fetchval("document_count", user_id)
+        return value
 
     async def total_chunks(self, user_id: uuid.UUID) -> int:
         value: int | None = await self._fetchval("total_chunks", user_id)
@@ -549,8 +596,12 @@ class Conn:
 
 @asynccontextmanager
 async def connect(url: str) -> AsyncIterator[Conn]:
-    """A connection of its own, outside any pool (migrations, one-off tools)."""
-    raw = await asyncpg.connect(url, timeout=10)
+    """A connection of its own, outside any pool (migrations, one-off tools); one that
+    cannot be made is DatabaseUnreachable."""
+    try:
+        raw = await asyncpg.connect(url, timeout=10)
+    except _CONNECT_ERRORS as exc:
+        raise _unreachable(url, exc) from exc
     try:
         yield Conn(raw)
     finally:
@@ -604,15 +655,18 @@ class Database:
 
     @classmethod
     async def connect(cls, url: str, *, min_size: int = 2, max_size: int = 10) -> Database:
-        pool = await asyncpg.create_pool(
-            url,
-            min_size=min_size,
-            max_size=max_size,
-            init=_init_connection,
-            # a dead server must surface as an error, not a hang
-            timeout=10,
-            command_timeout=60,
-        )
+        try:
+            pool = await asyncpg.create_pool(
+                url,
+                min_size=min_size,
+                max_size=max_size,
+                init=_init_connection,
+                # a dead server must surface as an error, not a hang
+                timeout=10,
+                command_timeout=60,
+            )
+        except _CONNECT_ERRORS as exc:
+            raise _unreachable(url, exc) from exc
         return cls(pool, url)
 
     async def close(self) -> None:

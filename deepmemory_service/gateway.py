@@ -207,6 +207,12 @@ async def documents(request: web.Request) -> web.Response:
     return await _forward(request, "POST", "/documents", body=await _with_user(request, user_id))
 
 
+@routes.get("/api/documents")
+async def list_documents(request: web.Request) -> web.Response:
+    user_id = _user(request)
+    return await _forward(request, "GET", "/documents", query=_query_for(request, user_id))
+
+
 @routes.get("/api/events/stream/{job_id}")
 async def stream(request: web.Request) -> web.StreamResponse:
     """Streamed through as it comes, never buffered; Last-Event-ID goes upstream."""

@@ -43,7 +43,8 @@ PAGE_HEADERS = {
 
 LOGIN_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Log in · Deep Memory</title><link rel="stylesheet" href="/static/deep-memory.css">
+<title>Log in · Deep Memory</title><link rel="icon" href="/favicon.ico" sizes="32x32">
+<link rel="stylesheet" href="/static/deep-memory.css">
 </head><body><main class="card narrow"><h1>Log in</h1>
 <p class="hint" data-testid="session">{session}</p>{body}
 </main></body></html>"""
@@ -51,7 +52,9 @@ LOGIN_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
 PASTE_FORM = """{error}<form method="post" action="/login"><label for="token">Access token</label>
 <textarea id="token" name="token" rows="4" required></textarea>
 <button type="submit">Log in</button></form>
-<p class="hint">Mint one with <code>deepmemory-service token --user UUID</code>.</p>"""
+<p class="hint">Mint one in the service's checkout with
+<code class="command">scripts/deepmemory-service token --user UUID</code>
+or, where it is installed, <code class="command">deepmemory-service token --user UUID</code></p>"""
 
 CONFIRM_FORM = """<p data-testid="link-account">This link logs you in as user
 <code>{user}</code> until {until}.</p>
@@ -166,3 +169,9 @@ async def page(request: web.Request) -> web.StreamResponse:
 @routes.get("/")
 async def home(_request: web.Request) -> web.StreamResponse:
     return _redirect("/deep-memory")
+
+
+@routes.get("/favicon.ico")
+async def favicon(_request: web.Request) -> web.StreamResponse:
+    # browsers ask for it on every page, the JSON ones too
+    return web.FileResponse(WEB / "favicon.ico", headers={"Cache-Control": "max-age=86400"})

@@ -117,6 +117,16 @@ class CatalogChunk:
 
 
 @frozen
+class Document:
+    """A document as the catalog lists it."""
+
+    id: uuid.UUID
+    title: str | None
+    chunk_count: int
+    created_at: datetime
+
+
+@frozen
 class Pair:
     """One synthetic question about one chunk."""
 

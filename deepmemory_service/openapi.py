@@ -110,6 +110,13 @@ def _param(name: str, where: str, schema: dict[str, Any], required: bool = True)
 
 UUID = schema_of(uuid.UUID)
 USER = _param("user_id", "query", UUID)
+
+
+def _limit(most: int) -> dict[str, Any]:
+    """How many of a listing to return (newest first)."""
+    return _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": most}, False)
+
+
 # what any route behind the service token may answer besides its own replies
 AUTH = {"401": _error("Missing or invalid service token")}
 DATABASE = {
@@ -257,15 +264,7 @@ def document(max_questions: int) -> dict[str, Any]:
                             "Runs",
                         )
                     },
-                    params=[
-                        USER,
-                        _param(
-                            "limit",
-                            "query",
-                            {"type": "integer", "minimum": 1, "maximum": 500},
-                            required=False,
-                        ),
-                    ],
+                    params=[USER, _limit(500)],
                 )
             },
             "/deep-memory/runs/{run_id}": {
@@ -301,7 +300,12 @@ def document(max_questions: int) -> dict[str, Any]:
                         "502": _error("The embeddings API failed"),
                     },
                     body=payloads.DocumentsIn,
-                )
+                ),
+                "get": _op(
+                    "The user's documents, newest first",
+                    {"200": _json(schema_of(replies.DocumentsReply, reply=True), "Documents")},
+                    params=[USER, _limit(1000)],
+                ),
             },
             "/search": {
                 "get": _op(

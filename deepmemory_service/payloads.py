@@ -88,6 +88,8 @@ class DocumentIn:
 class DocumentsIn:
     user_id: uuid.UUID
     documents: list[DocumentIn]
+    # leave out documents the user already has with the same title and text
+    skip_unchanged: bool = False
 
 
 def clean_text(value: str) -> str:

@@ -17,7 +17,7 @@ import cattrs
 from attrs import frozen
 
 from deepmemory_service.config import TrainerName
-from deepmemory_service.models import Run, RunStatus
+from deepmemory_service.models import Document, Run, RunStatus
 from deepmemory_service.usage import Prices
 from deepmemory_service.vector_search import SearchResult
 
@@ -56,6 +56,17 @@ class SettingsReply:
 class SearchReply:
     results: list[SearchResult]
     deep_memory: bool
+
+
+@frozen
+class DocumentsReply:
+    """A user's documents, newest first, and the largest body a POST /documents may have
+    (so that a client can split a large upload)."""
+
+    documents: list[Document]
+    total_documents: int
+    total_chunks: int
+    max_body_bytes: int
 
 
 @frozen

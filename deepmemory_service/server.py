@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import os
 import signal
+import socket
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 
@@ -17,6 +20,7 @@ from aiohttp import web
 from deepmemory_service import deeplake_compat
 from deepmemory_service.app import create_app
 from deepmemory_service.config import Settings
+from deepmemory_service.db import DatabaseUnreachable, redacted
 from deepmemory_service.embedded_pg import EmbeddedPostgres
 
 log = structlog.get_logger(__name__)
@@ -31,7 +35,13 @@ def _resolved(settings: Settings) -> Iterator[tuple[Settings, EmbeddedPostgres |
         yield settings, None
         return
     embedded = EmbeddedPostgres(settings.data_path)
-    url = embedded.start()
+    try:
+        url = embedded.start()
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise DatabaseUnreachable(
+            f"cannot start the embedded PostgreSQL in {embedded.pgdata}: {exc}; check that "
+            "the data directory (DEEPMEMORY_DATA_DIR) is writable, or set DEEPMEMORY_DATABASE_URL"
+        ) from exc
     try:
         yield attrs.evolve(settings, database=attrs.evolve(settings.database, url=url)), embedded
     finally:
@@ -65,8 +75,62 @@ class _Watchdog:
             await task
 
 
+class PortUnavailable(Exception):
+    """The service cannot listen where it was told to; the message says why and what to do."""
+
+
+def listen(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets for every address of `host`, made before anything starts or is
+    announced: a port in use is one clear line, not a crash after the login link."""
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise PortUnavailable(f"cannot listen on {host}: {exc.strerror}; check --host") from None
+    sockets: list[socket.socket] = []
+    bound: set[tuple[int, object]] = set()
+    try:
+        for family, kind, proto, _, address in addresses:
+            if (family, address) in bound:
+                continue
+            bound.add((family, address))
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                # "::" and "0.0.0.0" side by side, as asyncio's own server does
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(128)
+            sock.setblocking(False)
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        where = f"{host}:{port}"
+        if exc.errno == errno.EADDRINUSE:
+            raise PortUnavailable(
+                f"port {port} is already in use on {host}: stop what is listening there, "
+                "or choose another port with --port"
+            ) from None
+        if exc.errno == errno.EACCES:
+            raise PortUnavailable(
+                f"not allowed to listen on {where}: choose a port above 1023 with --port"
+            ) from None
+        raise PortUnavailable(f"cannot listen on {where}: {exc.strerror}") from None
+    return sockets
+
+
 def serve(settings: Settings, *, on_ready: object = None) -> int:
-    """Runs until stopped; the exit status: 1 when the embedded PostgreSQL died for good."""
+    """Runs until stopped; the exit status: 1 when the embedded PostgreSQL died for good.
+    The port is taken first: one in use is PortUnavailable before anything starts."""
+    sockets = listen(settings.http.host, settings.http.port)
+    try:
+        return _serve(settings, sockets, on_ready)
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _serve(settings: Settings, sockets: list[socket.socket], on_ready: object) -> int:
     with _resolved(settings) as (resolved, embedded):
         app = create_app(resolved)
         watchdog = _Watchdog(embedded) if embedded is not None else None
@@ -74,7 +138,6 @@ def serve(settings: Settings, *, on_ready: object = None) -> int:
             app.cleanup_ctx.append(watchdog.ctx)
         if callable(on_ready):
             app.on_startup.append(on_ready)
-        host, port = resolved.http.host, resolved.http.port
         if resolved.http.role != "gateway":
             deeplake_compat.load()
         # deeplake and its dependencies leave a large heap of long-lived objects; out of the
@@ -84,15 +147,15 @@ def serve(settings: Settings, *, on_ready: object = None) -> int:
         gc.freeze()
         log.info(
             "serving",
-            host=host,
-            port=port,
+            host=settings.http.host,
+            port=settings.http.port,
             role=resolved.http.role,
-            embedded_db=not settings.database.url,
+            data_dir=settings.data_dir,
+            database=describe_database(settings),
         )
         web.run_app(
             app,
-            host=host,
-            port=port,
+            sock=sockets,
             shutdown_timeout=SHUTDOWN_S,
             print=None,
             access_log=None,
@@ -100,3 +163,12 @@ def serve(settings: Settings, *, on_ready: object = None) -> int:
             loop=asyncio.new_event_loop(),
         )
     return 1 if watchdog is not None and watchdog.gave_up else 0
+
+
+def describe_database(settings: Settings) -> str:
+    """Which database a command uses, for a person (never with a password)."""
+    if settings.http.role == "gateway":
+        return "none (a gateway forwards to its backend)"
+    if not settings.database.url:
+        return f"the embedded PostgreSQL in {settings.data_path / 'postgres'}"
+    return redacted(settings.database.url)

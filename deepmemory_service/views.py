@@ -30,6 +30,7 @@ from deepmemory_service.payloads import (
 )
 from deepmemory_service.replies import (
     Cancelled,
+    DocumentsReply,
     Health,
     Message,
     SettingsReply,
@@ -224,8 +225,27 @@ async def put_settings(request: web.Request) -> web.Response:
 async def add_documents(request: web.Request) -> web.Response:
     body = await read_json(request, DocumentsIn)
     _bind(user_id=str(body.user_id))
-    result = await documents.ingest(request.app[SERVICES], body.user_id, body.documents)
+    result = await documents.ingest(
+        request.app[SERVICES], body.user_id, body.documents, skip_unchanged=body.skip_unchanged
+    )
     return _reply(result, 201)
+
+
+@routes.get("/documents")
+async def list_documents(request: web.Request) -> web.Response:
+    user_id = query_uuid(request, "user_id")
+    limit = query_int(request, "limit", 100, 1, 1000)
+    svc = request.app[SERVICES]
+
+    async def read(conn: Conn) -> DocumentsReply:
+        return DocumentsReply(
+            await conn.list_documents(user_id, limit),
+            await conn.document_count(user_id),
+            await conn.total_chunks(user_id),
+            svc.settings.http.max_body_bytes,
+        )
+
+    return _reply(await svc.db.read(read))
 
 
 @routes.get("/debug/supervisors")

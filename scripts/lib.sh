@@ -55,17 +55,14 @@ ensure_chromium() {
     fi
 }
 
-# use_checkout_instance: the checkout's own instance, as scripts/serve runs it: data under
-# var/ (unless DEEPMEMORY_DATA_DIR says otherwise) and a stable key for login tokens kept
-# there, so links and tokens survive restarts and the command line mints ones it accepts
+# use_checkout_instance: the instance scripts/serve runs: data under the checkout's var/
+# (the package's default in a checkout; DEEPMEMORY_DATA_DIR may say otherwise) and a stable
+# key for login tokens kept there, which every command reads, so printed links and minted
+# tokens survive restarts
 use_checkout_instance() {
-    export DEEPMEMORY_DATA_DIR="${DEEPMEMORY_DATA_DIR:-$ROOT/var}"
-    if [ -z "${DEEPMEMORY_SECRET_KEY:-}" ]; then
-        mkdir -p "$DEEPMEMORY_DATA_DIR"
-        [ -f "$DEEPMEMORY_DATA_DIR/secret_key" ] ||
-            "$PY" -c 'import secrets; print(secrets.token_urlsafe(32))' > "$DEEPMEMORY_DATA_DIR/secret_key"
-        chmod 600 "$DEEPMEMORY_DATA_DIR/secret_key"
-        DEEPMEMORY_SECRET_KEY="$(cat "$DEEPMEMORY_DATA_DIR/secret_key")"
-        export DEEPMEMORY_SECRET_KEY
+    local dir="${DEEPMEMORY_DATA_DIR:-$ROOT/var}"
+    if [ -z "${DEEPMEMORY_SECRET_KEY:-}" ] && [ ! -f "$dir/secret_key" ]; then
+        mkdir -p "$dir"
+        (umask 077 && "$PY" -c 'import secrets; print(secrets.token_urlsafe(32))' > "$dir/secret_key")
     fi
 }

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import uuid
-from pathlib import Path
 from typing import Any
 
 from deepmemory_service import deeplake_compat
@@ -64,43 +61,6 @@ async def test_users_stores_are_separate(api: Api) -> None:
     assert not set(ids_a.tolist()) & set(ids_b.tolist())
 
 
-def test_ingest_command_reads_files_with_a_progress_bar(settings: Any, tmp_path: Path) -> None:
-    docs = tmp_path / "docs"
-    docs.mkdir()
-    (docs / "a.md").write_text("# Title\n\nSome markdown text about vectors.\n")
-    (docs / "b.txt").write_text("Plain text about PostgreSQL leases.\n")
-    (docs / "skip.bin").write_bytes(b"\x00\x01")
-    user = str(uuid.uuid4())
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "HOME": str(tmp_path),
-        "DEEPMEMORY_DATABASE_URL": settings.database.url,
-        "DEEPMEMORY_DATA_DIR": settings.data_dir,
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "deepmemory_service", "ingest", str(docs), "--user", user],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    assert f"ingested 2 file(s); user {user} now has 2 chunks" in done.stdout
-    assert "ingesting" in done.stderr  # the progress bar
-
-    bad = subprocess.run(
-        [sys.executable, "-m", "deepmemory_service", "ingest", str(docs), "--user", "nope"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert bad.returncode == 2
-    assert "not a valid UUID: 'nope'" in bad.stderr
-
-
 async def test_a_store_made_by_another_embedder_is_a_clear_409(
     api_factory: Any, user_id: uuid.UUID
 ) -> None:
@@ -132,3 +92,65 @@ async def test_a_store_made_by_another_embedder_is_a_clear_409(
     )
     assert run["status"] == "training_failed"
     assert run["error_message"].startswith(f"Training failed: {mismatch}")
+
+
+async def test_the_documents_list_is_the_users_newest_first_through_the_gateway(
+    api: Api, user_id: uuid.UUID
+) -> None:
+    from deepmemory_service.auth import mint_token
+
+    docs = [{"title": "first.md", "text": "Alpha. " * 400}, {"title": "second.txt", "text": "B."}]
+    code, added = await api.call(
+        "POST", "/documents", json={"user_id": str(user_id), "documents": docs}
+    )
+    assert code == 201, added
+    await api.ingest(uuid.uuid4(), 2)  # another user's documents are not listed
+
+    token = mint_token(api.services.settings, user_id, 600)
+    async with api.client.get(
+        "/api/documents", headers={"Authorization": f"Bearer {token}"}
+    ) as resp:
+        assert resp.status == 200
+        listing = await resp.json()
+    assert [(d["title"], d["chunk_count"]) for d in listing["documents"]] == [
+        ("second.txt", 1),
+        ("first.md", added["chunks"] - 1),
+    ]
+    assert [d["id"] for d in listing["documents"]] == added["document_ids"][::-1]
+    assert all(d["created_at"].endswith("+00:00") for d in listing["documents"])
+    assert listing["total_documents"] == 2
+    assert listing["total_chunks"] == added["total_chunks"]
+    assert listing["max_body_bytes"] == api.services.settings.http.max_body_bytes
+
+    code, first = await api.call(
+        "GET", "/documents", params={"user_id": str(user_id), "limit": "1"}
+    )
+    assert code == 200
+    assert [d["title"] for d in first["documents"]] == ["second.txt"]
+    assert first["total_documents"] == 2
+
+
+async def test_unchanged_documents_are_skipped_when_asked(api: Api, user_id: uuid.UUID) -> None:
+    docs = [{"title": "a.md", "text": "Leases are renewed."}, {"text": "Untitled text."}]
+    body = {"user_id": str(user_id), "documents": docs, "skip_unchanged": True}
+    code, first = await api.call("POST", "/documents", json=body)
+    assert (code, first["skipped"], len(first["document_ids"])) == (201, [], 2)
+
+    changed = {"title": "a.md", "text": "Leases are renewed every ten seconds."}
+    again = {**body, "documents": [*docs, changed, changed]}
+    code, second = await api.call("POST", "/documents", json=again)
+    assert code == 201, second
+    # the two already there and the repeat within this request are skipped; the change is new
+    assert second["skipped"] == [0, 1, 3]
+    assert (len(second["document_ids"]), second["chunks"]) == (1, 1)
+    assert second["total_chunks"] == 3
+
+    code, nothing = await api.call("POST", "/documents", json=body)
+    assert (code, nothing["document_ids"], nothing["chunks"]) == (201, [], 0)
+    assert (nothing["skipped"], nothing["total_chunks"]) == ([0, 1], 3)
+
+    # without the flag, the same document is added again (the contract's behaviour)
+    code, plain = await api.call(
+        "POST", "/documents", json={"user_id": str(user_id), "documents": docs[:1]}
+    )
+    assert (code, plain["skipped"], plain["total_chunks"]) == (201, [], 4)

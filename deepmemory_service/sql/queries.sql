@@ -265,9 +265,22 @@ SELECT c.total_chunks, c.store_version, c.embedder, c.dimension,
 FROM corpora c WHERE c.user_id = $1;
 
 -- name: insert_documents
-INSERT INTO documents (id, user_id, title, chunk_count)
-SELECT u.id, $1, u.title, u.chunk_count
-FROM unnest($2::uuid[], $3::text[], $4::integer[]) AS u(id, title, chunk_count);
+-- the clock, not the transaction's start: documents added together keep their order
+INSERT INTO documents (id, user_id, title, chunk_count, digest, created_at)
+SELECT u.id, $1, u.title, u.chunk_count, u.digest, clock_timestamp()
+FROM unnest($2::uuid[], $3::text[], $4::integer[], $5::bytea[]) WITH ORDINALITY
+     AS u(id, title, chunk_count, digest, n)
+ORDER BY u.n;
+
+-- name: documents_with_digests
+SELECT DISTINCT digest FROM documents WHERE user_id = $1 AND digest = ANY($2::bytea[]);
+
+-- name: list_documents
+SELECT id, title, chunk_count, created_at FROM documents
+WHERE user_id = $1 ORDER BY created_at DESC, id LIMIT $2;
+
+-- name: document_count
+SELECT count(*) FROM documents WHERE user_id = $1;
 
 -- name: insert_chunks
 -- One round trip for an upload's chunks; ids ascend in the order given.

@@ -7,9 +7,12 @@ CREATE TABLE documents (
     user_id     uuid NOT NULL,
     title       text,
     chunk_count integer NOT NULL,
-    created_at  timestamptz NOT NULL DEFAULT now()
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    -- sha256 of title and text: the same document added again is recognised
+    digest      bytea
 );
 CREATE INDEX documents_user_id_idx ON documents (user_id);
+CREATE INDEX documents_user_id_digest_idx ON documents (user_id, digest);
 
 -- Chunks are append-only: a run's snapshot is "this user's chunks with id <= chunk_id_max".
 CREATE TABLE chunks (

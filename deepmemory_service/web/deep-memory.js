@@ -1,7 +1,8 @@
 "use strict";
-// The Deep Memory page: settings, generation with a live progress bar (SSE), recovery of
-// failed runs (Proceed / Delete), training, and a search comparison. Talks only to the
-// gateway (/api/...), which authenticates by the session cookie.
+// The Deep Memory page: settings, the user's documents (list and upload), a search comparison,
+// generation with a live progress bar (SSE), recovery of failed runs (Proceed / Delete),
+// training, and the run history. Talks only to the gateway (/api/...), which authenticates
+// by the session cookie. Each part has its own section below.
 
 const BLOCK_MESSAGES = {
   generating: "Training data is being generated. Wait for it to finish before generating again.",
@@ -41,15 +42,34 @@ async function api(method, path, body) {
   return { ok: response.ok, status: response.status, data };
 }
 
-function notice(text, isError = false) {
+// the job a notice is about ("Resuming generation from chunk 10/21"): it goes when the job ends
+let noticeJob = null;
+
+function notice(text, isError = false, jobId = null) {
   const el = $("notice");
   el.textContent = text || "";
   el.classList.toggle("error", Boolean(isError && text));
+  noticeJob = jobId;
 }
 
 function show(id, visible) { $(id).hidden = !visible; }
 
-function statusLabel(status) { return status.replaceAll("_", " "); }
+const STATUS_LABELS = {
+  generating: "Generating",
+  generated: "Generated",
+  training: "Training",
+  completed: "Completed",
+  generating_failed: "Generation failed",
+  training_failed: "Training failed",
+};
+
+function statusLabel(status) { return STATUS_LABELS[status] || status.replaceAll("_", " "); }
+
+function when(iso) {
+  return iso ? new Date(iso).toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" }) : "—";
+}
+
+function plural(n, word) { return `${n} ${word}${n === 1 ? "" : "s"}`; }
 
 const number = (n) => Number(n).toLocaleString("en-US");
 const plural = (n, one, many) => `${number(n)} ${n === 1 ? one : many}`;
@@ -112,8 +132,8 @@ function renderSettings(s) {
   $("trained-chunks").textContent = String(s.trained_chunk_count);
   $("total-chunks").textContent = String(s.total_chunks);
   const trained = Boolean(s.last_training_run_id);
+  trainedOnce = trained;
   show("enable-row", trained);
-  show("search-card", trained);
   const toggle = $("enable-toggle");
   toggle.checked = s.enabled;
   toggle.disabled = !s.can_enable && !s.enabled;
@@ -237,6 +257,7 @@ function follow(jobId) {
   });
   const finish = () => {
     finishedJobs.add(jobId);
+    if (noticeJob === jobId) { notice(""); }
     if (stream === source) { closeStream(); }
     refresh();
   };
@@ -274,12 +295,13 @@ async function refresh() {
   ]);
   renderRun(blocking);
   renderLastTraining(last);
+  await Promise.all([loadDocuments(), loadHistory()]);
 }
 
 async function act(promise, onOk) {
   const r = await promise;
   if (r.ok) {
-    if (r.data.message) { notice(r.data.message); }
+    if (r.data.message) { notice(r.data.message, false, r.data.job_id || null); }
     if (onOk) { onOk(r.data); }
   } else {
     notice(r.data.detail || `Request failed (${r.status})`, true);
@@ -289,21 +311,75 @@ async function act(promise, onOk) {
 
 function currentRunId() { return $("run-id").textContent; }
 
+// ── Search ──────────────────────────────────────────────────────────────────────────────
+// Works before any training: the plain column needs only documents; the Deep Memory column
+// says in its place why it cannot search (no model, or the model was kept out).
+
+const SNIPPET_CHARS = 280;
+const UNTRAINED = "No Deep Memory model yet: generate training data and train it, then compare here.";
+// whether a run was ever trained (from the settings): before that there is nothing to ask
+let trainedOnce = false;
+
+// A chunk's markdown as a person reads it: its heading as a title, the rest as plain text.
+function readable(markdown) {
+  const lines = markdown.split("\n");
+  let title = "";
+  const heading = /^\s{0,3}#{1,6}\s+(.*?)\s*#*\s*$/;
+  const first = lines.findIndex((line) => line.trim() !== "");
+  if (first >= 0 && heading.test(lines[first])) {
+    title = lines[first].replace(heading, "$1");
+    lines.splice(first, 1);
+  }
+  const plain = (text) => text
+    .replace(/!?\[([^\]]*)\]\([^)]*\)/g, "$1")       // links and images: their text
+    .replace(/`+([^`]*)`+/g, "$1")                     // code spans
+    .replace(/(\*\*|__)(.+?)\1/g, "$2")                // strong
+    .replace(/(^|[\s(])[*_](\S(?:.*?\S)?)[*_](?=[\s).,;:!?]|$)/g, "$1$2")  // emphasis
+    .replace(/^\s{0,3}#{1,6}\s+/gm, "")               // headings inside
+    .replace(/^\s{0,3}>\s?/gm, "")                     // quotes
+    .replace(/^\s*[-*+]\s+/gm, "• ")                   // list items
+    .replace(/\s+/g, " ")
+    .trim();
+  let body = plain(lines.join("\n"));
+  if (body.length > SNIPPET_CHARS) {
+    const cut = body.lastIndexOf(" ", SNIPPET_CHARS);
+    body = body.slice(0, cut > SNIPPET_CHARS / 2 ? cut : SNIPPET_CHARS) + " …";
+  }
+  return { title: plain(title), body };
+}
+
+function emptyResult(list, text, isError) {
+  const li = document.createElement("li");
+  li.className = isError ? "error empty" : "hint empty";
+  li.textContent = text;
+  list.replaceChildren(li);
+}
+
 function renderResults(list, reply) {
   // a column that could not be searched says why in its place (no model yet, say)
-  if (!reply.ok || !reply.data.results.length) {
-    const li = document.createElement("li");
-    li.className = reply.ok ? "hint empty" : "error empty";
-    li.textContent = reply.ok ? "No results" : (reply.data.detail || `Search failed (${reply.status})`);
-    list.replaceChildren(li);
+  if (!reply.ok) {
+    emptyResult(list, reply.data.detail || `Search failed (${reply.status})`, true);
     return;
   }
-  list.replaceChildren(...reply.data.results.map((hit) => {
+  // a score of 0 shares nothing with the question: not a result
+  const hits = reply.data.results.filter((hit) => hit.score > 0);
+  if (!hits.length) {
+    emptyResult(list, "No passage shares anything with your question.", false);
+    return;
+  }
+  list.replaceChildren(...hits.map((hit) => {
     const li = document.createElement("li");
-    li.textContent = hit.text.length > 240 ? hit.text.slice(0, 240) + "…" : hit.text;
+    const { title, body } = readable(hit.text);
+    if (title) {
+      const strong = document.createElement("strong");
+      strong.className = "hit-title";
+      strong.textContent = title;
+      li.append(strong, " ");
+    }
+    li.append(body);
     const score = document.createElement("span");
     score.className = "score";
-    score.textContent = ` (${hit.score.toFixed(3)})`;
+    score.textContent = ` score ${hit.score.toFixed(2)}`;
     li.append(score);
     return li;
   }));
@@ -319,13 +395,308 @@ async function search(event) {
   try {
     const [plain, dm] = await Promise.all([
       api("GET", `/api/deep-memory/search?${params(false)}`),
-      api("GET", `/api/deep-memory/search?${params(true)}`),
+      trainedOnce ? api("GET", `/api/deep-memory/search?${params(true)}`) : null,
     ]);
     renderResults($("results-plain"), plain);
-    renderResults($("results-dm"), dm);
+    if (dm) { renderResults($("results-dm"), dm); }
+    else { emptyResult($("results-dm"), UNTRAINED, false); }
   } finally {
     form.removeAttribute("aria-busy");
   }
+}
+
+// ── Documents: the list, and uploads from the file picker or a drop ─────────────────────────
+
+const TEXT_SUFFIXES = [".txt", ".md", ".markdown", ".rst", ".text"];
+// what a request may carry besides its documents (JSON keys, the user id the gateway adds)
+const BODY_OVERHEAD = 1024;
+const PER_DOCUMENT_OVERHEAD = 64;
+// the service's own limit, from the documents listing; this until it is known
+let maxBodyBytes = 1048576;
+let uploading = false;
+// a limit that still refuses after this many tries is reported, not waited on for ever
+const UPLOAD_ATTEMPTS = 10;
+
+// The size of `value` as JSON once the gateway forwards it: non-ASCII characters travel as
+// \uXXXX escapes (six bytes for each UTF-16 unit).
+function forwardedSize(value) {
+  const json = JSON.stringify(value);
+  let wide = 0;
+  for (let i = 0; i < json.length; i += 1) { if (json.charCodeAt(i) > 127) { wide += 1; } }
+  return json.length + 5 * wide;
+}
+
+// A text too large for one request, in parts that fit: whole paragraphs where they can,
+// a paragraph too large on its own cut where it must.
+function splitText(text, budget) {
+  const paragraphs = text.split(/\n\s*\n/);
+  const parts = [];
+  let current = "";
+  const push = () => { if (current.trim()) { parts.push(current); } current = ""; };
+  for (const paragraph of paragraphs) {
+    const joined = current ? `${current}\n\n${paragraph}` : paragraph;
+    if (forwardedSize(joined) <= budget) { current = joined; continue; }
+    push();
+    if (forwardedSize(paragraph) <= budget) { current = paragraph; continue; }
+    const step = Math.max(1, Math.floor(budget / 12));  // twelve bytes: the widest character
+    for (let i = 0; i < paragraph.length; i += step) { parts.push(paragraph.slice(i, i + step)); }
+  }
+  push();
+  return parts;
+}
+
+// Files → documents to send, and the files refused with why.
+async function readFiles(files) {
+  const documents = [];
+  const refused = [];
+  const budget = maxBodyBytes - BODY_OVERHEAD - PER_DOCUMENT_OVERHEAD;
+  for (const file of files) {
+    const name = file.name;
+    const dot = name.lastIndexOf(".");
+    const suffix = dot >= 0 ? name.slice(dot).toLowerCase() : "";
+    if (!TEXT_SUFFIXES.includes(suffix)) {
+      refused.push(`${name}: not a text file (${TEXT_SUFFIXES.join(" ")})`);
+      continue;
+    }
+    let text;
+    try { text = await file.text(); } catch (_) { refused.push(`${name}: could not be read`); continue; }
+    if (text.includes("\u0000")) { refused.push(`${name}: not a text file (it holds NUL bytes)`); continue; }
+    if (!text.trim()) { refused.push(`${name}: empty`); continue; }
+    const parts = forwardedSize(text) + forwardedSize(name) <= budget ? [text] : splitText(text, budget - forwardedSize(name) - 32);
+    parts.forEach((part, i) => {
+      const title = parts.length > 1 ? `${name} (part ${i + 1} of ${parts.length})` : name;
+      documents.push({ file: name, title, text: part, size: forwardedSize(part) + forwardedSize(title) });
+    });
+  }
+  return { documents, refused };
+}
+
+// Documents packed into requests under the service's body limit.
+function batches(documents) {
+  const out = [];
+  let batch = [];
+  let size = BODY_OVERHEAD;
+  for (const doc of documents) {
+    const cost = doc.size + PER_DOCUMENT_OVERHEAD;
+    if (batch.length && size + cost > maxBodyBytes) { out.push(batch); batch = []; size = BODY_OVERHEAD; }
+    batch.push(doc);
+    size += cost;
+  }
+  if (batch.length) { out.push(batch); }
+  return out;
+}
+
+function retryAfterSeconds(header) {
+  if (!header) { return 1; }
+  const seconds = Number(header);
+  if (Number.isFinite(seconds)) { return Math.max(0, seconds); }
+  const date = Date.parse(header);
+  return Number.isNaN(date) ? 1 : Math.max(0, (date - Date.now()) / 1000);
+}
+
+// One POST /api/documents with upload progress (fetch reports none).
+function postDocuments(body, onProgress) {
+  return new Promise((resolve) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", "/api/documents");
+    xhr.setRequestHeader("Content-Type", "application/json");
+    xhr.setRequestHeader("Accept", "application/json");
+    xhr.upload.onprogress = (e) => onProgress(e.loaded);
+    xhr.onload = () => {
+      if (xhr.status === 401) { window.location.assign("/login"); return; }
+      let data = {};
+      try { data = JSON.parse(xhr.responseText); } catch (_) { /* not JSON */ }
+      resolve({ ok: xhr.status >= 200 && xhr.status < 300, status: xhr.status, data,
+        retryAfter: xhr.getResponseHeader("Retry-After") });
+    };
+    xhr.onerror = () => resolve({ ok: false, status: 0,
+      data: { detail: "The service cannot be reached. Check your connection and try again." } });
+    xhr.send(body);
+  });
+}
+
+function uploadStatus(text, isError = false) {
+  const el = $("upload-status");
+  el.textContent = text;
+  el.classList.toggle("error", Boolean(isError && text));
+}
+
+function uploadProgress(fraction) {
+  const bar = $("upload-progress");
+  const pct = Math.max(0, Math.min(100, Math.round(fraction * 100)));
+  bar.querySelector(".fill").style.width = pct + "%";
+  bar.setAttribute("aria-valuenow", String(pct));
+}
+
+const sleep = (ms) => new Promise((resolve) => { setTimeout(resolve, ms); });
+
+async function upload(files) {
+  if (uploading || !files.length) { return; }
+  uploading = true;
+  $("dropzone").classList.add("busy");
+  try {
+    const { documents, refused } = await readFiles([...files]);
+    const groups = batches(documents);
+    const bodies = groups.map((group) => JSON.stringify({
+      documents: group.map(({ title, text }) => ({ title, text })), skip_unchanged: true }));
+    const total = bodies.reduce((sum, body) => sum + body.length, 0) || 1;
+    let sent = 0;
+    let chunks = 0;
+    const added = new Set();
+    const unchanged = new Set();
+    const fileCount = new Set(documents.map((d) => d.file)).size;
+    show("upload-progress", groups.length > 0);
+    uploadProgress(0);
+    for (let i = 0; i < groups.length; i += 1) {
+      let reply;
+      for (let attempt = 1; ; attempt += 1) {
+        uploadStatus(`Uploading ${plural(fileCount, "file")}…`);
+        reply = await postDocuments(bodies[i], (loaded) => {
+          uploadProgress((sent + loaded) / total);
+          if (loaded >= bodies[i].length) { uploadStatus("Reading and embedding the text…"); }
+        });
+        if ((reply.status !== 429 && reply.status !== 503) || attempt === UPLOAD_ATTEMPTS) { break; }
+        // a limit on uploads (or a busy service) says when to come back: wait, then go on
+        const wait = retryAfterSeconds(reply.retryAfter);
+        const why = (reply.data.detail || "The service is busy").replace(/\.$/, "");
+        uploadStatus(`${why}. Trying again in ${Math.ceil(wait)} s…`);
+        await sleep(wait * 1000);
+      }
+      if (!reply.ok) {
+        const before = added.size ? ` ${[...added].join(", ")} went in before it.` : "";
+        uploadStatus(`Upload failed: ${reply.data.detail || `error ${reply.status}`}.${before}`, true);
+        if (added.size) { await refresh(); }
+        return;
+      }
+      sent += bodies[i].length;
+      uploadProgress(sent / total);
+      chunks += reply.data.chunks;
+      const skipped = new Set(reply.data.skipped || []);
+      groups[i].forEach((doc, j) => { (skipped.has(j) ? unchanged : added).add(doc.file); });
+    }
+    [...added].forEach((file) => unchanged.delete(file));
+    const said = [];
+    if (added.size) { said.push(`Added ${[...added].join(", ")} (${plural(chunks, "chunk")}).`); }
+    if (unchanged.size) { said.push(`Already there, unchanged: ${[...unchanged].join(", ")}.`); }
+    if (refused.length) { said.push(`Not added: ${refused.join("; ")}.`); }
+    uploadStatus(said.join(" "), Boolean(refused.length) && !added.size && !unchanged.size);
+    if (groups.length) { await refresh(); }
+  } finally {
+    uploading = false;
+    $("dropzone").classList.remove("busy");
+    show("upload-progress", false);
+    $("file-input").value = "";
+  }
+}
+
+// column names, shown beside each value where a phone stacks a row's cells
+const DOCUMENT_LABELS = ["", "Chunks", "Added"];
+
+function renderDocuments(listing) {
+  const rows = listing.documents.map((doc) => {
+    const tr = document.createElement("tr");
+    const cells = [doc.title || "(untitled)", String(doc.chunk_count), when(doc.created_at)];
+    cells.forEach((text, i) => {
+      const td = document.createElement("td");
+      td.textContent = text;
+      td.dataset.label = DOCUMENT_LABELS[i];
+      if (i === 1) { td.className = "num"; }
+      tr.append(td);
+    });
+    return tr;
+  });
+  $("documents").querySelector("tbody").replaceChildren(...rows);
+  show("documents", rows.length > 0);
+  const n = listing.total_documents;
+  let summary = n ? `${plural(n, "document")}, ${plural(listing.total_chunks, "chunk")}.`
+    : "No documents yet: add some to search them and train Deep Memory.";
+  if (n > rows.length) { summary += ` The newest ${rows.length} are listed.`; }
+  $("documents-summary").textContent = summary;
+}
+
+async function loadDocuments() {
+  const r = await api("GET", "/api/documents");
+  if (!r.ok) { $("documents-summary").textContent = r.data.detail || "Could not load the documents"; return; }
+  maxBodyBytes = r.data.max_body_bytes || maxBodyBytes;
+  renderDocuments(r.data);
+}
+
+function setUpUploads() {
+  const zone = $("dropzone");
+  $("file-input").addEventListener("change", (e) => { upload(e.target.files); });
+  zone.addEventListener("dragover", (e) => { e.preventDefault(); zone.classList.add("over"); });
+  zone.addEventListener("dragleave", () => { zone.classList.remove("over"); });
+  zone.addEventListener("drop", (e) => {
+    e.preventDefault();
+    zone.classList.remove("over");
+    upload(e.dataTransfer.files);
+  });
+  // a file dropped beside the zone must not replace the page with its contents
+  window.addEventListener("dragover", (e) => { e.preventDefault(); });
+  window.addEventListener("drop", (e) => { e.preventDefault(); });
+}
+
+// ── Run history ─────────────────────────────────────────────────────────────────────────────
+
+// Tokens and cost, when the run reports them (an LLM generator counts them; the offline one
+// spends none): prompt_tokens, completion_tokens, cost_usd (null when no prices are set).
+function usageText(run) {
+  const total = [run.prompt_tokens, run.completion_tokens]
+    .filter((n) => typeof n === "number").reduce((a, b) => a + b, 0);
+  const parts = [];
+  if (total > 0) { parts.push(`${total.toLocaleString()} tokens`); }
+  if (typeof run.cost_usd === "number") { parts.push(`$${run.cost_usd.toFixed(run.cost_usd < 1 ? 4 : 2)}`); }
+  return parts.join(" · ");
+}
+
+const RUN_LABELS = ["Started", "", "Chunks", "Pairs", "Ended", ""];
+
+function renderHistory(runs) {
+  const withUsage = runs.some((run) => usageText(run));
+  const rows = [];
+  for (const run of runs) {
+    const tr = document.createElement("tr");
+    tr.dataset.runId = run.id;
+    // a run at rest (generated, completed, failed) ended its last step when it last changed
+    const running = run.status === "generating" || run.status === "training";
+    const ended = running ? null : run.completed_at || run.updated_at;
+    const cells = [
+      when(run.created_at),
+      statusLabel(run.status),
+      `${run.generated_chunks}/${run.total_chunks}`,
+      String(run.pair_count),
+      when(ended),
+    ];
+    if (withUsage) { cells.push(usageText(run) || "—"); }
+    cells.forEach((text, i) => {
+      const td = document.createElement("td");
+      td.textContent = text;
+      td.dataset.label = RUN_LABELS[i];
+      if (i === 1) { td.className = `status ${run.status}`; }
+      if (i === 2 || i === 3) { td.className = "num"; }
+      tr.append(td);
+    });
+    rows.push(tr);
+    if (run.error_message) {
+      const error = document.createElement("tr");
+      error.className = "run-error-row";
+      const td = document.createElement("td");
+      td.colSpan = cells.length;
+      td.textContent = run.error_message;
+      error.append(td);
+      rows.push(error);
+    }
+  }
+  const table = $("runs");
+  table.querySelector("th.usage").hidden = !withUsage;
+  table.querySelector("tbody").replaceChildren(...rows);
+  show("runs", runs.length > 0);
+  show("runs-empty", runs.length === 0);
+}
+
+async function loadHistory() {
+  const r = await api("GET", "/api/deep-memory/runs");
+  if (r.ok) { renderHistory(r.data.runs); }
 }
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -372,5 +743,6 @@ document.addEventListener("DOMContentLoaded", () => {
     });
   });
   $("search-form").addEventListener("submit", search);
+  setUpUploads();
   refresh();
 });

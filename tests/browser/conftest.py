@@ -61,3 +61,12 @@ async def shot(page: Any, name: str) -> None:
     """A full-page screenshot with transitions finished, so it shows the state the test
     just checked rather than a progress bar caught mid-slide."""
     await page.screenshot(path=screenshot_path(name), full_page=True, animations="disabled")
+
+
+async def phone_shot(page: Any, name: str, what: str) -> None:
+    """On a phone's width the page must not scroll sideways (`what` names the part under
+    test); then a screenshot of it."""
+    await page.set_viewport_size({"width": 375, "height": 740})
+    width = await page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 375, f"{what} scrolls sideways on a phone"
+    await shot(page, name)
