@@ -22,6 +22,7 @@ import pytest
 from deepmemory_service.auth import verify
 from deepmemory_service.config import CHECKOUT, load_settings
 from deepmemory_service.login import PASTE_FORM
+from tests.cluster import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 USER = "11111111-1111-4111-8111-111111111111"
@@ -123,13 +124,6 @@ def test_an_unreachable_database_is_one_line_for_migrate_ingest_and_serve(
             assert ran.said[-1].endswith("; check DEEPMEMORY_DATABASE_URL (empty: the embedded "
                                          "PostgreSQL in the data directory)")  # fmt: skip
             assert "hunter2" not in ran.err + ran.out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def test_serve_on_a_busy_port_says_so_before_starting_or_announcing_anything(
