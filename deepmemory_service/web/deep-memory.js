@@ -69,7 +69,6 @@ function when(iso) {
   return iso ? new Date(iso).toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" }) : "—";
 }
 
-function plural(n, word) { return `${n} ${word}${n === 1 ? "" : "s"}`; }
 
 const number = (n) => Number(n).toLocaleString("en-US");
 const plural = (n, one, many) => `${number(n)} ${n === 1 ? one : many}`;
@@ -550,7 +549,7 @@ async function upload(files) {
     for (let i = 0; i < groups.length; i += 1) {
       let reply;
       for (let attempt = 1; ; attempt += 1) {
-        uploadStatus(`Uploading ${plural(fileCount, "file")}…`);
+        uploadStatus(`Uploading ${plural(fileCount, "file", "files")}…`);
         reply = await postDocuments(bodies[i], (loaded) => {
           uploadProgress((sent + loaded) / total);
           if (loaded >= bodies[i].length) { uploadStatus("Reading and embedding the text…"); }
@@ -576,7 +575,7 @@ async function upload(files) {
     }
     [...added].forEach((file) => unchanged.delete(file));
     const said = [];
-    if (added.size) { said.push(`Added ${[...added].join(", ")} (${plural(chunks, "chunk")}).`); }
+    if (added.size) { said.push(`Added ${[...added].join(", ")} (${plural(chunks, "chunk", "chunks")}).`); }
     if (unchanged.size) { said.push(`Already there, unchanged: ${[...unchanged].join(", ")}.`); }
     if (refused.length) { said.push(`Not added: ${refused.join("; ")}.`); }
     uploadStatus(said.join(" "), Boolean(refused.length) && !added.size && !unchanged.size);
@@ -608,7 +607,7 @@ function renderDocuments(listing) {
   $("documents").querySelector("tbody").replaceChildren(...rows);
   show("documents", rows.length > 0);
   const n = listing.total_documents;
-  let summary = n ? `${plural(n, "document")}, ${plural(listing.total_chunks, "chunk")}.`
+  let summary = n ? `${plural(n, "document", "documents")}, ${plural(listing.total_chunks, "chunk", "chunks")}.`
     : "No documents yet: add some to search them and train Deep Memory.";
   if (n > rows.length) { summary += ` The newest ${rows.length} are listed.`; }
   $("documents-summary").textContent = summary;
@@ -638,21 +637,20 @@ function setUpUploads() {
 
 // ── Run history ─────────────────────────────────────────────────────────────────────────────
 
-// Tokens and cost, when the run reports them (an LLM generator counts them; the offline one
-// spends none): prompt_tokens, completion_tokens, cost_usd (null when no prices are set).
-function usageText(run) {
-  const total = [run.prompt_tokens, run.completion_tokens]
-    .filter((n) => typeof n === "number").reduce((a, b) => a + b, 0);
+// What a run spent at the LLM, for its history row: tokens (an LLM generator counts them; the
+// offline one spends none) and cost (null when no prices are configured).
+function historyUsage(run) {
+  const tokens = (run.prompt_tokens || 0) + (run.completion_tokens || 0);
   const parts = [];
-  if (total > 0) { parts.push(`${total.toLocaleString()} tokens`); }
-  if (typeof run.cost_usd === "number") { parts.push(`$${run.cost_usd.toFixed(run.cost_usd < 1 ? 4 : 2)}`); }
+  if (tokens > 0) { parts.push(`${number(tokens)} tokens`); }
+  if (typeof run.cost_usd === "number") { parts.push(dollars(run.cost_usd)); }
   return parts.join(" · ");
 }
 
 const RUN_LABELS = ["Started", "", "Chunks", "Pairs", "Ended", ""];
 
 function renderHistory(runs) {
-  const withUsage = runs.some((run) => usageText(run));
+  const withUsage = runs.some((run) => historyUsage(run));
   const rows = [];
   for (const run of runs) {
     const tr = document.createElement("tr");
@@ -667,7 +665,7 @@ function renderHistory(runs) {
       String(run.pair_count),
       when(ended),
     ];
-    if (withUsage) { cells.push(usageText(run) || "—"); }
+    if (withUsage) { cells.push(historyUsage(run) || "—"); }
     cells.forEach((text, i) => {
       const td = document.createElement("td");
       td.textContent = text;
