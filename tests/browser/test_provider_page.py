@@ -56,7 +56,7 @@ async def test_the_estimate_and_the_cost_of_a_run_and_then_only_new_chunks(
     await shot(page, "estimate")
 
     await page.get_by_test_id("generate").click()
-    await expect(page.get_by_test_id("run-status")).to_have_text("generated", timeout=TIMEOUT)
+    await expect(page.get_by_test_id("run-status")).to_have_text("Generated", timeout=TIMEOUT)
     stats = standin.app[STATS]
     cost = (stats.prompt_tokens * 0.15 + stats.completion_tokens * 0.60) / 1e6
     await expect(page.get_by_test_id("run-usage")).to_have_text(
@@ -86,7 +86,7 @@ async def test_the_estimate_and_the_cost_of_a_run_and_then_only_new_chunks(
 
     stats.clear()
     await page.get_by_test_id("generate").click()
-    await expect(page.get_by_test_id("run-status")).to_have_text("generated", timeout=TIMEOUT)
+    await expect(page.get_by_test_id("run-status")).to_have_text("Generated", timeout=TIMEOUT)
     await expect(page.get_by_test_id("run-usage")).to_contain_text(
         "12 chunks reused from your last trained run, 5 generated · 5 LLM calls"
     )
@@ -100,7 +100,7 @@ async def test_cancel_asks_first_and_stops_the_run(browser: Any, api_factory: An
     await api.ingest(user, 150)
     page = await open_page(browser, api, user)
     await page.get_by_test_id("generate").click()
-    await expect(page.get_by_test_id("run-status")).to_have_text("generating", timeout=TIMEOUT)
+    await expect(page.get_by_test_id("run-status")).to_have_text("Generating", timeout=TIMEOUT)
     cancel = page.get_by_test_id("cancel")
     await expect(cancel).to_be_visible()
 
@@ -110,7 +110,7 @@ async def test_cancel_asks_first_and_stops_the_run(browser: Any, api_factory: An
     await shot(page, "confirm-cancel")
     await page.get_by_test_id("confirm-keep").click()
     await expect(dialog).to_be_hidden()
-    await expect(page.get_by_test_id("run-status")).to_have_text("generating")
+    await expect(page.get_by_test_id("run-status")).to_have_text("Generating")
 
     await cancel.click()
     await page.get_by_test_id("confirm-stop").click()
@@ -118,7 +118,7 @@ async def test_cancel_asks_first_and_stops_the_run(browser: Any, api_factory: An
         re.compile(r"^Generation cancelled at chunk \d+/150 \(\d+/150 chunks done\)$"),
         timeout=TIMEOUT,
     )
-    await expect(page.get_by_test_id("run-status")).to_have_text("generating failed")
+    await expect(page.get_by_test_id("run-status")).to_have_text("Generation failed")
     await expect(page.get_by_test_id("run-error")).to_contain_text("Generation cancelled")
     await expect(page.get_by_test_id("proceed")).to_be_visible()
     await expect(cancel).to_be_hidden()
