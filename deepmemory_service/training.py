@@ -29,14 +29,17 @@ class TrainingCancelled(Exception):
     """A user asked the training to stop."""
 
 
-def _reason(exc: BaseException, timeout_s: float) -> str:
+def _reason(exc: BaseException, timeout_s: float, data_dir: str) -> str:
+    """The run's error message: readable, and naming no server path (the client sees it)."""
     if isinstance(exc, TrainingCancelled):
         return str(exc)
     if isinstance(exc, TimeoutError):
         return f"Training timed out after {timeout_s:g}s"
     if isinstance(exc, TrainingError | StoreError):
         return f"Training failed: {exc}"
-    return f"Training failed: {type(exc).__name__}: {exc}"
+    if isinstance(exc, OSError):
+        return f"Training failed: {type(exc).__name__}: {exc.strerror or 'I/O error'}"
+    return f"Training failed: {type(exc).__name__}: {exc}".replace(data_dir, "<data dir>")
 
 
 async def _unless_cancelled(call: Awaitable[T], work: WorkStatus, message: str) -> T:
@@ -106,7 +109,7 @@ async def train(svc: Services, work: WorkStatus, run: Run, job: Job) -> None:
     except asyncio.CancelledError:
         raise
     except Exception as exc:
-        message = _reason(exc, timeout_s)
+        message = _reason(exc, timeout_s, svc.settings.data_dir)
         log.warning("training failed", error=message)
         svc.metrics.training_failures += 1
         await progress.flush()

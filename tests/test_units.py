@@ -62,3 +62,14 @@ async def test_offline_questions_are_deterministic_distinct_and_about_the_chunk(
     assert len(set(first)) == 5
     assert all(q.endswith("?") for q in first)
     assert any("advisory" in q or "leases" in q or "sweeper" in q for q in first)
+
+
+def test_a_training_failure_message_names_no_server_path() -> None:
+    from deepmemory_service.training import _reason
+
+    lost = FileNotFoundError(2, "No such file or directory", "/srv/dm/stores/u.deepmemory.npz")
+    assert _reason(lost, 60, "/srv/dm") == (
+        "Training failed: FileNotFoundError: No such file or directory"
+    )
+    odd = RuntimeError("cannot read /srv/dm/stores/u.versions/00000003-abc/embedding")
+    assert "/srv/dm" not in _reason(odd, 60, "/srv/dm")
