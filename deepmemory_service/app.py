@@ -11,6 +11,7 @@ import structlog
 from aiohttp import web
 
 from deepmemory_service import (
+    cpu_pool,
     leases,
     listener,
     metrics_view,
@@ -48,6 +49,7 @@ from deepmemory_service.side_tasks import SideTasks
 from deepmemory_service.store import StoreRegistry
 from deepmemory_service.supervisor import RunSupervisor, SupervisorRegistry
 from deepmemory_service.trainers import Trainer
+from deepmemory_service.upload_gate import UploadGate
 
 log = structlog.get_logger(__name__)
 
@@ -112,6 +114,7 @@ async def open_backend(
         ),
         metrics=Metrics(Cached(lambda: db.read(lambda c: c.run_counts()), RUN_COUNTS_TTL_S)),
         budget=plugins.build_budget(settings, db),
+        uploads=UploadGate(settings.uploads.per_user),
     )
 
     def subscribers_for(sup: RunSupervisor) -> int:
@@ -122,6 +125,7 @@ async def open_backend(
     )
     side = SideTasks()
     if background:
+        cpu_pool.warm()
         await leases.sweep_once(svc)
         side.start(
             "lease-heartbeat",

@@ -71,6 +71,12 @@ class StoreSettings:
 
 
 @frozen
+class UploadSettings:
+    max_documents: int
+    per_user: int
+
+
+@frozen
 class GenerationSettings:
     questions_per_chunk: int
     max_questions_per_chunk: int
@@ -147,6 +153,7 @@ class Settings:
     database: DatabaseSettings
     http: HttpSettings
     store: StoreSettings
+    uploads: UploadSettings
     generation: GenerationSettings
     supervisor: SupervisorSettings
     lease: LeaseSettings
@@ -311,6 +318,10 @@ def _complete(settings: Settings) -> Settings:
     if settings.secret_key and len(settings.secret_key.encode()) < 32:
         # HS256 keys shorter than the hash are guessable (RFC 7518 §3.2)
         problems.append("DEEPMEMORY_SECRET_KEY must be at least 32 bytes long")
+    if settings.uploads.max_documents < 1:
+        problems.append("DEEPMEMORY_UPLOADS_MAX_DOCUMENTS must be at least 1")
+    if settings.uploads.per_user < 1:
+        problems.append("DEEPMEMORY_UPLOADS_PER_USER must be at least 1")
     if "{user_id}" not in settings.store.path:
         problems.append("DEEPMEMORY_STORE_PATH must contain {user_id}")
     if settings.http.role == "gateway" and not settings.http.backend_url:

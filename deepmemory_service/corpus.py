@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from types import MappingProxyType
 
 import attrs
+import numpy as np
 import structlog
 from attrs import frozen
 
@@ -99,31 +100,32 @@ async def add(
             )
             if not documents:
                 return Added([], 0, corpus.rows if corpus else 0, skipped)
-        writer = await _next_version(svc, conn, user_id, store, corpus, rebuild=False)
+        document_ids, ids = await conn.add_documents(
+            user_id, [(d.title, d.chunks, d.digest) for d in documents]
+        )
+        rows = Rows(
+            ids,
+            [t for d in documents for t in d.chunks],
+            vectors,
+            [
+                _metadata(document_id, d.title, p)
+                for document_id, d in zip(document_ids, documents, strict=True)
+                for p in range(len(d.chunks))
+            ],
+        )
+        base, base_rows = (corpus.version, corpus.rows) if corpus else (None, 0)
         try:
-            document_ids, ids = await conn.add_documents(
-                user_id, [(d.title, d.chunks, d.digest) for d in documents]
-            )
-            await writer.append(
-                Rows(
-                    ids,
-                    [t for d in documents for t in d.chunks],
-                    vectors,
-                    [
-                        _metadata(document_id, d.title, p)
-                        for document_id, d in zip(document_ids, documents, strict=True)
-                        for p in range(len(d.chunks))
-                    ],
-                )
-            )
-            version = await writer.finish()
-        except BaseException:
-            await writer.abandon()
-            raise
-        await _publish(svc, conn, user_id, writer.rows, version)
+            version = await store.write(base, base_rows, corpus.last_id if corpus else None, rows)
+            total = base_rows + len(ids)
+        except StoreDamaged as exc:
+            # the catalog, this upload's chunks included (same transaction), rebuilt
+            log.warning("vector store out of line with the catalog", reason=str(exc))
+            writer = await _rebuild(svc, conn, user_id, store, base_rows + len(ids))
+            version, total = await _finished(writer), writer.rows
+        await _publish(svc, conn, user_id, total, version)
     # after the commit; a crash before it leaves only the link and the clean-up to redo
     await store.published(version)
-    return Added(document_ids, len(ids), writer.rows, skipped)
+    return Added(document_ids, len(ids), total, skipped)
 
 
 def _without_known(
@@ -184,15 +186,16 @@ async def repair(svc: Services, user_id: uuid.UUID) -> Corpus | None:
                 return corpus  # readable after all: the failure was passing
             except StoreDamaged as exc:
                 log.warning("vector store version unreadable", reason=str(exc))
-        writer = await _next_version(
-            svc, conn, user_id, store, corpus, rebuild=corpus.version is not None
-        )
-        try:
-            version = await writer.finish()
-        except BaseException:
-            await writer.abandon()
-            raise
-        await _publish(svc, conn, user_id, writer.rows, version)
+        version, rows = None, corpus.rows
+        if corpus.version is None:
+            try:  # a store from before versions, taken over as it is when whole
+                version = await store.write(None, rows, corpus.last_id, _no_rows(svc))
+            except StoreDamaged as exc:
+                log.warning("vector store from before versions not whole", reason=str(exc))
+        if version is None:
+            writer = await _rebuild(svc, conn, user_id, store, corpus.rows)
+            version, rows = await _finished(writer), writer.rows
+        await _publish(svc, conn, user_id, rows, version)
         repaired = await conn.corpus(user_id)
     await store.published(version)
     return repaired
@@ -203,25 +206,16 @@ async def _publish(svc: Services, conn: Conn, user_id: uuid.UUID, rows: int, ver
     await conn.publish_corpus(user_id, rows, embedder.name, embedder.dimension, version)
 
 
-async def _next_version(
-    svc: Services,
-    conn: Conn,
-    user_id: uuid.UUID,
-    store: ChunkStore,
-    corpus: Corpus | None,
-    *,
-    rebuild: bool,
-) -> StoreWriter:
-    """A writer of the version after the catalog's; one rebuilt from the catalog when the
-    published version cannot be built on (or `rebuild`)."""
-    if not rebuild:
-        try:
-            if corpus is None:
-                return await store.begin(None, 0, None)
-            return await store.begin(corpus.version, corpus.rows, corpus.last_id)
-        except StoreDamaged as exc:
-            log.warning("vector store out of line with the catalog", reason=str(exc))
-    return await _rebuild(svc, conn, user_id, store, corpus.rows if corpus else 0)
+async def _finished(writer: StoreWriter) -> str:
+    try:
+        return await writer.finish()
+    except BaseException:
+        await writer.abandon()
+        raise
+
+
+def _no_rows(svc: Services) -> Rows:
+    return Rows([], [], np.zeros((0, svc.embedder.dimension), dtype=np.float32), [])
 
 
 async def _rebuild(

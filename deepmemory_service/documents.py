@@ -2,7 +2,8 @@
 store together (corpus.py).
 
 The slow part (chunking, embedding) runs before the user's lock or a database connection
-is taken; the lock is held only for the writes.
+is taken; the lock is held only for the writes. One user's uploads are bounded
+(`upload_gate.py`): a few in progress at once, writing one at a time.
 """
 
 from __future__ import annotations
@@ -64,6 +65,24 @@ async def ingest(
     those the user already has with the same title and text (`Added.skipped` lists them)."""
     if not documents:
         raise InvalidInput("documents: at least one document is required")
+    most = svc.settings.uploads.max_documents
+    if len(documents) > most:
+        raise InvalidInput(f"documents: at most {most} per request, got {len(documents)}")
+    async with svc.uploads.admit(user_id):
+        added, skipped = await _ingest(svc, user_id, documents, skip_unchanged)
+    log.info(
+        "documents ingested",
+        documents=len(added.document_ids),
+        chunks=added.chunks,
+        total_chunks=added.total_chunks,
+        skipped=len(skipped),
+    )
+    return Added(added.document_ids, added.chunks, added.total_chunks, skipped)
+
+
+async def _ingest(
+    svc: Services, user_id: uuid.UUID, documents: Sequence[DocumentIn], skip_unchanged: bool
+) -> tuple[Added, list[int]]:
     cfg = svc.settings.store
     if len(documents) <= CHUNK_INLINE:
         split = _split(documents, cfg.chunk_chars, cfg.chunk_overlap)
@@ -80,16 +99,9 @@ async def ingest(
         kept, skipped = _unknown(split, known)
         if not kept:
             total = await svc.db.read(lambda c: c.total_chunks(user_id))
-            return Added([], 0, total, skipped)
+            return Added([], 0, total, []), skipped
     new = [split[i] for i in kept]
     vectors = await svc.embedder.embed([t for d in new for t in d.chunks])
-    added = await corpus.add(svc, user_id, new, vectors, skip_known=skip_unchanged)
-    skipped = sorted(skipped + [kept[i] for i in added.skipped])
-    log.info(
-        "documents ingested",
-        documents=len(added.document_ids),
-        chunks=added.chunks,
-        total_chunks=added.total_chunks,
-        skipped=len(skipped),
-    )
-    return Added(added.document_ids, added.chunks, added.total_chunks, skipped)
+    async with svc.uploads.turn(user_id):
+        added = await corpus.add(svc, user_id, new, vectors, skip_known=skip_unchanged)
+    return added, sorted(skipped + [kept[i] for i in added.skipped])

@@ -17,6 +17,7 @@ import aiohttp
 import numpy as np
 import numpy.typing as npt
 
+from deepmemory_service import cpu_pool
 from deepmemory_service.config import OpenAIEmbeddingSettings
 from deepmemory_service.generators import STOPWORDS
 from deepmemory_service.retry import RetryPolicy, retry, retry_after
@@ -82,10 +83,16 @@ class HashingEmbedder:
     async def embed(self, texts: Sequence[str]) -> Matrix:
         if len(texts) <= 64:
             return self.embed_sync(texts)
-        return await asyncio.get_running_loop().run_in_executor(None, self.embed_sync, texts)
+        # pure Python: a thread would hold the GIL the event loop needs
+        return await cpu_pool.run(hash_texts, self.dimension, list(texts))
 
     async def aclose(self) -> None:
         return None
+
+
+def hash_texts(dimension: int, texts: Sequence[str]) -> Matrix:
+    """`HashingEmbedder(dimension).embed_sync(texts)`, as a function a worker process runs."""
+    return HashingEmbedder(dimension).embed_sync(texts)
 
 
 class MiniLMEmbedder:

@@ -297,7 +297,12 @@ def document(max_questions: int) -> dict[str, Any]:
                     {
                         "201": _json(schema_of(Added, reply=True), "Stored"),
                         "409": _error("The vector store cannot take them as configured"),
+                        "429": _error(
+                            "Too many uploads of this user in progress",
+                            Retry_After="Seconds to wait before trying again",
+                        ),
                         "502": _error("The embeddings API failed"),
+                        "507": _error("No space left for the vector store: nothing was stored"),
                     },
                     body=payloads.DocumentsIn,
                 ),

@@ -14,6 +14,7 @@ from deepmemory_service.metrics import Metrics
 from deepmemory_service.rate_budget import RateBudget
 from deepmemory_service.store import StoreRegistry
 from deepmemory_service.trainers import Trainer
+from deepmemory_service.upload_gate import UploadGate
 
 
 @attrs.frozen
@@ -28,6 +29,7 @@ class Services:
     stores: StoreRegistry
     metrics: Metrics
     budget: RateBudget
+    uploads: UploadGate
 
     @property
     def owner(self) -> str:

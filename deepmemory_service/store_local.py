@@ -32,11 +32,16 @@ import structlog
 
 from deepmemory_service import deeplake_compat
 from deepmemory_service.store import (
+    NO_SPACE,
     DatasetWriter,
+    Rows,
     StoreDamaged,
+    StoreError,
+    StoreFull,
     check_info,
     check_whole,
     create_tensors,
+    disk_full,
     lengths,
 )
 
@@ -196,3 +201,31 @@ class LocalVersions:
     def newest(self) -> str | None:
         link = Path(self.path)
         return Path(os.readlink(link)).name if link.is_symlink() else None
+
+
+def write_version(
+    path: str,
+    embedder: str,
+    dimension: int,
+    base: str | None,
+    base_rows: int,
+    last_id: int | None,
+    rows: Rows,
+) -> str:
+    """The version after `base` with `rows` appended, whole and synced; its name. A
+    function a worker process runs (`cpu_pool`): what it raises crosses back pickled, so a
+    full disk is told here, and any other failure is a plain `RuntimeError` naming it."""
+    try:
+        writer = LocalVersions(path, embedder, dimension).begin(base, base_rows, last_id)
+        try:
+            writer.append(rows)
+            return writer.finish()
+        except BaseException:
+            writer.abandon()
+            raise
+    except (StoreDamaged, StoreError):
+        raise
+    except Exception as exc:
+        if disk_full(exc):
+            raise StoreFull(NO_SPACE) from None
+        raise RuntimeError(f"writing a store version failed: {type(exc).__name__}: {exc}") from None

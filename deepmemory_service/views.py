@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import uuid
 from collections.abc import Awaitable, Callable
@@ -27,6 +28,8 @@ from deepmemory_service.payloads import (
     query_int,
     query_uuid,
     read_json,
+    read_json_object,
+    structure,
 )
 from deepmemory_service.replies import (
     Cancelled,
@@ -223,10 +226,17 @@ async def put_settings(request: web.Request) -> web.Response:
 
 @routes.post("/documents")
 async def add_documents(request: web.Request) -> web.Response:
-    body = await read_json(request, DocumentsIn)
+    svc = request.app[SERVICES]
+    data = await read_json_object(request)
+    claimed = data.get("user_id")
+    if isinstance(claimed, str):
+        # a user already at their bound is refused before a large body is validated
+        with contextlib.suppress(ValueError):
+            svc.uploads.check(uuid.UUID(claimed))
+    body = structure(data, DocumentsIn)
     _bind(user_id=str(body.user_id))
     result = await documents.ingest(
-        request.app[SERVICES], body.user_id, body.documents, skip_unchanged=body.skip_unchanged
+        svc, body.user_id, body.documents, skip_unchanged=body.skip_unchanged
     )
     return _reply(result, 201)
 
@@ -265,6 +275,7 @@ async def debug_supervisors(request: web.Request) -> web.Response:
     }
     snapshot["instance_id"] = svc.owner
     snapshot["llm_budget"] = svc.budget.snapshot()
+    snapshot["uploads"] = svc.uploads.snapshot()
     return web.json_response(snapshot)
 
 

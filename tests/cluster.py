@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 import attrs
+import psutil
 import pytest
 
 from deepmemory_service.testing.standin_llm import StandinConfig, create_standin_app
@@ -134,19 +135,26 @@ async def cluster(
 
 
 def signal_while_writing(root: Path, pid: int, sig: int, until: Callable[[], bool]) -> bool:
-    """Sends `sig` to process `pid`'s group while it holds a file under `root` open for
-    writing (polling its /proc fd table); False if it opens none before `until()` holds."""
-    fds = Path(f"/proc/{pid}/fd")
+    """Sends `sig` to process `pid`'s group while it, or a process it started (the upload
+    worker), holds a file under `root` open for writing (polling their /proc fd tables);
+    False if none does before `until()` holds."""
     prefix = str(root) + "/"
+    parent = psutil.Process(pid)
     while not until():
-        for fd in os.listdir(fds):
+        family = [pid]
+        with contextlib.suppress(psutil.Error):
+            family += [p.pid for p in parent.children(recursive=True)]
+        for member in family:
+            fds = Path(f"/proc/{member}/fd")
             with contextlib.suppress(OSError):
-                if not os.readlink(fds / fd).startswith(prefix):
-                    continue
-                flags = (fds.parent / "fdinfo" / fd).read_text().split("flags:")[1].split()[0]
-                if int(flags, 8) & os.O_ACCMODE != os.O_RDONLY:
-                    os.killpg(pid, sig)
-                    return True
+                for fd in os.listdir(fds):
+                    with contextlib.suppress(OSError):
+                        if not os.readlink(fds / fd).startswith(prefix):
+                            continue
+                        info = (fds.parent / "fdinfo" / fd).read_text()
+                        if int(info.split("flags:")[1].split()[0], 8) & os.O_ACCMODE:
+                            os.killpg(pid, sig)
+                            return True
     return False
 
 
