@@ -37,58 +37,15 @@ from typing import Any
 import aiohttp
 import asyncpg
 from aiohttp import web
-from bench_load import ADMIN, Cluster  # scripts/, beside this file
-from bench_load import TOKEN as LOAD_TOKEN
-from bench_load import standin as standin_process
-from benchlib import free_port, fresh_database
+from benchlib import Standin, free_port, fresh_database, standin  # scripts/, beside this file
+from load_cluster import ADMIN, Cluster
+from load_cluster import TOKEN as LOAD_TOKEN
 
 from deepmemory_service import logs
 from deepmemory_service.app import create_app
 from deepmemory_service.config import Settings, load_settings
 
 TOKEN = "bench-token"
-
-
-@asynccontextmanager
-async def standin(**config: Any) -> AsyncIterator[str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "deepmemory_service.testing.standin_llm", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        async with aiohttp.ClientSession() as http:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    async with http.get(f"{url}/_standin/stats"):
-                        break
-                except aiohttp.ClientError:
-                    if time.monotonic() > deadline:
-                        raise
-                    await asyncio.sleep(0.05)
-            await configure(url, **config)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-async def configure(url: str, **config: Any) -> None:
-    async with aiohttp.ClientSession() as http:
-        async with http.post(f"{url}/_standin/config", json=config) as resp:
-            assert resp.status == 200, await resp.text()
-        if config.pop("reset", True):
-            async with http.post(f"{url}/_standin/reset"):
-                pass
-
-
-async def stats(url: str) -> dict[str, Any]:
-    async with aiohttp.ClientSession() as http, http.get(f"{url}/_standin/stats") as resp:
-        data: dict[str, Any] = await resp.json()
-        return data
 
 
 async def seed_chunks(db_url: str, user: uuid.UUID, n: int) -> None:
@@ -190,9 +147,9 @@ async def throughput(m: int, latency_ms: float, c: int, fault_rate: float) -> di
     ):
         user = uuid.uuid4()
         await seed_chunks(db, user, m)
-        async with service(service_settings(db, llm, c)) as api:
+        async with service(service_settings(db, llm.url, c)) as api:
             run, seconds = await timed_run(api, user)
-        calls = await stats(llm)
+        calls = await llm.stats()
     rate = run["generated_chunks"] / seconds
     ideal = c / (latency_ms / 1000)
     return {
@@ -214,12 +171,12 @@ async def resume(m: int, fail_at: int, c: int) -> dict[str, Any]:
     ):
         user = uuid.uuid4()
         await seed_chunks(db, user, m)
-        settings = service_settings(db, llm, c)
+        settings = service_settings(db, llm.url, c)
         async with service(settings) as api:
             failed, _ = await timed_run(api, user)
             covered = failed["generated_chunks"]
-            await configure(llm, fail_after=None)
-            before = await stats(llm)
+            await llm.configure(fail_after=None)
+            before = await llm.stats()
             reply = await call(
                 api,
                 "POST",
@@ -227,7 +184,7 @@ async def resume(m: int, fail_at: int, c: int) -> dict[str, Any]:
                 json={"user_id": str(user), "training_run_id": failed["id"]},
             )
             done = await until(api, user, failed["id"], "generated", "generating_failed")
-        after = await stats(llm)
+        after = await llm.stats()
     return {
         "m": m,
         "covered": covered,
@@ -243,7 +200,7 @@ async def large(m: int, c: int) -> dict[str, Any]:
     async with fresh_database("dm-bench") as (db, _), standin(latency_ms=0) as llm:
         user = uuid.uuid4()
         await seed_chunks(db, user, m)
-        async with service(service_settings(db, llm, c)) as api:
+        async with service(service_settings(db, llm.url, c)) as api:
             base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             run, seconds = await timed_run(api, user)
     return {
@@ -347,10 +304,10 @@ async def limited(size: LimitSizes, budget: bool, incremental: bool) -> dict[str
     workdir = Path(tempfile.mkdtemp(prefix="dm-bench-limits-"))
     async with (
         fresh_database("dm-bench-limits") as (db, _),
-        standin_process() as llm,
+        standin() as llm,
         aiohttp.ClientSession() as http,
     ):
-        await configure(llm, rpm=size.rpm, latency_ms=size.latency_ms)
+        await llm.configure(rpm=size.rpm, latency_ms=size.latency_ms)
         cluster = Cluster(db, llm, workdir)
         try:
             instances = [await cluster.start("a", **env), await cluster.start("b", **env)]
@@ -359,7 +316,8 @@ async def limited(size: LimitSizes, budget: bool, incremental: bool) -> dict[str
             places = [apis[i % 2] for i in range(len(users))]
             for user, n, place in zip(users, size.sizes, places, strict=True):
                 await place.add(user, 0, n)
-            await configure(llm, rpm=size.rpm)  # resets the stats and the buckets
+            await llm.configure(rpm=size.rpm)
+            await llm.reset()  # the stats and the buckets from zero
             started = time.monotonic()
             replies = await asyncio.gather(
                 *(
@@ -377,7 +335,7 @@ async def limited(size: LimitSizes, budget: bool, incremental: bool) -> dict[str
                 if all(r["status"] != "generating" for r in runs):
                     break
                 await asyncio.sleep(0.25)
-            calls = await stats(llm)
+            calls = await llm.stats()
             result = _limits_figures(size, timeline, calls, budget)
             result["exact"] = [await exact_pair_sets(db, r, size.questions) for r in run_ids]
             if incremental:
@@ -449,7 +407,7 @@ def _limits_figures(
 
 
 async def _incremental(
-    llm: str, api: LoadApi, user: uuid.UUID, run_id: str, size: LimitSizes
+    llm: Standin, api: LoadApi, user: uuid.UUID, run_id: str, size: LimitSizes
 ) -> dict[str, Any]:
     """Trains the user's run, adds documents, and counts the next run's LLM calls."""
     code, body = await api.call(
@@ -460,11 +418,12 @@ async def _incremental(
     assert trained["status"] == "completed", trained
     await api.add(user, size.sizes[0], size.added)
     _, ahead = await api.call("GET", "/deep-memory/estimate", params={"user_id": str(user)})
-    await configure(llm, rpm=size.rpm)
+    await llm.configure(rpm=size.rpm)
+    await llm.reset()
     code, body = await api.call("POST", "/deep-memory/generate", json={"user_id": str(user)})
     assert code == 202, body
     run = await api.until(user, body["training_run_id"], "generated", "generating_failed")
-    calls = await stats(llm)
+    calls = await llm.stats()
     return {
         "added": size.added,
         "estimate": ahead,
