@@ -131,26 +131,40 @@ class Uploads:
 # --------------------------------------------------------------------------- 1. settings
 
 
-async def bench_settings(
-    http: aiohttp.ClientSession, inst: Instance, users: list[uuid.UUID], sizes: Sizes
-) -> Outcome:
-    rng = random.Random(7)
-    n = int(sizes.settings_rate * sizes.settings_s)
-    picks = [rng.choice(users) for _ in range(n)]
-    url = f"{inst.api}/deep-memory/settings"
+class SettingsLoad:
+    """`GET /deep-memory/settings` of users picked at random, at an open-loop `rate` (after a
+    second at that rate to open connections and warm caches and plans)."""
 
-    async def request(i: int) -> tuple[int, Any]:
-        async with http.get(url, params={"user_id": str(picks[i])}) as resp:
-            return resp.status, await resp.read()
+    def __init__(
+        self, http: aiohttp.ClientSession, inst: Instance, users: list[uuid.UUID], n: int, seed: int
+    ) -> None:
+        rng = random.Random(seed)
+        self.http, self.n = http, n
+        self.url = f"{inst.api}/deep-memory/settings"
+        self.picks = [rng.choice(users) for _ in range(n)]
 
+    async def request(self, i: int) -> tuple[int, Any]:
+        async with self.http.get(self.url, params={"user_id": str(self.picks[i % self.n])}) as r:
+            return r.status, await r.read()
+
+    @staticmethod
     def check(status: int, _body: Any) -> str | None:
         return None if status == 200 else f"HTTP {status}"
 
-    # a second at the same rate first: connections opened, caches and plans warm
-    warm = int(sizes.settings_rate)
-    await open_loop(warm, sizes.settings_rate, lambda i: request(i % n), check)
-    out, _ = await open_loop(n, sizes.settings_rate, request, check)
-    return out
+    async def warm(self, rate: float) -> None:
+        await open_loop(int(rate), rate, self.request, self.check)
+
+    async def measure(self, rate: float) -> Outcome:
+        out, _ = await open_loop(self.n, rate, self.request, self.check)
+        return out
+
+
+async def bench_settings(
+    http: aiohttp.ClientSession, inst: Instance, users: list[uuid.UUID], sizes: Sizes
+) -> Outcome:
+    load = SettingsLoad(http, inst, users, int(sizes.settings_rate * sizes.settings_s), seed=7)
+    await load.warm(sizes.settings_rate)
+    return await load.measure(sizes.settings_rate)
 
 
 # --------------------------------------------------------------------------- 2. commands
@@ -356,20 +370,9 @@ async def bench_uploads(
     """One user keeps `upload_streams` uploads of `upload_documents` small documents in
     flight on one instance (waiting out a 429's Retry-After); other users' settings GETs
     at an open-loop rate, first without the uploads, then during them."""
-    rng = random.Random(11)
-    n = int(sizes.upload_rate * sizes.upload_s)
-    picks = [rng.choice(others) for _ in range(n)]
-    url = f"{inst.api}/deep-memory/settings"
-
-    async def settings(i: int) -> tuple[int, Any]:
-        async with http.get(url, params={"user_id": str(picks[i])}) as resp:
-            return resp.status, await resp.read()
-
-    def check(status: int, _body: Any) -> str | None:
-        return None if status == 200 else f"HTTP {status}"
-
-    await open_loop(int(sizes.upload_rate), sizes.upload_rate, lambda i: settings(i % n), check)
-    quiet, _ = await open_loop(n, sizes.upload_rate, settings, check)
+    load = SettingsLoad(http, inst, others, int(sizes.upload_rate * sizes.upload_s), seed=11)
+    await load.warm(sizes.upload_rate)
+    quiet = await load.measure(sizes.upload_rate)
 
     hog = uuid.uuid4()
     replies: dict[int, int] = {}
@@ -400,7 +403,7 @@ async def bench_uploads(
 
     streams = [asyncio.create_task(uploads(s)) for s in range(sizes.upload_streams)]
     await asyncio.sleep(1.0)  # the uploads under way
-    busy, _ = await open_loop(n, sizes.upload_rate, settings, check)
+    busy = await load.measure(sizes.upload_rate)
     stop.set()
     await asyncio.gather(*streams)
     return Uploads(quiet, busy, replies, chunks, Latency.of(took))
