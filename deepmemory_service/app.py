@@ -28,20 +28,7 @@ from deepmemory_service.db import CONNECTION_ERRORS, Database
 from deepmemory_service.embedders import Embedder
 from deepmemory_service.events import JobEvents
 from deepmemory_service.generators import QuestionGenerator
-from deepmemory_service.keys import (
-    BACKEND,
-    BROADCASTER,
-    DATABASE,
-    DRAIN,
-    EMBEDDER,
-    GENERATOR,
-    METRICS,
-    SERVICES,
-    SETTINGS,
-    STORES,
-    SUPERVISORS,
-    TRAINER,
-)
+from deepmemory_service.keys import BACKEND, DRAIN, SERVICES, SETTINGS, SUPERVISORS
 from deepmemory_service.metrics import RUN_COUNTS_TTL_S, Cached, Metrics
 from deepmemory_service.middlewares import json_errors, request_context, service_auth
 from deepmemory_service.services import Services
@@ -155,13 +142,6 @@ def _resources(parts: Parts) -> Callable[[web.Application], AsyncIterator[None]]
             svc = backend.svc
             app[SERVICES] = svc
             app[SUPERVISORS] = backend.supervisors
-            app[DATABASE] = svc.db
-            app[BROADCASTER] = svc.broadcaster
-            app[STORES] = svc.stores
-            app[EMBEDDER] = svc.embedder
-            app[GENERATOR] = svc.generator
-            app[TRAINER] = svc.trainer
-            app[METRICS] = svc.metrics
             app[DRAIN] = backend.drain
             log.info("backend ready", instance_id=svc.owner)
             yield

@@ -398,10 +398,6 @@ class Conn:
         value: int = await self._fetchval("distinct_pair_chunks", run_id)
         return value
 
-    async def chunk_texts(self, user_id: uuid.UUID, ids: Sequence[int]) -> dict[int, str]:
-        rows = await self._fetch("chunk_texts", user_id, list(ids))
-        return {r["id"]: r["text"] for r in rows}
-
     async def add_documents(
         self, user_id: uuid.UUID, documents: Sequence[tuple[str | None, Sequence[str], bytes]]
     ) -> tuple[list[uuid.UUID], list[int]]:

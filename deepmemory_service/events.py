@@ -43,7 +43,6 @@ class Progress:
     interval_s: float
     _last_sent: float = 0.0
     _pending: dict[str, Any] | None = None
-    sent: int = 0
 
     async def update(self, status: str, done: int, total: int, message: str, **extra: Any) -> None:
         self._pending = {
@@ -64,7 +63,6 @@ class Progress:
             return
         data, self._pending = self._pending, None
         self._last_sent = time.monotonic()
-        self.sent += 1
         # a progress event is worth a retry through a dropped connection, not the run: an
         # insert whose reply was lost may leave it twice, which a progress bar does not mind
         await retrying(lambda: self.events.emit(self.job_id, "progress", data))

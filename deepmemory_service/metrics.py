@@ -38,16 +38,11 @@ class Cached:
 class Metrics:
     # runs by status is a GROUP BY over every run: read once per scrape interval at most
     run_counts: Cached
-    started_at: float = attrs.field(factory=time.monotonic)
     chunks_generated: int = 0
     pairs_written: int = 0
     generation_failures: int = 0
     training_runs: int = 0
     training_failures: int = 0
-    commands: dict[str, int] = attrs.field(factory=dict)
-
-    def count_command(self, name: str) -> None:
-        self.commands[name] = self.commands.get(name, 0) + 1
 
 
 def render(samples: list[tuple[str, str, dict[str, str], float]]) -> str:

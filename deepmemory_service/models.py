@@ -24,13 +24,8 @@ class RunStatus(enum.StrEnum):
     def is_failed(self) -> bool:
         return self in FAILED_STATUSES
 
-    @property
-    def is_running(self) -> bool:
-        return self in (RunStatus.GENERATING, RunStatus.TRAINING)
-
 
 FAILED_STATUSES = frozenset({RunStatus.GENERATING_FAILED, RunStatus.TRAINING_FAILED})
-BLOCKING_STATUSES = frozenset(set(RunStatus) - {RunStatus.COMPLETED})
 
 
 class JobKind(enum.StrEnum):

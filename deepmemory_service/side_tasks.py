@@ -21,7 +21,6 @@ MAX_PAUSE_S = 30.0
 @attrs.define
 class SideTasks:
     _tasks: dict[str, asyncio.Task[None]] = attrs.field(factory=dict)
-    restarts: dict[str, int] = attrs.field(factory=dict)
 
     def start(
         self,
@@ -46,7 +45,6 @@ class SideTasks:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    self.restarts[name] = self.restarts.get(name, 0) + 1
                     # a task that ran for a while before failing starts its backoff afresh
                     failures = 0 if time.monotonic() - began > MAX_PAUSE_S else failures
                     pause = policy.delay(failures)
@@ -71,6 +69,3 @@ class SideTasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
-
-    def names(self) -> list[str]:
-        return [n for n, t in self._tasks.items() if not t.done()]

@@ -191,8 +191,11 @@ class Standin:
 
     async def reset(self) -> None:
         """Its counters from zero."""
-        async with aiohttp.ClientSession() as http, http.post(f"{self.url}/_standin/reset"):
-            pass
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"{self.url}/_standin/reset") as resp,
+        ):
+            assert resp.status == 200, await resp.text()
 
     async def stats(self) -> dict[str, Any]:
         async with (

@@ -302,9 +302,6 @@ SELECT c.id, c.text, c.document_id, c.position, d.title
 FROM chunks c JOIN documents d ON d.id = c.document_id
 WHERE c.user_id = $1 AND c.id > $2 ORDER BY c.id LIMIT $3;
 
--- name: chunk_texts
-SELECT id, text FROM chunks WHERE user_id = $1 AND id = ANY($2::bigint[]);
-
 -- name: run_counts
 SELECT status, count(*) FROM training_runs GROUP BY status;
 
