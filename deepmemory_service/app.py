@@ -17,7 +17,7 @@ from deepmemory_service import (
     metrics_view,
     migrations,
     openapi,
-    plugins,
+    parts,
     search,
     sse,
     views,
@@ -42,8 +42,8 @@ log = structlog.get_logger(__name__)
 
 
 @attrs.frozen
-class Parts:
-    """Implementations to use instead of the configured ones (tests, benchmarks)."""
+class Overrides:
+    """Implementations to use instead of the configured parts (tests, benchmarks)."""
 
     generator: QuestionGenerator | None = None
     embedder: Embedder | None = None
@@ -74,7 +74,7 @@ class Backend:
 
 @asynccontextmanager
 async def open_backend(
-    settings: Settings, parts: Parts, *, background: bool = True
+    settings: Settings, overrides: Overrides, *, background: bool = True
 ) -> AsyncIterator[Backend]:
     """Database, parts and supervisors; with `background`, the lease and event side tasks."""
     await migrations.migrate_url(settings.database.url)
@@ -84,15 +84,15 @@ async def open_backend(
         max_size=settings.database.pool_max,
     )
     broadcaster = Broadcaster(settings.supervisor.subscriber_queue)
-    embedder = parts.embedder or plugins.build_embedder(settings)
+    embedder = overrides.embedder or parts.build_embedder(settings)
     svc = Services(
         settings=settings,
         db=db,
         broadcaster=broadcaster,
         events=JobEvents(db, broadcaster, settings.instance_id),
-        generator=parts.generator or plugins.build_generator(settings),
+        generator=overrides.generator or parts.build_generator(settings),
         embedder=embedder,
-        trainer=parts.trainer or plugins.build_trainer(settings),
+        trainer=overrides.trainer or parts.build_trainer(settings),
         stores=StoreRegistry(
             settings.store_path,
             embedder.name,
@@ -100,7 +100,7 @@ async def open_backend(
             settings.activeloop.token or None,
         ),
         metrics=Metrics(Cached(lambda: db.read(lambda c: c.run_counts()), RUN_COUNTS_TTL_S)),
-        budget=plugins.build_budget(settings, db),
+        budget=parts.build_budget(settings, db),
         uploads=UploadGate(settings.uploads.per_user),
     )
 
@@ -136,14 +136,14 @@ async def open_backend(
         await db.close()
 
 
-def _resources(parts: Parts) -> Callable[[web.Application], AsyncIterator[None]]:
+def _resources(overrides: Overrides) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        async with open_backend(app[SETTINGS], parts) as backend:
+        async with open_backend(app[SETTINGS], overrides) as backend:
             svc = backend.svc
             app[SERVICES] = svc
             app[SUPERVISORS] = backend.supervisors
             app[DRAIN] = backend.drain
-            log.info("backend ready", instance_id=svc.owner)
+            log.info("backend ready", instance_id=svc.instance_id)
             yield
 
     return ctx
@@ -155,10 +155,10 @@ async def _drain(app: web.Application) -> None:
         await app[DRAIN]()
 
 
-def create_backend(settings: Settings, parts: Parts) -> web.Application:
+def create_backend(settings: Settings, overrides: Overrides) -> web.Application:
     app = web.Application(middlewares=[service_auth])
     app[SETTINGS] = settings
-    app.cleanup_ctx.append(_resources(parts))
+    app.cleanup_ctx.append(_resources(overrides))
     app.on_shutdown.append(_drain)
     app.add_routes(views.routes)
     app.add_routes(sse.routes)
@@ -176,7 +176,7 @@ def complete_secrets(settings: Settings) -> Settings:
     )
 
 
-def create_app(settings: Settings, parts: Parts | None = None) -> web.Application:
+def create_app(settings: Settings, overrides: Overrides | None = None) -> web.Application:
     settings = complete_secrets(settings)
     role = settings.http.role
     if role in ("all", "backend") and not settings.database.url:
@@ -190,7 +190,7 @@ def create_app(settings: Settings, parts: Parts | None = None) -> web.Applicatio
     )
     app[SETTINGS] = settings
     if role in ("all", "backend"):
-        backend = create_backend(settings, parts or Parts())
+        backend = create_backend(settings, overrides or Overrides())
         app.add_subapp("/v1/api", backend)
         app[BACKEND] = backend
         app.router.add_get("/metrics", metrics_view.metrics_handler(backend))

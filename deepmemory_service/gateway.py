@@ -172,7 +172,7 @@ async def put_settings(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/deep-memory/generate")
-async def generate(request: web.Request) -> web.Response:
+async def post_generate(request: web.Request) -> web.Response:
     user_id = _user(request)
     return await _forward(
         request, "POST", "/deep-memory/generate", body=await _with_user(request, user_id)
@@ -188,7 +188,7 @@ async def estimate(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/deep-memory/train")
-async def train(request: web.Request) -> web.Response:
+async def post_train(request: web.Request) -> web.Response:
     user_id = _user(request)
     return await _forward(
         request, "POST", "/deep-memory/train", body=await _with_user(request, user_id)

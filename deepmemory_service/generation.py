@@ -194,7 +194,7 @@ class Pipeline:
                     self.run.id,
                     self.job.id,
                     batch,
-                    self.svc.owner,
+                    self.svc.instance_id,
                     spent,
                     self.spent_before + spent,
                 )
@@ -308,7 +308,7 @@ async def reuse(svc: Services, run: Run) -> Run:
 
     async def copy() -> tuple[int, int, int]:
         async with svc.db.conn() as conn:
-            return await conn.reuse_pairs(run, svc.owner)
+            return await conn.reuse_pairs(run, svc.instance_id)
 
     covered, pairs, reused = await retrying(copy)
     svc.metrics.chunks_generated += covered - run.generated_chunks
@@ -351,7 +351,7 @@ async def chunk_position(svc: Services, run: Run, chunk_id: int | None) -> int |
     return None
 
 
-async def generate(svc: Services, work: WorkStatus, run: Run, job: Job) -> None:
+async def generation_job(svc: Services, work: WorkStatus, run: Run, job: Job) -> None:
     """The whole generation job; on success, a `generated` run (and training if auto_train)."""
     events = svc.events
     progress = events.progress(job.id, run.id, svc.settings.generation.progress_hz)
@@ -399,7 +399,9 @@ async def generate(svc: Services, work: WorkStatus, run: Run, job: Job) -> None:
         message = await cancel_message(svc, run, done)
         log.info("generation cancelled", message=message)
         await progress.flush()
-        await jobs.fail(svc, job, run, RunStatus.GENERATING, RunStatus.GENERATING_FAILED, message)
+        await jobs.fail_run_and_job(
+            svc, job, run, RunStatus.GENERATING, RunStatus.GENERATING_FAILED, message
+        )
         return
     except Exception as exc:
         failed_chunk = pipeline.failed_chunk if pipeline else None
@@ -409,12 +411,14 @@ async def generate(svc: Services, work: WorkStatus, run: Run, job: Job) -> None:
         log.warning("generation failed", error=message)
         svc.metrics.generation_failures += 1
         await progress.flush()
-        await jobs.fail(svc, job, run, RunStatus.GENERATING, RunStatus.GENERATING_FAILED, message)
+        await jobs.fail_run_and_job(
+            svc, job, run, RunStatus.GENERATING, RunStatus.GENERATING_FAILED, message
+        )
         return
 
     await progress.flush()
     async with svc.db.conn() as conn:
-        finished = await conn.finish_generation(run.id, svc.owner)
+        finished = await conn.finish_generation(run.id, svc.instance_id)
     if finished is None:
         # not every snapshot chunk is covered (or the run is no longer ours): never leave
         # it `generating`; a failed run can be resumed, and resume covers what is missing
@@ -426,7 +430,9 @@ async def generate(svc: Services, work: WorkStatus, run: Run, job: Job) -> None:
             if current is not None
             else "run deleted while generating"
         )
-        await jobs.fail(svc, job, run, RunStatus.GENERATING, RunStatus.GENERATING_FAILED, message)
+        await jobs.fail_run_and_job(
+            svc, job, run, RunStatus.GENERATING, RunStatus.GENERATING_FAILED, message
+        )
         return
     elapsed = time.monotonic() - started
     log.info(
@@ -440,7 +446,9 @@ async def generate(svc: Services, work: WorkStatus, run: Run, job: Job) -> None:
             current = await conn.get_run(run.id, run.user_id, for_update=True)
             if current is None or current.status is not RunStatus.GENERATED:
                 return
-            training_run = await conn.start_training(current, svc.owner, svc.settings.lease.ttl_s)
+            training_run = await conn.start_training(
+                current, svc.instance_id, svc.settings.lease.ttl_s
+            )
         await events.emit(
             job.id,
             "status",
@@ -451,7 +459,7 @@ async def generate(svc: Services, work: WorkStatus, run: Run, job: Job) -> None:
             },
         )
         work.status = RunStatus.TRAINING
-        await training.train(svc, work, training_run, job)
+        await training.training_job(svc, work, training_run, job)
         return
     await jobs.end_done(
         svc,

@@ -12,7 +12,7 @@ import attrs
 from tqdm import tqdm
 
 from deepmemory_service import documents
-from deepmemory_service.app import Parts, open_backend
+from deepmemory_service.app import Overrides, open_backend
 from deepmemory_service.chunking import TEXT_SUFFIXES as SUFFIXES
 from deepmemory_service.config import Settings
 from deepmemory_service.payloads import DocumentIn, Text, clean_text
@@ -109,7 +109,7 @@ def summary(outcome: Outcome, user_id: uuid.UUID) -> list[str]:
 
 async def ingest(settings: Settings, user_id: uuid.UUID, files: Plan, *, force: bool) -> Outcome:
     outcome = Outcome(unsupported=list(files.unsupported))
-    async with open_backend(settings, Parts(), background=False) as backend:
+    async with open_backend(settings, Overrides(), background=False) as backend:
         async with backend.svc.db.conn() as conn:
             outcome.total_chunks = await conn.total_chunks(user_id)
         # the bar goes to stderr and only on a terminal (in a pipe it is noise); the summary

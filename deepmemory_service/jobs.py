@@ -13,14 +13,14 @@ from deepmemory_service.services import Services
 log = structlog.get_logger(__name__)
 
 
-async def fail(
+async def fail_run_and_job(
     svc: Services, job: Job, run: Run, from_status: RunStatus, to: RunStatus, message: str
 ) -> None:
-    """The run goes to a failed status with `message`, and the job ends with a `failed` event."""
+    """The run goes to a failed status with `message`, then the job ends as `end_failed`."""
 
     async def record() -> Run | None:
         async with svc.db.conn() as conn:
-            return await conn.fail_run(run.id, from_status, to, message, svc.owner)
+            return await conn.fail_run(run.id, from_status, to, message, svc.instance_id)
 
     failed = await retrying(record)
     if failed is None:
@@ -29,6 +29,8 @@ async def fail(
 
 
 async def end_failed(svc: Services, job: Job, run: Run, status: RunStatus, message: str) -> None:
+    """Only the job: a `failed` event naming the run's `status`, then the job row. For a run
+    that has already left (or never had) its running status."""
     data = {"run_id": str(run.id), "status": status, "error_message": message}
     await retrying(lambda: svc.events.emit(job.id, "failed", data))
     await retrying(lambda: _finish(svc, job, "failed"))

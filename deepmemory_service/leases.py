@@ -34,7 +34,7 @@ async def heartbeat(
         await asyncio.sleep(cfg.heartbeat_s)
         try:
             async with svc.db.conn() as conn:
-                cancelled = await conn.renew_leases(svc.owner, cfg.ttl_s, working())
+                cancelled = await conn.renew_leases(svc.instance_id, cfg.ttl_s, working())
         except CONNECTION_ERRORS as exc:
             log.warning("lease renewal failed", error=str(exc))
             continue
@@ -75,6 +75,6 @@ async def release_all(svc: Services) -> list[Run]:
     """On graceful shutdown: this instance's running runs fail now, not when leases expire."""
     message = LOST.format(why="the service shut down")
     async with svc.db.conn() as conn:
-        released = await conn.release_leases(svc.owner, message)
+        released = await conn.release_leases(svc.instance_id, message)
     await _end_jobs(svc, released, message)
     return released

@@ -29,7 +29,7 @@ def _wanted(svc: Services, payload: str, cancel_run: Callable[[uuid.UUID], objec
     request to cancel a run is passed on at once."""
     try:
         note = json.loads(payload)
-        if note.get("origin") == svc.owner:
+        if note.get("origin") == svc.instance_id:
             return None
         if "cancel_run" in note:
             cancel_run(uuid.UUID(note["cancel_run"]))

@@ -1,4 +1,4 @@
-"""The run commands: generate, proceed, train, cancel, delete.
+"""The run commands: a new run (generate), proceed, train a generated run, cancel, delete.
 
 Each runs inside the user's supervisor (one at a time per user in this process) and inside
 a transaction holding the user's advisory lock (one at a time per user across instances).
@@ -33,12 +33,12 @@ from deepmemory_service.supervisor import RunSupervisor
 log = structlog.get_logger(__name__)
 
 
-def _launch(svc: Services, sup: RunSupervisor, run: Run, job: Job) -> None:
-    work = generation.generate if job.kind is JobKind.GENERATE else training.train
+def _start_job(svc: Services, sup: RunSupervisor, run: Run, job: Job) -> None:
+    work = generation.generation_job if job.kind is JobKind.GENERATE else training.training_job
     sup.start_work(run.id, job.id, run.status, lambda status: work(svc, status, run, job))
 
 
-async def generate(
+async def new_run(
     svc: Services,
     sup: RunSupervisor,
     questions_per_chunk: int | None,
@@ -69,7 +69,7 @@ async def generate(
                 user_id,
                 qpc,
                 auto_train,
-                svc.owner,
+                svc.instance_id,
                 svc.settings.lease.ttl_s,
                 source,
             )
@@ -88,7 +88,7 @@ async def generate(
         questions_per_chunk=qpc,
         reuses=str(run.reused_from) if run.reused_from else None,
     )
-    _launch(svc, sup, run, job)
+    _start_job(svc, sup, run, job)
     return JobAccepted(job.id, run.id)
 
 
@@ -101,12 +101,12 @@ async def proceed(svc: Services, sup: RunSupervisor, run_id: uuid.UUID) -> JobAc
             raise not_failed(run.status)
         lease_s = svc.settings.lease.ttl_s
         if run.status is RunStatus.GENERATING_FAILED:
-            run = await conn.resume_run(run, RunStatus.GENERATING, svc.owner, lease_s)
+            run = await conn.resume_run(run, RunStatus.GENERATING, svc.instance_id, lease_s)
             kind = JobKind.GENERATE
             message = f"Resuming generation from chunk {run.generated_chunks}/{run.total_chunks}"
         else:
             pairs = await conn.count_pairs(run.id)
-            run = await conn.resume_run(run, RunStatus.TRAINING, svc.owner, lease_s)
+            run = await conn.resume_run(run, RunStatus.TRAINING, svc.instance_id, lease_s)
             kind = JobKind.TRAIN
             message = (
                 f"Resuming training with {pairs} pairs from chunk "
@@ -114,11 +114,11 @@ async def proceed(svc: Services, sup: RunSupervisor, run_id: uuid.UUID) -> JobAc
             )
         job = await conn.create_job(run.id, sup.user_id, kind)
     log.info("run resumed", run_id=str(run.id), message=message)
-    _launch(svc, sup, run, job)
+    _start_job(svc, sup, run, job)
     return JobAccepted(job.id, run.id, message)
 
 
-async def train(svc: Services, sup: RunSupervisor, run_id: uuid.UUID) -> JobAccepted:
+async def train_generated(svc: Services, sup: RunSupervisor, run_id: uuid.UUID) -> JobAccepted:
     async with svc.db.tx(lock_user=sup.user_id) as conn:
         run = await conn.get_run(run_id, sup.user_id, for_update=True)
         if run is None:
@@ -127,9 +127,9 @@ async def train(svc: Services, sup: RunSupervisor, run_id: uuid.UUID) -> JobAcce
             raise BadRequest(
                 f"Training run must be in status generated to train; its status is {run.status}"
             )
-        run = await conn.start_training(run, svc.owner, svc.settings.lease.ttl_s)
+        run = await conn.start_training(run, svc.instance_id, svc.settings.lease.ttl_s)
         job = await conn.create_job(run.id, sup.user_id, JobKind.TRAIN)
-    _launch(svc, sup, run, job)
+    _start_job(svc, sup, run, job)
     return JobAccepted(job.id, run.id)
 
 
@@ -171,9 +171,9 @@ async def cancel(svc: Services, sup: RunSupervisor, run_id: uuid.UUID) -> Cancel
             raise run_not_found()
         if run.status not in (RunStatus.GENERATING, RunStatus.TRAINING):
             raise not_running(run.status)
-        owner, lease_expired = await conn.request_cancel(run.id, svc.owner)
+        owner, lease_expired = await conn.request_cancel(run.id, svc.instance_id)
     log.info("run cancel requested", run_id=str(run_id), owner=owner)
-    here = owner == svc.owner and sup.work is not None and sup.work.run_id == run_id
+    here = owner == svc.instance_id and sup.work is not None and sup.work.run_id == run_id
     if here:
         assert sup.work is not None
         sup.work.cancel()

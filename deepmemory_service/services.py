@@ -32,6 +32,6 @@ class Services:
     uploads: UploadGate
 
     @property
-    def owner(self) -> str:
-        """This instance's name in run leases."""
+    def instance_id(self) -> str:
+        """This instance's name: the owner of the runs it leases, the origin of its events."""
         return self.settings.instance_id

@@ -60,7 +60,7 @@ async def _unless_cancelled(call: Awaitable[T], work: WorkStatus, message: str) 
     return task.result()
 
 
-async def train(svc: Services, work: WorkStatus, run: Run, job: Job) -> None:
+async def training_job(svc: Services, work: WorkStatus, run: Run, job: Job) -> None:
     events = svc.events
     progress = events.progress(job.id, run.id, svc.settings.generation.progress_hz)
     timeout_s = svc.settings.train.timeout_s
@@ -113,12 +113,14 @@ async def train(svc: Services, work: WorkStatus, run: Run, job: Job) -> None:
         log.warning("training failed", error=message)
         svc.metrics.training_failures += 1
         await progress.flush()
-        await jobs.fail(svc, job, run, RunStatus.TRAINING, RunStatus.TRAINING_FAILED, message)
+        await jobs.fail_run_and_job(
+            svc, job, run, RunStatus.TRAINING, RunStatus.TRAINING_FAILED, message
+        )
         return
 
     await progress.flush()
     async with svc.db.tx(lock_user=run.user_id) as conn:
-        completed = await conn.complete_run(run.id, svc.owner, outcome.metrics)
+        completed = await conn.complete_run(run.id, svc.instance_id, outcome.metrics)
         if completed is not None:
             await conn.record_training(
                 run.user_id,

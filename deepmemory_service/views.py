@@ -79,7 +79,7 @@ async def _ask(
 
 
 @routes.post("/deep-memory/generate")
-async def generate(request: web.Request) -> web.Response:
+async def post_generate(request: web.Request) -> web.Response:
     body = await read_json(request, GenerateIn)
     _bind(user_id=str(body.user_id))
     return _accepted(
@@ -87,7 +87,7 @@ async def generate(request: web.Request) -> web.Response:
             request,
             body.user_id,
             "generate",
-            runs.generate,
+            runs.new_run,
             body.questions_per_chunk,
             body.auto_train,
             body.regenerate,
@@ -105,10 +105,12 @@ async def proceed(request: web.Request) -> web.Response:
 
 
 @routes.post("/deep-memory/train")
-async def train(request: web.Request) -> web.Response:
+async def post_train(request: web.Request) -> web.Response:
     body = await read_json(request, TrainIn)
     _bind(user_id=str(body.user_id), run_id=str(body.training_run_id))
-    return _accepted(await _ask(request, body.user_id, "train", runs.train, body.training_run_id))
+    return _accepted(
+        await _ask(request, body.user_id, "train", runs.train_generated, body.training_run_id)
+    )
 
 
 @routes.post("/deep-memory/cancel")
@@ -273,7 +275,7 @@ async def debug_supervisors(request: web.Request) -> web.Response:
         "published": svc.broadcaster.published,
         "lagged": svc.broadcaster.lagged,
     }
-    snapshot["instance_id"] = svc.owner
+    snapshot["instance_id"] = svc.instance_id
     snapshot["llm_budget"] = svc.budget.snapshot()
     snapshot["uploads"] = svc.uploads.snapshot()
     return web.json_response(snapshot)

@@ -20,7 +20,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from deepmemory_service import migrations
-from deepmemory_service.app import Parts, create_app
+from deepmemory_service.app import Overrides, create_app
 from deepmemory_service.config import Settings, load_settings
 from deepmemory_service.embedded_pg import EmbeddedPostgres
 from deepmemory_service.keys import BACKEND, SERVICES, SUPERVISORS
@@ -132,8 +132,8 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def make_app(settings: Settings) -> Callable[..., web.Application]:
-    def make(settings_: Settings | None = None, **parts: Any) -> web.Application:
-        return create_app(settings_ or settings, Parts(**parts))
+    def make(settings_: Settings | None = None, **overrides: Any) -> web.Application:
+        return create_app(settings_ or settings, Overrides(**overrides))
 
     return make
 
@@ -266,8 +266,8 @@ async def api(make_app: Callable[..., web.Application], aiohttp_client: Any) -> 
 def api_factory(
     make_app: Callable[..., web.Application], aiohttp_client: Any
 ) -> Callable[..., Awaitable[Api]]:
-    async def make(settings_: Settings | None = None, **parts: Any) -> Api:
-        return Api(await aiohttp_client(make_app(settings_, **parts)))
+    async def make(settings_: Settings | None = None, **overrides: Any) -> Api:
+        return Api(await aiohttp_client(make_app(settings_, **overrides)))
 
     return make
 

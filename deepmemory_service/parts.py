@@ -1,4 +1,5 @@
-"""The configured generator, embedder and trainer, built by name (heavy ones imported lazily)."""
+"""The configured parts: question generator, LLM rate budget, embedder and trainer, each
+built from the settings by name (heavy ones imported lazily)."""
 
 from __future__ import annotations
 
