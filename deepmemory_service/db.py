@@ -18,6 +18,8 @@ import attrs
 import structlog
 import yarl
 
+from deepmemory_service.budget_math import SharedState
+from deepmemory_service.budget_sharing import Claim
 from deepmemory_service.models import (
     CatalogChunk,
     Chunk,
@@ -30,7 +32,6 @@ from deepmemory_service.models import (
     Run,
     RunStatus,
 )
-from deepmemory_service.rate_budget import Claim, SharedState
 from deepmemory_service.retry import RetryPolicy, retry
 
 log = structlog.get_logger(__name__)

@@ -48,8 +48,8 @@ async def estimate(
         budget = svc.budget
         fixed = len(SYSTEM_PROMPT) + len(user_prompt(Chunk(0, ""), questions_per_chunk))
         per_prompt = budget.estimate(fixed, 0)
-        prompt_tokens = round(new * per_prompt + new_chars * budget.tokens_per_char)
-        completion_tokens = round(new * questions_per_chunk * budget.tokens_per_question)
+        prompt_tokens = round(new * per_prompt + new_chars * budget.estimator.per_char)
+        completion_tokens = round(new * questions_per_chunk * budget.estimator.per_question)
     rpm = settings.llm.rpm
     return Estimate(
         total_chunks=chunks,

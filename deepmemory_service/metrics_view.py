@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
+from deepmemory_service.budget_report import budget_samples
 from deepmemory_service.errors import Unauthorized
 from deepmemory_service.keys import SERVICES, SETTINGS, SUPERVISORS
 from deepmemory_service.metrics import render
@@ -54,7 +55,7 @@ def metrics_handler(backend: web.Application) -> Callable[[web.Request], Awaitab
             cost = svc.settings.llm_prices.cost(stats.prompt_tokens, stats.completion_tokens)
             if cost is not None:
                 samples.append(("deepmemory_llm_cost_usd_total", "counter", {}, cost))
-        samples += _budget_samples(svc.budget.snapshot())
+        samples += budget_samples(svc.budget)
         return web.Response(
             text=render(samples),
             content_type="text/plain",
@@ -80,25 +81,3 @@ def _numbers(stats: Any) -> list[tuple[str, float]]:
                 (f"{name}_{k}", float(v)) for k, v in value.items() if isinstance(v, int | float)
             ]
     return out
-
-
-def _budget_samples(budget: dict[str, Any]) -> list[tuple[str, str, dict[str, str], float]]:
-    """The shared LLM rate budget as this instance sees it."""
-    gauges = {
-        "rpm": "deepmemory_llm_budget_rpm",
-        "tpm": "deepmemory_llm_budget_tpm",
-        "rate_factor": "deepmemory_llm_budget_rate_factor",
-        "current_rpm": "deepmemory_llm_budget_current_rpm",
-        "current_tpm": "deepmemory_llm_budget_current_tpm",
-        "instance_share": "deepmemory_llm_budget_instance_share",
-        "calls_waiting": "deepmemory_llm_budget_calls_waiting",
-        "paused_for_s": "deepmemory_llm_budget_paused_seconds",
-    }
-    samples: list[tuple[str, str, dict[str, str], float]] = [
-        (name, "gauge", {}, float(budget[key])) for key, name in gauges.items()
-    ]
-    samples += [
-        ("deepmemory_llm_budget_granted_total", "counter", {}, float(budget["granted"])),
-        ("deepmemory_llm_rate_limited_total", "counter", {}, float(budget["rate_limited"])),
-    ]
-    return samples

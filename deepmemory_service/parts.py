@@ -3,11 +3,13 @@ built from the settings by name (heavy ones imported lazily)."""
 
 from __future__ import annotations
 
+from deepmemory_service.budget_math import Limits
+from deepmemory_service.budget_sharing import PostgresBudgetStore, budget_key
 from deepmemory_service.config import Settings
 from deepmemory_service.db import Database
 from deepmemory_service.embedders import Embedder, HashingEmbedder
 from deepmemory_service.generators import OfflineQuestionGenerator, QuestionGenerator
-from deepmemory_service.rate_budget import Limits, PostgresBudgetStore, RateBudget, budget_key
+from deepmemory_service.rate_budget import RateBudget
 from deepmemory_service.trainers import Trainer
 
 

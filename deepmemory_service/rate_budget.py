@@ -14,238 +14,52 @@ instance's share of the budget; the estimate is corrected from the reply's `usag
   With no limit configured nothing here runs: a call costs no database round trip.
 - **Fair on this instance.** Calls that must wait queue per user and are granted in turn
   (round robin), so one user's many workers never starve another's.
-- **A 429 slows the whole budget.** Any instance's 429 halves the shared rate factor (once
-  per `HOLD_S`, however many calls were in flight) and pauses every instance for the
-  reply's `Retry-After`; while calls succeed the factor grows back by `INCREASE_PER_S` a
-  second (additive increase, multiplicative decrease).
+- **A 429 slows the whole budget.** Any instance's 429 cuts the shared rate factor by a
+  quarter (once per `HOLD_S`, however many calls were in flight) and pauses every instance
+  for the reply's `Retry-After`; while calls succeed the factor grows back by
+  `INCREASE_PER_S` a second (additive increase, multiplicative decrease).
+
+The buckets, the split, the factor's steps and the token estimate are `budget_math.py`;
+where instances meet is `budget_sharing.py`; what the debug view and `/metrics` show of a
+budget is `budget_report.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import math
 import time
 import uuid
 from collections import deque
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 import attrs
 import structlog
-from attrs import frozen
 
+from deepmemory_service.budget_math import (
+    DECREASE,
+    FLOOR,
+    HOLD_S,
+    MAX_PAUSE_S,
+    Limits,
+    Report,
+    TokenBucket,
+    TokenEstimate,
+    fair_shares,
+)
+from deepmemory_service.budget_sharing import BudgetStore, Claim
 from deepmemory_service.usage import Usage
-
-if TYPE_CHECKING:
-    from deepmemory_service.db import Database
 
 log = structlog.get_logger(__name__)
 
+# how often a busy instance exchanges its claims and report with the others
 SYNC_S = 0.5
-# a claim not refreshed for this long belongs to a run or an instance that is gone
-CLAIM_TTL_S = 2.0
 # how much of its rate an idle bucket may spend at once (a stalled event loop catching
 # up, say); the provider's own buckets hold a second or more
 BURST_S = 0.25
-INCREASE_PER_S = 0.1
-DECREASE = 0.75
-FLOOR = 0.05
-HOLD_S = 2.0
-# a pause asked for by Retry-After is honoured up to this long
-MAX_PAUSE_S = 60.0
 # a user whose calls did not wait asks for this much more than it used, so it can grow
 HEADROOM = 1.5
-# tokens of a chat request beyond its text (roles, separators), and the first guesses of
-# tokens per prompt character and per question asked, until replies say better
-MESSAGE_OVERHEAD_TOKENS = 12
-FIRST_TOKENS_PER_CHAR = 0.25
-FIRST_TOKENS_PER_QUESTION = 24.0
-LEARN = 0.1
-
-
-def budget_key(base_url: str, api_key: str) -> str:
-    """The budget's name: a digest of the endpoint and the key (never the key itself)."""
-    digest = hashlib.sha256(f"{base_url.rstrip('/')}\0{api_key}".encode()).hexdigest()
-    return digest[:16]
-
-
-@frozen
-class Limits:
-    rpm: float
-    tpm: float
-
-    @property
-    def limited(self) -> bool:
-        return self.rpm > 0 or self.tpm > 0
-
-
-@attrs.define
-class TokenBucket:
-    """`rate` a second up to `capacity`; a take may overdraw (a reply used more tokens
-    than estimated), which later takes then wait out. An infinite capacity never waits."""
-
-    rate: float
-    capacity: float
-    level: float
-    at: float
-
-    @classmethod
-    def unlimited(cls, now: float) -> TokenBucket:
-        return cls(math.inf, math.inf, math.inf, now)
-
-    def _refill(self, now: float) -> None:
-        if math.isinf(self.capacity):
-            self.level = math.inf
-        else:
-            self.level = min(self.capacity, self.level + max(0.0, now - self.at) * self.rate)
-        self.at = now
-
-    def wait(self, amount: float, now: float) -> float:
-        """Seconds until `amount` can be taken (a take larger than the bucket waits for a
-        full one)."""
-        self._refill(now)
-        missing = min(amount, self.capacity) - self.level
-        if missing <= 0:
-            return 0.0
-        return missing / self.rate if self.rate > 0 else math.inf
-
-    def take(self, amount: float, now: float) -> None:
-        self._refill(now)
-        self.level -= amount
-
-    def retune(self, rate: float, capacity: float, now: float) -> None:
-        self._refill(now)
-        self.rate, self.capacity = rate, capacity
-        self.level = min(self.level, capacity)
-
-
-def fair_shares(demands: Sequence[float]) -> list[float]:
-    """A max-min fair split of a budget of 1 between claims wanting `demands` (fractions of
-    it; 1 or more means as much as there is). Claims wanting less than an equal part get
-    what they want; the others split the rest equally; what is left over after every
-    demand is met is split equally too."""
-    n = len(demands)
-    shares = [0.0] * n
-    left = 1.0
-    for k, i in enumerate(sorted(range(n), key=lambda j: demands[j])):
-        shares[i] = min(max(demands[i], 0.0), left / (n - k))
-        left -= shares[i]
-    if n and left > 1e-12:
-        shares = [s + left / n for s in shares]
-    return shares
-
-
-@frozen
-class SharedState:
-    """The budget's state every instance shares (times are the database's clock, epoch s)."""
-
-    factor: float = 1.0
-    adjusted_at: float = 0.0
-    hold_until: float = 0.0
-    paused_until: float = 0.0
-    rate_limited: int = 0
-
-
-@frozen
-class Report:
-    """What one instance saw since its last exchange."""
-
-    successes: int = 0
-    rate_limited: int = 0
-    retry_after_s: float | None = None
-
-
-def advance(state: SharedState, now: float, report: Report) -> SharedState:
-    """The shared state after an instance's report: additive increase for the time calls
-    succeeded (past any hold), multiplicative decrease on 429s (once per hold), and a pause
-    until the longest Retry-After."""
-    factor, hold, paused = state.factor, state.hold_until, state.paused_until
-    if report.successes:
-        grow_from = max(state.adjusted_at, hold)
-        factor = min(1.0, factor + INCREASE_PER_S * max(0.0, now - grow_from))
-    if report.rate_limited:
-        if now >= hold:
-            factor = max(FLOOR, factor * DECREASE)
-            hold = now + HOLD_S
-        pause = min(report.retry_after_s or 0.0, MAX_PAUSE_S)
-        paused = max(paused, now + pause)
-    return SharedState(factor, now, hold, paused, state.rate_limited + report.rate_limited)
-
-
-def _merged(a: Report, b: Report) -> Report:
-    longest = max(a.retry_after_s or 0.0, b.retry_after_s or 0.0)
-    return Report(a.successes + b.successes, a.rate_limited + b.rate_limited, longest or None)
-
-
-@frozen
-class Claim:
-    instance_id: str
-    user_id: uuid.UUID
-    demand: float
-
-
-@frozen
-class Exchanged:
-    """The database's answer to an exchange: the shared state, its clock, others' claims."""
-
-    state: SharedState
-    now: float
-    others: list[Claim]
-
-
-class BudgetStore(Protocol):
-    """Where instances meet (PostgreSQL; `MemoryBudgetStore` in tests)."""
-
-    async def exchange(
-        self, key: str, instance_id: str, claims: list[Claim], report: Report
-    ) -> Exchanged:
-        """Applies `report` to the shared state (`advance`), replaces this instance's claims,
-        and returns the state with the live claims of the other instances."""
-        ...
-
-
-@attrs.define
-class MemoryBudgetStore:
-    """The database's part in memory, for several budgets in one process (tests)."""
-
-    clock: Any = time.time
-    states: dict[str, SharedState] = attrs.field(factory=dict)
-    claims: dict[tuple[str, str], tuple[float, list[Claim]]] = attrs.field(factory=dict)
-
-    async def exchange(
-        self, key: str, instance_id: str, claims: list[Claim], report: Report
-    ) -> Exchanged:
-        now = float(self.clock())
-        state = self.states.get(key) or SharedState(adjusted_at=now)
-        self.states[key] = state = advance(state, now, report)
-        self.claims[(key, instance_id)] = (now, list(claims))
-        others = [
-            claim
-            for (k, inst), (at, made) in self.claims.items()
-            if k == key and inst != instance_id and now - at < CLAIM_TTL_S
-            for claim in made
-        ]
-        return Exchanged(state, now, others)
-
-
-@attrs.define
-class PostgresBudgetStore:
-    """Instances meet in PostgreSQL: one short transaction per exchange, the budget's row
-    locked while the report is applied."""
-
-    db: Database
-
-    async def exchange(
-        self, key: str, instance_id: str, claims: list[Claim], report: Report
-    ) -> Exchanged:
-        async with self.db.tx() as conn:
-            state, now = await conn.budget_lock(key)
-            state = advance(state, now, report)
-            await conn.budget_save(key, state)
-            others = await conn.budget_claim(key, instance_id, claims, CLAIM_TTL_S)
-        return Exchanged(state, now, others)
 
 
 @attrs.define
@@ -325,18 +139,17 @@ class RateBudget:
     granted: int = 0
     rate_limited_here: int = 0
     rate_limited_everywhere: int = 0
-    tokens_per_char: float = FIRST_TOKENS_PER_CHAR
-    tokens_per_question: float = FIRST_TOKENS_PER_QUESTION
+    estimator: TokenEstimate = attrs.field(factory=TokenEstimate)
     requests: TokenBucket = attrs.field(init=False)
     tokens: TokenBucket = attrs.field(init=False)
     _users: dict[uuid.UUID, _UserQueue] = attrs.field(factory=dict)
     _turns: deque[uuid.UUID] = attrs.field(factory=deque)
-    _report: Report = Report()
+    _report: Report = attrs.field(factory=Report)
     _hold_until: float = 0.0
     _wake: asyncio.Event = attrs.field(factory=asyncio.Event)
     _sync_now: asyncio.Event = attrs.field(factory=asyncio.Event)
     _synced: asyncio.Event = attrs.field(factory=asyncio.Event)
-    _synced_at: float | None = None
+    synced_at: float | None = None
     _last_share: float | None = None
     _dispatcher: asyncio.Task[None] | None = None
     _syncer: asyncio.Task[None] | None = None
@@ -349,20 +162,20 @@ class RateBudget:
         if self.store is None:
             self._synced.set()  # alone: the whole budget is this instance's
 
-    # the arithmetic
+    # pacing
 
     def estimate(self, prompt_chars: int, questions: int) -> float:
-        prompt = MESSAGE_OVERHEAD_TOKENS + prompt_chars * self.tokens_per_char
-        return prompt + questions * self.tokens_per_question
+        return self.estimator.tokens(prompt_chars, questions)
 
-    def _rates(self) -> tuple[float, float]:
+    def rates(self) -> tuple[float, float]:
+        """This instance's requests and tokens a second, as things stand."""
         scale = self.factor * self.share / 60.0
         return self.limits.rpm * scale, self.limits.tpm * scale
 
     def _retune(self, now: float) -> None:
         """The buckets' rates from the limits, the factor and this instance's share (an
         unlimited bucket that becomes limited starts nearly empty: no burst at start)."""
-        rps, tps = self._rates()
+        rps, tps = self.rates()
         for bucket, limit, rate in (
             (self.requests, self.limits.rpm, rps),
             (self.tokens, self.limits.tpm, tps),
@@ -450,22 +263,17 @@ class RateBudget:
 
     def settle(self, grant: Grant, usage: Usage | None, *, ok: bool = True) -> None:
         if ok and self.limits.limited:
-            self._report = _merged(self._report, Report(successes=1))
+            self._report = self._report.merged(Report(successes=1))
         if usage is None:
             return
         if self.limits.tpm > 0:
             spent = usage.prompt_tokens + usage.completion_tokens
             self.tokens.take(spent - grant.tokens, self.clock())
-        if grant.prompt_chars > 0:
-            seen = max(0, usage.prompt_tokens - MESSAGE_OVERHEAD_TOKENS) / grant.prompt_chars
-            self.tokens_per_char += LEARN * (seen - self.tokens_per_char)
-        if grant.questions > 0:
-            seen = usage.completion_tokens / grant.questions
-            self.tokens_per_question += LEARN * (seen - self.tokens_per_question)
+        self.estimator.learn(grant.prompt_chars, grant.questions, usage)
 
     def rate_limited(self, _grant: Grant, retry_after_s: float | None) -> None:
         self.rate_limited_here += 1
-        self._report = _merged(self._report, Report(rate_limited=1, retry_after_s=retry_after_s))
+        self._report = self._report.merged(Report(rate_limited=1, retry_after_s=retry_after_s))
         if not self.limits.limited:
             return
         # slow down here at once; the other instances hear of it at the exchange, now
@@ -526,7 +334,7 @@ class RateBudget:
         try:
             answer = await self.store.exchange(self.key, self.instance_id, mine, report)
         except BaseException:
-            self._report = _merged(report, self._report)  # the next exchange carries it
+            self._report = report.merged(self._report)  # the next exchange carries it
             raise
         now = self.clock()
         everyone = [*mine, *answer.others]
@@ -546,7 +354,7 @@ class RateBudget:
         self.paused_until = max(self.paused_until, now + answer.state.paused_until - answer.now)
         self._hold_until = max(self._hold_until, now + answer.state.hold_until - answer.now)
         self._retune(now)
-        self._synced_at = now
+        self.synced_at = now
         self._synced.set()
         self._wake.set()
 
@@ -583,30 +391,10 @@ class RateBudget:
     def calls_waiting(self) -> int:
         return sum(len(u.waiters) for u in self._users.values())
 
-    def snapshot(self) -> dict[str, Any]:
-        now = self.clock()
-        rps, tps = self._rates()
-        return {
-            "key": self.key,
-            "limited": self.limits.limited,
-            "rpm": self.limits.rpm,
-            "tpm": self.limits.tpm,
-            "rate_factor": round(self.factor, 4),
-            "current_rpm": round(self.limits.rpm * self.factor, 2),
-            "current_tpm": round(self.limits.tpm * self.factor, 2),
-            "instance_share": round(self.share, 4),
-            "instance_rpm": round(rps * 60, 2),
-            "instance_tpm": round(tps * 60, 2),
-            "calls_waiting": self.calls_waiting,
-            "users": len(self._users),
-            "granted": self.granted,
-            "rate_limited": self.rate_limited_here,
-            "rate_limited_all_instances": self.rate_limited_everywhere,
-            "paused_for_s": round(max(0.0, self.paused_until - now), 3),
-            "synced_s_ago": None if self._synced_at is None else round(now - self._synced_at, 3),
-            "tokens_per_char": round(self.tokens_per_char, 4),
-            "tokens_per_question": round(self.tokens_per_question, 2),
-        }
+    @property
+    def users(self) -> int:
+        """Users with a run drawing from the budget on this instance."""
+        return len(self._users)
 
     def __repr__(self) -> str:
         return (

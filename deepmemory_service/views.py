@@ -12,6 +12,7 @@ import structlog
 from aiohttp import web
 
 from deepmemory_service import documents, estimates, runs
+from deepmemory_service.budget_report import budget_view
 from deepmemory_service.db import Conn, UserSettingsRow
 from deepmemory_service.errors import Conflict, NotFound, Unauthorized, run_not_found
 from deepmemory_service.keys import SERVICES, SETTINGS, SUPERVISORS
@@ -276,7 +277,7 @@ async def debug_supervisors(request: web.Request) -> web.Response:
         "lagged": svc.broadcaster.lagged,
     }
     snapshot["instance_id"] = svc.instance_id
-    snapshot["llm_budget"] = svc.budget.snapshot()
+    snapshot["llm_budget"] = budget_view(svc.budget)
     snapshot["uploads"] = svc.uploads.snapshot()
     return web.json_response(snapshot)
 

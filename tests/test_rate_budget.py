@@ -12,25 +12,23 @@ from typing import Any
 import attrs
 import pytest
 
-from deepmemory_service.rate_budget import (
+from deepmemory_service.budget_math import (
     DECREASE,
     FLOOR,
     HOLD_S,
     INCREASE_PER_S,
     MAX_PAUSE_S,
-    Claim,
-    Exchanged,
-    Lane,
+    MESSAGE_OVERHEAD_TOKENS,
     Limits,
-    MemoryBudgetStore,
-    RateBudget,
     Report,
     SharedState,
     TokenBucket,
+    TokenEstimate,
     advance,
-    budget_key,
     fair_shares,
 )
+from deepmemory_service.budget_sharing import Claim, Exchanged, MemoryBudgetStore, budget_key
+from deepmemory_service.rate_budget import Grant, Lane, RateBudget
 from deepmemory_service.usage import Prices, Usage
 
 
@@ -139,9 +137,25 @@ def test_estimates_learn_from_usage() -> None:
     assert (lane.calls, lane.prompt_tokens, lane.completion_tokens) == (60, 512 * 60, 90 * 60)
 
 
-def budget_grant(budget: RateBudget, chars: int, questions: int) -> Any:
-    from deepmemory_service.rate_budget import Grant
+def test_a_token_estimate_moves_a_tenth_of_the_way_to_each_reply() -> None:
+    estimate = TokenEstimate(per_char=0.25, per_question=20.0)
+    assert estimate.tokens(400, 3) == MESSAGE_OVERHEAD_TOKENS + 100 + 60
+    estimate.learn(400, 3, Usage(prompt_tokens=MESSAGE_OVERHEAD_TOKENS + 200, completion_tokens=90))
+    assert estimate.per_char == pytest.approx(0.25 + 0.1 * (0.5 - 0.25))
+    assert estimate.per_question == pytest.approx(20.0 + 0.1 * (30.0 - 20.0))
+    estimate.learn(0, 0, Usage(prompt_tokens=10**6, completion_tokens=10**6))  # nothing to learn
+    assert estimate.per_char == pytest.approx(0.275)
 
+
+def test_reports_merge_their_counts_and_keep_the_longest_retry_after() -> None:
+    merged = Report(successes=3, rate_limited=1, retry_after_s=2.0).merged(
+        Report(successes=1, rate_limited=2, retry_after_s=5.0)
+    )
+    assert merged == Report(successes=4, rate_limited=3, retry_after_s=5.0)
+    assert Report(successes=1).merged(Report()) == Report(successes=1)
+
+
+def budget_grant(budget: RateBudget, chars: int, questions: int) -> Grant:
     return Grant(chars, questions, budget.estimate(chars, questions))
 
 
@@ -265,7 +279,7 @@ async def test_a_tokens_limit_paces_by_estimated_then_reported_tokens() -> None:
     of one."""
     budget = RateBudget(Limits(0, 6000), "k", "a")
     lane = budget.lane(uuid.uuid4())
-    budget.tokens_per_char, budget.tokens_per_question = 0.0, 0.0
+    budget.estimator.per_char, budget.estimator.per_question = 0.0, 0.0
     grant = await lane.acquire(0, 0)
     assert grant.tokens == pytest.approx(12)  # the per-message overhead alone
     budget.tokens.level = 0.0

@@ -34,9 +34,9 @@ from typing import Any
 import attrs
 from aiohttp import web
 
+from deepmemory_service.budget_math import TokenBucket
 from deepmemory_service.generators import OfflineQuestionGenerator
 from deepmemory_service.models import Chunk
-from deepmemory_service.rate_budget import TokenBucket
 
 FAULTS = ("429", "500", "hang", "bad_json", "wrong_count", "nul", "surrogate", "long")
 # what the text faults put into one question: what PostgreSQL cannot store, or a page
