@@ -199,3 +199,60 @@ async def test_waiting_on_the_limit_is_visible_in_progress_debug_and_metrics(
         metrics = await resp.text()
     assert f"deepmemory_llm_prompt_tokens_total {stats.prompt_tokens}" in metrics
     assert "deepmemory_llm_cost_usd_total " in metrics
+
+
+async def spent_by_job(api: Api, run_id: str) -> list[tuple[int, int, int]]:
+    """(calls, prompt tokens, completion tokens) of each of the run's jobs, oldest first."""
+    async with api.services.db.conn() as conn:
+        rows = await conn.raw.fetch(
+            "SELECT llm_calls, prompt_tokens, completion_tokens FROM jobs "
+            "WHERE run_id = $1 ORDER BY created_at",
+            uuid.UUID(run_id),
+        )
+    return [(r["llm_calls"], r["prompt_tokens"], r["completion_tokens"]) for r in rows]
+
+
+async def test_each_job_keeps_what_it_spent_and_the_run_adds_them_up(
+    api_factory: Any, aiohttp_server: Any, settings: Settings, user_id: uuid.UUID
+) -> None:
+    """A run that fails part-way and is proceeded: the first job keeps the tokens of the
+    answers it got, the second those of the rest, and the run shows both together (the
+    stand-in's count of what it billed)."""
+    two_workers = attrs.evolve(settings, concurrency=2)
+    svc = await limited_service(api_factory, aiohttp_server, two_workers, rpm=0, max_retries=0)
+    api, stats = svc.api, svc.standin.app[STATS]
+    await api.ingest(user_id, 12)
+    svc.standin.app[CONFIG].fail_after = 5
+    _, body = await api.call(
+        "POST", "/deep-memory/generate", json={"user_id": str(user_id), "questions_per_chunk": 2}
+    )
+    run_id = body["training_run_id"]
+    failed = await api.wait_status(user_id, run_id, "generating_failed")
+    await api.idle(user_id)
+    billed_first = (stats.prompt_tokens, stats.completion_tokens)
+    assert stats.successes == 5
+    assert (failed["prompt_tokens"], failed["completion_tokens"]) == billed_first
+    ((calls, *first),) = await spent_by_job(api, run_id)
+    assert tuple(first) == billed_first
+    assert calls == failed["llm_calls"] >= 6  # the five answers and at least one failure
+
+    svc.standin.app[CONFIG].fail_after = None
+    code, _ = await api.call(
+        "POST", "/deep-memory/proceed", json={"user_id": str(user_id), "training_run_id": run_id}
+    )
+    assert code == 202
+    run = await api.wait_status(user_id, run_id, "generated")
+    await api.idle(user_id)
+    assert stats.successes == 12
+    jobs = await spent_by_job(api, run_id)
+    assert len(jobs) == 2
+    assert jobs[1] == (
+        12 - 5,
+        stats.prompt_tokens - billed_first[0],
+        stats.completion_tokens - billed_first[1],
+    )
+    assert (run["prompt_tokens"], run["completion_tokens"]) == (
+        stats.prompt_tokens,
+        stats.completion_tokens,
+    )
+    assert run["llm_calls"] == jobs[0][0] + jobs[1][0]
