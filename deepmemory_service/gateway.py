@@ -98,17 +98,20 @@ def _unavailable(exc: BaseException) -> BadGateway:
     return BadGateway(f"Backend unavailable: {reason}")
 
 
-def _query_for(request: web.Request, user_id: uuid.UUID) -> dict[str, str]:
-    """The client's query, with `user_id` taken from the identity only."""
+async def _with_query(request: web.Request, method: str, path: str) -> web.Response:
+    """The client's query to `path`, with `user_id` taken from the identity only."""
+    user_id = _user(request)
     query = {k: v for k, v in request.query.items() if k != "user_id"}
     query["user_id"] = str(user_id)
-    return query
+    return await _forward(request, method, path, query=query)
 
 
-async def _with_user(request: web.Request, user_id: uuid.UUID) -> dict[str, Any]:
+async def _with_body(request: web.Request, method: str, path: str) -> web.Response:
+    """The client's JSON object to `path`, as the user the identity names."""
+    user_id = _user(request)
     body = await read_json_object(request)
     body["user_id"] = str(user_id)
-    return body
+    return await _forward(request, method, path, body=body)
 
 
 def _run_id(request: web.Request) -> str:
@@ -153,8 +156,7 @@ async def get_run(request: web.Request) -> web.Response:
 
 @routes.get("/api/deep-memory/runs")
 async def list_runs(request: web.Request) -> web.Response:
-    user_id = _user(request)
-    return await _forward(request, "GET", "/deep-memory/runs", query=_query_for(request, user_id))
+    return await _with_query(request, "GET", "/deep-memory/runs")
 
 
 @routes.get("/api/deep-memory/settings")
@@ -165,52 +167,37 @@ async def get_settings(request: web.Request) -> web.Response:
 
 @routes.put("/api/deep-memory/settings")
 async def put_settings(request: web.Request) -> web.Response:
-    user_id = _user(request)
-    return await _forward(
-        request, "PUT", "/deep-memory/settings", body=await _with_user(request, user_id)
-    )
+    return await _with_body(request, "PUT", "/deep-memory/settings")
 
 
 @routes.post("/api/deep-memory/generate")
 async def post_generate(request: web.Request) -> web.Response:
-    user_id = _user(request)
-    return await _forward(
-        request, "POST", "/deep-memory/generate", body=await _with_user(request, user_id)
-    )
+    return await _with_body(request, "POST", "/deep-memory/generate")
 
 
 @routes.get("/api/deep-memory/estimate")
 async def estimate(request: web.Request) -> web.Response:
-    user_id = _user(request)
-    return await _forward(
-        request, "GET", "/deep-memory/estimate", query=_query_for(request, user_id)
-    )
+    return await _with_query(request, "GET", "/deep-memory/estimate")
 
 
 @routes.post("/api/deep-memory/train")
 async def post_train(request: web.Request) -> web.Response:
-    user_id = _user(request)
-    return await _forward(
-        request, "POST", "/deep-memory/train", body=await _with_user(request, user_id)
-    )
+    return await _with_body(request, "POST", "/deep-memory/train")
 
 
 @routes.get("/api/deep-memory/search")
 async def search(request: web.Request) -> web.Response:
-    user_id = _user(request)
-    return await _forward(request, "GET", "/search", query=_query_for(request, user_id))
+    return await _with_query(request, "GET", "/search")
 
 
 @routes.post("/api/documents")
 async def documents(request: web.Request) -> web.Response:
-    user_id = _user(request)
-    return await _forward(request, "POST", "/documents", body=await _with_user(request, user_id))
+    return await _with_body(request, "POST", "/documents")
 
 
 @routes.get("/api/documents")
 async def list_documents(request: web.Request) -> web.Response:
-    user_id = _user(request)
-    return await _forward(request, "GET", "/documents", query=_query_for(request, user_id))
+    return await _with_query(request, "GET", "/documents")
 
 
 @routes.get("/api/events/stream/{job_id}")

@@ -17,7 +17,7 @@ import structlog
 from attrs import frozen
 
 from deepmemory_service import generation, leases, training
-from deepmemory_service.db import UniqueViolation
+from deepmemory_service.db import Conn, UniqueViolation
 from deepmemory_service.errors import (
     BadRequest,
     BlockingRunExists,
@@ -31,6 +31,14 @@ from deepmemory_service.services import Services
 from deepmemory_service.supervisor import RunSupervisor
 
 log = structlog.get_logger(__name__)
+
+
+async def _locked_run(conn: Conn, user_id: uuid.UUID, run_id: uuid.UUID) -> Run:
+    """The user's run, locked until the transaction ends; another user's is not found."""
+    run = await conn.get_run(run_id, user_id, for_update=True)
+    if run is None:
+        raise run_not_found()
+    return run
 
 
 def _start_job(svc: Services, sup: RunSupervisor, run: Run, job: Job) -> None:
@@ -94,9 +102,7 @@ async def new_run(
 
 async def proceed(svc: Services, sup: RunSupervisor, run_id: uuid.UUID) -> JobAccepted:
     async with svc.db.tx(lock_user=sup.user_id) as conn:
-        run = await conn.get_run(run_id, sup.user_id, for_update=True)
-        if run is None:
-            raise run_not_found()
+        run = await _locked_run(conn, sup.user_id, run_id)
         if not run.status.is_failed:
             raise not_failed(run.status)
         lease_s = svc.settings.lease.ttl_s
@@ -120,9 +126,7 @@ async def proceed(svc: Services, sup: RunSupervisor, run_id: uuid.UUID) -> JobAc
 
 async def train_generated(svc: Services, sup: RunSupervisor, run_id: uuid.UUID) -> JobAccepted:
     async with svc.db.tx(lock_user=sup.user_id) as conn:
-        run = await conn.get_run(run_id, sup.user_id, for_update=True)
-        if run is None:
-            raise run_not_found()
+        run = await _locked_run(conn, sup.user_id, run_id)
         if run.status is not RunStatus.GENERATED:
             raise BadRequest(
                 f"Training run must be in status generated to train; its status is {run.status}"
@@ -135,9 +139,7 @@ async def train_generated(svc: Services, sup: RunSupervisor, run_id: uuid.UUID) 
 
 async def delete(svc: Services, sup: RunSupervisor, run_id: uuid.UUID) -> str:
     async with svc.db.tx(lock_user=sup.user_id) as conn:
-        run = await conn.get_run(run_id, sup.user_id, for_update=True)
-        if run is None:
-            raise run_not_found()
+        run = await _locked_run(conn, sup.user_id, run_id)
         if not run.status.is_failed:
             raise not_failed(run.status)
         pairs = await conn.count_pairs(run.id)
@@ -166,9 +168,7 @@ async def cancel(svc: Services, sup: RunSupervisor, run_id: uuid.UUID) -> Cancel
     generating_failed / training_failed with a message saying where it stopped, and Proceed
     and Delete apply. The run may be working on another instance: that one hears of it."""
     async with svc.db.tx(lock_user=sup.user_id) as conn:
-        run = await conn.get_run(run_id, sup.user_id, for_update=True)
-        if run is None:
-            raise run_not_found()
+        run = await _locked_run(conn, sup.user_id, run_id)
         if run.status not in (RunStatus.GENERATING, RunStatus.TRAINING):
             raise not_running(run.status)
         owner, lease_expired = await conn.request_cancel(run.id, svc.instance_id)
