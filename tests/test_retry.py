@@ -6,14 +6,13 @@ import random
 import time
 from typing import Any
 
-import attrs
 import numpy as np
 import pytest
 from aiohttp import web
 
-from deepmemory_service.config import load_settings
 from deepmemory_service.embedders import EmbeddingError, OpenAIEmbedder
 from deepmemory_service.retry import RetryPolicy, retry, retry_after
+from tests.conftest import embeddings_api
 
 
 def test_backoff_doubles_up_to_the_cap_without_jitter() -> None:
@@ -106,15 +105,7 @@ async def test_the_embeddings_client_honours_retry_after(aiohttp_server: Any) ->
         data = [{"index": i, "embedding": [1.0, 0.0]} for i in range(len(body["input"]))]
         return web.json_response({"data": data})
 
-    app = web.Application()
-    app.router.add_post("/v1/embeddings", embeddings)
-    server = await aiohttp_server(app)
-    settings = attrs.evolve(
-        load_settings({}).openai_embeddings,
-        base_url=str(server.make_url("/v1")),
-        api_key="sk-embed",
-        dimension=2,
-    )
+    settings = await embeddings_api(aiohttp_server, embeddings, 2)
     embedder = OpenAIEmbedder(settings)
     try:
         vectors = await embedder.embed(["a", "b"])
@@ -130,14 +121,7 @@ async def test_the_embeddings_client_gives_up_with_the_status(aiohttp_server: An
     async def embeddings(_request: web.Request) -> web.Response:
         return web.json_response({"error": "down"}, status=503, headers={"Retry-After": "0"})
 
-    app = web.Application()
-    app.router.add_post("/v1/embeddings", embeddings)
-    server = await aiohttp_server(app)
-    settings = attrs.evolve(
-        load_settings({}).openai_embeddings,
-        base_url=str(server.make_url("/v1")),
-        dimension=2,
-    )
+    settings = await embeddings_api(aiohttp_server, embeddings, 2)
     embedder = OpenAIEmbedder(settings, policy=RetryPolicy(attempts=3, base_s=0.01, max_s=0.01))
     try:
         with pytest.raises(EmbeddingError, match="HTTP 503"):

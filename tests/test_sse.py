@@ -24,6 +24,7 @@ from structlog.testing import capture_logs
 
 from deepmemory_service.broadcaster import Subscription
 from deepmemory_service.config import Settings
+from deepmemory_service.models import JobEvent
 from deepmemory_service.testing.fakes import ControlledGenerator
 from tests.conftest import Api, SseEvent, poll, read_stream
 
@@ -105,10 +106,32 @@ async def test_slow_subscriber_catches_up_from_the_database(
     api: Api = await api_factory(tiny, generator=gen)
     await api.ingest(user_id, 30)
     _, body = await api.call("POST", "/deep-memory/generate", json={"user_id": str(user_id)})
+    job = uuid.UUID(body["job_id"])
     live = asyncio.create_task(read_stream(api, user_id, body["job_id"]))
     await asyncio.wait_for(gen.started.wait(), 10)
+    await _wait_subscribers(api, 1)
+    assert (await api.debug())["broadcaster"]["lagged"] == 0
+    # a burst published at once, as the listener publishes a batch of another instance's
+    # events: the stream cannot take one before the next arrives, so its queue overflows
+    svc = api.services
+    async with svc.db.conn() as conn:
+        burst = [
+            JobEvent(
+                await conn.insert_event(job, "progress", {"burst": i}, svc.instance_id),
+                job,
+                "progress",
+                {"burst": i},
+            )
+            for i in range(5)
+        ]
+    for event in burst:
+        svc.broadcaster.publish(event)
     gen.release()
     events = await live
+
+    # the subscriber lagged, and what its dropped queue held came from the database
+    assert (await api.debug())["broadcaster"]["lagged"] >= 1
+    assert [e.data for e in events if "burst" in e.data] == [{"burst": i} for i in range(5)]
     stored = await read_stream(api, user_id, body["job_id"], last_event_id=0)
     assert events == stored
     assert events[-1].event == "done"
@@ -241,15 +264,11 @@ def _now(read: Callable[[], T]) -> Callable[[], Awaitable[T]]:
     return probe
 
 
-async def _wait_subscribers(api: Api, admin_token: str, wanted: int) -> None:
+async def _wait_subscribers(api: Api, wanted: int) -> None:
     """Until the service's live subscriber count (its debug snapshot) is `wanted`."""
 
     async def count() -> int:
-        code, snapshot = await api.call(
-            "GET", "/debug/supervisors", headers={"X-Admin-Token": admin_token}
-        )
-        assert code == 200, snapshot
-        return int(snapshot["broadcaster"]["subscribers"])
+        return int((await api.debug())["broadcaster"]["subscribers"])
 
     await poll(count, lambda n: n == wanted, lambda n: f"{n} subscribers, not {wanted}")
 
@@ -318,7 +337,7 @@ async def test_a_stalled_subscriber_ends_alone_and_is_released(
         assert received.startswith(b"HTTP/1.1 200"), received
         for follower in healthy:
             await follower.seen(0)  # its response has started
-        await _wait_subscribers(api, tuned.admin_token, 3)
+        await _wait_subscribers(api, 3)
         # exact types: isinstance would touch every live object's __class__, and some warn
         gc.collect()
         responses = [weakref.ref(o) for o in gc.get_objects() if type(o) is EventSourceResponse]
@@ -341,7 +360,7 @@ async def test_a_stalled_subscriber_ends_alone_and_is_released(
             # the stalled stream waits in a write now: the client leaves with a reset
             stalled.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             stalled.close()
-        await _wait_subscribers(api, tuned.admin_token, 2)  # the stalled stream is over
+        await _wait_subscribers(api, 2)  # the stalled stream is over
 
         ended = [(e["event"], e["log_level"]) for e in logs if e["event"].startswith("event ")]
         if ending == "reset":
@@ -372,7 +391,7 @@ async def test_a_stalled_subscriber_ends_alone_and_is_released(
     assert stored[-1].event == "done"
     assert {e.id for e in filler} <= {e.id for e in stored}
     assert streams == [stored, stored]
-    await _wait_subscribers(api, tuned.admin_token, 0)
+    await _wait_subscribers(api, 0)
     await _wait_alive(subs, 0)
     assert not [e for e in logs if e["log_level"] in ("error", "critical")], logs
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
