@@ -231,11 +231,13 @@ JSON_ENDPOINTS = [
     ("POST", "/v1/api/deep-memory/generate"),
     ("POST", "/v1/api/deep-memory/proceed"),
     ("POST", "/v1/api/deep-memory/train"),
+    ("POST", "/v1/api/deep-memory/cancel"),
     ("PUT", "/v1/api/deep-memory/settings"),
     ("POST", "/v1/api/documents"),
     ("POST", "/api/deep-memory/generate"),
     ("POST", "/api/deep-memory/proceed"),
     ("POST", "/api/deep-memory/train"),
+    ("POST", "/api/deep-memory/cancel"),
     ("PUT", "/api/deep-memory/settings"),
     ("POST", "/api/documents"),
 ]
