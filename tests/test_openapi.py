@@ -159,6 +159,15 @@ async def test_every_kind_of_reply_matches_the_document(api: Api, user_id: uuid.
         json={"user_id": user, "enabled": True},
     )
     await check("GET", "/search", "/search", params={"user_id": user, "q": "vector stores"})
+    await check("GET", "/deep-memory/estimate", "/deep-memory/estimate", params={"user_id": user})
+    await check(
+        "POST",
+        "/deep-memory/cancel",
+        "/deep-memory/cancel",
+        json={"user_id": user, "training_run_id": run_id},
+    )
+    nobody = {"user_id": str(uuid.uuid4())}
+    await check("POST", "/deep-memory/generate", "/deep-memory/generate", json=nobody)
     await check("GET", "/healthz", "/healthz")
     assert [(m, p, s) for m, p, s in checked] == [
         ("POST", "/documents", 201),
@@ -171,6 +180,9 @@ async def test_every_kind_of_reply_matches_the_document(api: Api, user_id: uuid.
         ("GET", "/deep-memory/settings", 200),
         ("PUT", "/deep-memory/settings", 409),
         ("GET", "/search", 200),
+        ("GET", "/deep-memory/estimate", 200),
+        ("POST", "/deep-memory/cancel", 400),
+        ("POST", "/deep-memory/generate", 400),
         ("GET", "/healthz", 200),
     ]
 
