@@ -171,7 +171,9 @@ SSE_EVENT = {
 }
 
 
-def document(max_questions: int) -> dict[str, Any]:
+def document(max_questions: int, max_documents: int) -> dict[str, Any]:
+    """The backend's OpenAPI document; the bounds a request is held to are the configured
+    ones (questions per chunk, documents per upload)."""
     run_id = _param("run_id", "path", UUID)
     accepted = _json(_ref("JobAccepted"), "Accepted: the job's events stream at /events/stream")
     settings = _json(_ref("Settings"), "The user's Deep Memory settings")
@@ -305,6 +307,7 @@ def document(max_questions: int) -> dict[str, Any]:
                         "507": _error("No space left for the vector store: nothing was stored"),
                     },
                     body=payloads.DocumentsIn,
+                    body_overrides={"documents": {"minItems": 1, "maxItems": max_documents}},
                 ),
                 "get": _op(
                     "The user's documents, newest first",
@@ -407,5 +410,7 @@ def document(max_questions: int) -> dict[str, Any]:
 
 @routes.get("/openapi.json")
 async def openapi(request: web.Request) -> web.Response:
-    gen = request.app[SETTINGS].generation
-    return web.json_response(document(gen.max_questions_per_chunk))
+    settings = request.app[SETTINGS]
+    return web.json_response(
+        document(settings.generation.max_questions_per_chunk, settings.uploads.max_documents)
+    )

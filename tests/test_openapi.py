@@ -53,7 +53,7 @@ async def test_every_route_is_described_and_every_description_routed(api: Api) -
 
 
 def test_request_bodies_are_the_payload_classes() -> None:
-    doc = document(10)
+    doc = document(10, 1000)
     generate = doc["paths"]["/deep-memory/generate"]["post"]["requestBody"]
     schema = generate["content"]["application/json"]["schema"]
     assert schema["required"] == ["user_id"]
@@ -67,6 +67,10 @@ def test_request_bodies_are_the_payload_classes() -> None:
     assert schema["additionalProperties"] is False
     docs = schema_of(payloads.DocumentsIn)
     assert docs["properties"]["documents"]["items"]["required"] == ["text"]
+    upload = doc["paths"]["/documents"]["post"]["requestBody"]["content"]["application/json"]
+    documents = upload["schema"]["properties"]["documents"]
+    # the service refuses an empty list and more than the configured documents per upload
+    assert (documents["minItems"], documents["maxItems"]) == (1, 1000)
     assert schema_of(payloads.ProceedIn)["required"] == ["training_run_id", "user_id"]
 
 
@@ -106,13 +110,17 @@ async def test_schemathesis_finds_no_server_errors(api: Api, tmp_path: Path) -> 
 async def test_openapi_needs_no_token(api: Any) -> None:
     async with api.client.get("/v1/api/openapi.json") as resp:
         assert resp.status == 200
-        assert (await resp.json())["openapi"].startswith("3.")
+        doc = await resp.json()
+    assert doc["openapi"].startswith("3.")
+    upload = doc["paths"]["/documents"]["post"]["requestBody"]["content"]["application/json"]
+    most = api.services.settings.uploads.max_documents
+    assert upload["schema"]["properties"]["documents"]["maxItems"] == most
 
 
 async def test_every_kind_of_reply_matches_the_document(api: Api, user_id: uuid.UUID) -> None:
     """Each reply body the service gives in a user's loop, checked against the document's
     schema for its route and status (schemathesis, with random ids, rarely reaches them)."""
-    schema = schemathesis.openapi.from_dict(document(10))
+    schema = schemathesis.openapi.from_dict(document(10, 1000))
     base = str(api.client.make_url("/v1/api"))
     user = str(user_id)
     checked: list[tuple[str, str, int]] = []
@@ -188,7 +196,7 @@ async def test_every_kind_of_reply_matches_the_document(api: Api, user_id: uuid.
 
 
 def test_reply_schemas_are_the_classes_the_views_use() -> None:
-    doc = document(10)
+    doc = document(10, 1000)
     schemas = doc["components"]["schemas"]
     run = schemas["Run"]
     shown = {f.name for f in attrs.fields(Run)} - replies.RUN_HIDDEN | set(replies.RUN_EXTRA)
