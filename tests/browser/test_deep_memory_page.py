@@ -263,9 +263,8 @@ async def test_a_page_opened_during_a_run_follows_its_job_to_the_end(
 async def test_a_failed_training_proceeds_to_completion_and_can_be_enabled(
     browser: Any, api_factory: Any
 ) -> None:
-    api: Api = await api_factory(
-        generator=ControlledGenerator(), trainer=ScriptedTrainer(failures=1)
-    )
+    trainer = ScriptedTrainer(failures=1)
+    api: Api = await api_factory(generator=ControlledGenerator(), trainer=trainer)
     user = uuid.uuid4()
     await api.ingest(user, 12)
     page = await open_page(browser, api, user)
@@ -277,10 +276,13 @@ async def test_a_failed_training_proceeds_to_completion_and_can_be_enabled(
     await expect(page.get_by_test_id("block-message")).to_have_text(MESSAGES["training_failed"])
     await shot(page, "training-failed")
 
+    # held until the notice is seen: it is about the job, and goes when the job ends
+    trainer.gate = asyncio.Event()
     await page.get_by_test_id("proceed").click()
     await expect(page.get_by_test_id("notice")).to_contain_text(
         "Resuming training with ", timeout=TIMEOUT
     )
+    trainer.gate.set()
     toggle = page.get_by_test_id("enable-toggle")
     await expect(toggle).to_be_enabled(timeout=TIMEOUT)
     await expect(page.get_by_test_id("run")).to_be_hidden()
