@@ -125,15 +125,35 @@ class RunSupervisor:
         status: str,
         work: Callable[[WorkStatus], Coroutine[Any, Any, None]],
     ) -> WorkStatus:
-        """Runs `work(status)` as this user's current task (one at a time: the run rule
-        ensures it); `status` is what the work reports through while it runs."""
-        if self.working:
-            raise RuntimeError(f"supervisor {self.user_id} is already working")
+        """Runs `work(status)` as this user's current task; `status` is what the work reports
+        through while it runs. A user's work never overlaps: the run rule lets a command
+        start a run as soon as the last run's status is written, which its work does before
+        its last event and its job's end, so the new work waits for that tail. (It raised
+        here instead, after the command had committed: a proceed right after a failure was a
+        500 and left its run `generating` until its lease ran out.)"""
+        previous = self._work if self.working else None
         self.work = WorkStatus(run_id, job_id, status)
         self._work = asyncio.create_task(
-            self._guard(work(self.work), self.work), name=f"run:{run_id}"
+            self._guard(self._after(previous, work, self.work), self.work), name=f"run:{run_id}"
         )
         return self.work
+
+    @staticmethod
+    async def _after(
+        previous: asyncio.Task[None] | None,
+        work: Callable[[WorkStatus], Coroutine[Any, Any, None]],
+        status: WorkStatus,
+    ) -> None:
+        if previous is not None:
+            try:
+                await asyncio.shield(previous)
+            except asyncio.CancelledError:
+                if not previous.done():
+                    # this work is cancelled (shutdown) while waiting: the tail goes with it
+                    previous.cancel()
+                    await asyncio.wait([previous])
+                    raise
+        await work(status)
 
     async def _guard(self, work: Coroutine[Any, Any, None], status: WorkStatus) -> None:
         structlog.contextvars.bind_contextvars(user_id=str(self.user_id), run_id=str(status.run_id))

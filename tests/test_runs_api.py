@@ -9,7 +9,9 @@ from typing import Any
 import attrs
 import pytest
 
-from deepmemory_service.models import Chunk
+from deepmemory_service.events import JobEvents
+from deepmemory_service.keys import BACKEND, SUPERVISORS
+from deepmemory_service.models import Chunk, EventName, JobEvent
 from deepmemory_service.rate_budget import Lane
 from deepmemory_service.testing.fakes import ControlledGenerator, ScriptedTrainer
 from tests.conftest import Api
@@ -261,6 +263,43 @@ async def test_proceed_resumes_generation_from_the_point_of_failure(
     assert len(gen.successes) == 30
     assert set(gen.successes.values()) == {1}
     assert await pair_count(api, run_id) == 60
+
+
+async def test_a_proceed_before_the_failed_works_last_event_is_accepted_and_resumes(
+    api_factory: Any, user_id: uuid.UUID, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run's failed status is written before its work has ended (its `failed` event, its
+    job's end): a proceed in that gap is accepted, and the resumed work starts after it."""
+    gen = ControlledGenerator(fail_after=3)
+    api = await api_factory(generator=gen)
+    await api.ingest(user_id, 10)
+    tail = asyncio.Event()
+    emit = JobEvents.emit
+
+    async def emit_failed_when_let(
+        self: JobEvents, job_id: uuid.UUID, event: EventName, data: dict[str, Any]
+    ) -> JobEvent:
+        if event == "failed":
+            await tail.wait()
+        return await emit(self, job_id, event, data)
+
+    monkeypatch.setattr(JobEvents, "emit", emit_failed_when_let)
+    _, body = await generate(api, user_id)
+    run_id = body["training_run_id"]
+    await api.wait_status(user_id, run_id, "generating_failed")
+    sup = api.client.app[BACKEND][SUPERVISORS].find(user_id)
+    assert sup is not None
+    assert sup.working, "the failed run's work ended before its event"
+
+    gen.fail_after = None
+    code, reply = await api.call(
+        "POST", "/deep-memory/proceed", json={"training_run_id": run_id, "user_id": str(user_id)}
+    )
+    assert code == 202, reply
+    tail.set()
+    await api.wait_status(user_id, run_id, "generated")
+    await api.idle(user_id)
+    assert await pair_count(api, run_id) == 30
 
 
 async def test_proceed_resubmits_the_same_pairs_after_training_failed(
