@@ -66,3 +66,13 @@ use_checkout_instance() {
         (umask 077 && "$PY" -c 'import secrets; print(secrets.token_urlsafe(32))' > "$dir/secret_key")
     fi
 }
+
+# use_test_temproot: pytest's numbered temp dirs in a root of this checkout's own: sessions of
+# other checkouts on the same machine then never clean up or reuse this one's, where its
+# embedded PostgreSQL lives (a neighbour's session starting in the shared
+# /tmp/pytest-of-$USER took it down mid-run: 220 errors; 0 with a root of its own)
+use_test_temproot() {
+    PYTEST_DEBUG_TEMPROOT="${PYTEST_DEBUG_TEMPROOT:-${TMPDIR:-/tmp}/deepmemory-tests-$(echo "$ROOT" | sha256sum | cut -c1-12)}"
+    export PYTEST_DEBUG_TEMPROOT
+    mkdir -p "$PYTEST_DEBUG_TEMPROOT"
+}

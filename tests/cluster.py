@@ -41,9 +41,19 @@ class Instance:
     proc: subprocess.Popen[bytes]
     log: Path
 
-    def log_tail(self) -> str:
+    def log_tail(self, chars: int = 3000) -> str:
         """The end of the instance's log (stderr), for a failure message."""
-        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
+
+    def stacks(self) -> str:
+        """Ends a hung instance with SIGABRT, on which it prints every thread's Python stack
+        (PYTHONFAULTHANDLER), and returns its log's end with them: where it hung."""
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGABRT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(10)
+        self.kill()
+        return self.log_tail(20_000)
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -94,6 +104,8 @@ async def cluster(
             "DEEPMEMORY_LEASE_HEARTBEAT_S": "0.2",
             "DEEPMEMORY_LEASE_SWEEP_S": "0.2",
             "DEEPMEMORY_LOG_LEVEL": "warning",
+            # a hung instance can say where: SIGABRT prints its stacks (Instance.stacks)
+            "PYTHONFAULTHANDLER": "1",
             **env,
         }
         log = tmp_path / f"instance-{len(started)}.log"

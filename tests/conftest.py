@@ -29,6 +29,43 @@ from deepmemory_service.services import Services
 # the `cluster` fixture: real service processes on one database
 pytest_plugins = ("tests.cluster",)
 
+# The modules whose subject is what the database does (its schema and migrations, locks,
+# transactions, leases, LISTEN/NOTIFY, connections lost, what it can store): CI runs them a
+# second time against the machine's PostgreSQL (`-m database`), a server of another version
+# and over TCP, where a difference would show. The CLI, README, packaging, page, embedder,
+# trainer and pure-logic modules touch it only to set up, and run once, on the embedded one.
+DATABASE_FACING = frozenset(
+    {
+        "test_bad_input",
+        "test_cancel",
+        "test_db_faults",
+        "test_documents",
+        "test_incremental",
+        "test_instances",
+        "test_leases",
+        "test_metrics",
+        "test_middlewares",
+        "test_rate_limits",
+        "test_runs_api",
+        "test_schema",
+        "test_sse",
+        "test_store_versions",
+        "test_upload_faults",
+        "test_upload_limits",
+    }
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # a module renamed or gone must not silently leave the second pass
+    missing = {m for m in DATABASE_FACING if not (Path(__file__).parent / f"{m}.py").is_file()}
+    if missing:
+        raise pytest.UsageError(f"DATABASE_FACING names no test module: {sorted(missing)}")
+    for item in items:
+        if item.path.stem in DATABASE_FACING:
+            item.add_marker(pytest.mark.database)
+
+
 SERVICE_TOKEN = "test-service-token"
 SECRET_KEY = "test-secret-key-of-at-least-32-bytes"
 ADMIN_TOKEN = "test-admin-token"

@@ -7,6 +7,7 @@ import asyncio
 import os
 import random
 import signal
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -153,15 +154,17 @@ async def test_sigterm_mid_run_fails_the_run_cleanly_and_exits(cluster: Any) -> 
     run = await wait_generated(a, user, run_id, 8)
     assert run["status"] == "generating"
 
-    stopping = time.monotonic()
     os.killpg(a.proc.pid, signal.SIGTERM)
-    code = await asyncio.get_running_loop().run_in_executor(None, a.proc.wait, 30)
-    took = time.monotonic() - stopping
-    assert code == 0, f"exit code {code}"
-    assert took < 15, f"shutdown took {took:.1f} s"
+    # a deadline for a hang, not a speed target: that the shutdown did not wait for the run
+    # is `done < 200` below (the rest of the run takes 5 s at the least)
+    try:
+        code = await asyncio.get_running_loop().run_in_executor(None, a.proc.wait, 60)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"no exit 60 s after SIGTERM; its stacks:\n{a.stacks()}") from None
+    assert code == 0, f"exit code {code}\n{a.log_tail()}"
 
     # the stream on the stopped instance ended cleanly, with the run's failure as its last word
-    events = await asyncio.wait_for(on_a, 5)
+    events = await asyncio.wait_for(on_a, 30)
     _, last_event, last_data = events[-1]
     assert last_event == "failed"
     assert last_data["status"] == "generating_failed"
