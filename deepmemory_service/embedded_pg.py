@@ -141,7 +141,14 @@ class EmbeddedPostgres:
         try:
             with pg.PostgresServer._lock:
                 # another process on this data directory may have restarted it already
-                self._server.ensure_postgres_running()
+                try:
+                    self._server.ensure_postgres_running()
+                except subprocess.TimeoutExpired:
+                    # as at start: pg_ctl's fixed wait ran out, not the server, which goes on
+                    # starting (a crash recovery on a loaded machine); once it is ready this
+                    # joins it, instead of spending the restart's tries on starting it again
+                    self._wait_ready(time.monotonic() + START_TIMEOUT_S)
+                    self._server.ensure_postgres_running()
         finally:
             quiet.setLevel(level)
         if not self.alive():

@@ -66,6 +66,48 @@ async def test_a_server_slower_than_pg_ctls_timeout_is_waited_for(
     assert not (tmp_path / "postgres" / "postmaster.pid").exists()
 
 
+async def test_a_restart_slower_than_pg_ctls_timeout_is_waited_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    embedded = EmbeddedPostgres(tmp_path)
+    url = embedded.start()
+    try:
+        dead = _postmaster_pid(tmp_path / "postgres")
+        assert dead is not None
+        os.kill(dead, signal.SIGKILL)
+        # gone, not a zombie yet to be reaped (a restart meanwhile is tried again, as the
+        # test of the service's watchdog below sees)
+        await poll(
+            lambda: asyncio.to_thread(psutil.pid_exists, dead),
+            lambda there: not there,
+            lambda _: "the killed server is still there",
+        )
+        real_pg_ctl = pgserver_commands.pg_ctl
+        starts: list[list[str]] = []
+
+        def slow_machine(args: list[str], **kwargs: Any) -> Any:
+            if args[-1] != "start":
+                return real_pg_ctl(args, **kwargs)
+            starts.append(args)
+            # the crash recovery outlasts pg_ctl's fixed wait
+            real_pg_ctl([a for a in args if a != "-w"], **kwargs)
+            raise subprocess.TimeoutExpired("pg_ctl", kwargs.get("timeout", 10))
+
+        monkeypatch.setattr(pgserver_module, "pg_ctl", slow_machine)
+        assert await asyncio.to_thread(embedded.restart) == url
+        assert len(starts) == 1, "pg_ctl start ran again instead of waiting"
+        assert embedded.alive()
+        assert _postmaster_pid(tmp_path / "postgres") != dead
+        conn = await asyncpg.connect(url)
+        try:
+            assert await conn.fetchval("SELECT 1") == 1
+        finally:
+            await conn.close()
+    finally:
+        embedded.stop()
+    assert not (tmp_path / "postgres" / "postmaster.pid").exists()
+
+
 def _postmaster_pid(pgdata: Path) -> int | None:
     try:
         return int((pgdata / "postmaster.pid").read_text().split()[0])
