@@ -119,6 +119,8 @@ class TrainSettings:
     poll_s: float
     holdout: float
     epochs: int
+    blas_threads: int
+    seed: int
 
 
 @frozen
@@ -308,6 +310,10 @@ def _complete(settings: Settings) -> Settings:
         problems.append("DEEPMEMORY_HTTP_SSE_SEND_TIMEOUT_S must be positive")
     if not 0.0 < settings.train.holdout < 1.0:
         problems.append("DEEPMEMORY_TRAIN_HOLDOUT must be between 0 and 1")
+    if settings.train.seed < 0:
+        problems.append("DEEPMEMORY_TRAIN_SEED must not be negative (0: each run's own)")
+    if settings.train.blas_threads < 0:
+        problems.append("DEEPMEMORY_TRAIN_BLAS_THREADS must not be negative (0: automatic)")
     if settings.llm.max_retries < 0:
         problems.append("DEEPMEMORY_LLM_MAX_RETRIES must not be negative")
     for name in ("rpm", "tpm", "price_input_per_mtok", "price_output_per_mtok"):

@@ -496,10 +496,6 @@ class Conn:
     ) -> list[JobEvent]:
         return [_event(r) for r in await self._fetch("events_after", job_id, after_id, limit)]
 
-    async def job_event(self, job_id: uuid.UUID, event_id: int) -> JobEvent | None:
-        row = await self._fetchrow("job_event", job_id, event_id)
-        return None if row is None else _event(row)
-
     async def get_events(self, event_ids: list[int]) -> list[JobEvent]:
         return [_event(row) for row in await self._fetch("get_events", event_ids)]
 

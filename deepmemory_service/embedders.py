@@ -19,8 +19,8 @@ import numpy.typing as npt
 
 from deepmemory_service import cpu_pool
 from deepmemory_service.config import OpenAIEmbeddingSettings
-from deepmemory_service.generators import STOPWORDS
 from deepmemory_service.retry import RetryPolicy, retry, retry_after
+from deepmemory_service.text_queries import STOPWORDS
 
 Matrix = npt.NDArray[np.float32]
 

@@ -1,4 +1,4 @@
-"""Question generators: one interface, an offline default, and a factory.
+"""Question generators: one interface and the offline default.
 
 A generator turns one chunk's text into `count` questions that the chunk answers.
 It raises `GenerationError` when it cannot, after any retries of its own; the run
@@ -7,11 +7,10 @@ then fails with that message and can be resumed.
 
 from __future__ import annotations
 
-import re
-from collections import Counter
 from typing import TYPE_CHECKING, Protocol
 
 from deepmemory_service.models import Chunk
+from deepmemory_service.text_queries import key_terms, text_queries
 
 if TYPE_CHECKING:
     from deepmemory_service.rate_budget import Lane
@@ -32,192 +31,10 @@ class QuestionGenerator(Protocol):
     async def aclose(self) -> None: ...
 
 
-_WORD = re.compile(r"[A-Za-z][A-Za-z0-9_\-]{2,}")
-_SENTENCE = re.compile(r"(?<=[.!?])\s+")
-STOPWORDS = frozenset(
-    [
-        "a",
-        "about",
-        "above",
-        "after",
-        "again",
-        "against",
-        "all",
-        "also",
-        "am",
-        "an",
-        "and",
-        "any",
-        "are",
-        "as",
-        "at",
-        "be",
-        "because",
-        "been",
-        "before",
-        "being",
-        "below",
-        "between",
-        "both",
-        "but",
-        "by",
-        "can",
-        "could",
-        "did",
-        "do",
-        "does",
-        "doing",
-        "down",
-        "during",
-        "each",
-        "either",
-        "else",
-        "every",
-        "few",
-        "for",
-        "from",
-        "further",
-        "had",
-        "has",
-        "have",
-        "having",
-        "he",
-        "her",
-        "here",
-        "hers",
-        "him",
-        "his",
-        "how",
-        "however",
-        "i",
-        "if",
-        "in",
-        "into",
-        "is",
-        "it",
-        "its",
-        "itself",
-        "just",
-        "let",
-        "like",
-        "made",
-        "make",
-        "many",
-        "may",
-        "me",
-        "might",
-        "more",
-        "most",
-        "much",
-        "must",
-        "my",
-        "no",
-        "nor",
-        "not",
-        "now",
-        "of",
-        "off",
-        "often",
-        "on",
-        "once",
-        "one",
-        "only",
-        "or",
-        "other",
-        "our",
-        "out",
-        "over",
-        "own",
-        "same",
-        "see",
-        "she",
-        "should",
-        "since",
-        "so",
-        "some",
-        "such",
-        "than",
-        "that",
-        "the",
-        "their",
-        "them",
-        "then",
-        "there",
-        "these",
-        "they",
-        "this",
-        "those",
-        "through",
-        "thus",
-        "to",
-        "too",
-        "under",
-        "until",
-        "up",
-        "upon",
-        "us",
-        "use",
-        "used",
-        "uses",
-        "using",
-        "very",
-        "was",
-        "we",
-        "were",
-        "what",
-        "when",
-        "where",
-        "which",
-        "while",
-        "who",
-        "whom",
-        "why",
-        "will",
-        "with",
-        "within",
-        "without",
-        "would",
-        "you",
-        "your",
-        "yours",
-        "one",
-        "two",
-        "three",
-        "first",
-        "second",
-        "new",
-        "way",
-        "ways",
-        "get",
-        "gets",
-    ]
-)
-
-_TEMPLATES = (
-    "What does the text say about {a}?",
-    "How is {a} related to {b}?",
-    "What is the role of {a} in {b}?",
-    "Why does {a} matter when working with {b}?",
-    "What should someone know about {a}?",
-    "How does {a} work?",
-    "When is {a} used together with {b}?",
-    "What is described about {a} and {b}?",
-    "Which details are given about {a}?",
-    "What happens with {a} according to the passage on {b}?",
-)
-
-
-def key_terms(text: str, limit: int) -> list[str]:
-    """The chunk's most telling words: frequent here, not stop words, earliest first on ties."""
-    words = [w.lower() for w in _WORD.findall(text)]
-    counts = Counter(w for w in words if w not in STOPWORDS)
-    first_seen = {w: i for i, w in reversed(list(enumerate(words)))}
-    ranked = sorted(counts, key=lambda w: (-counts[w], first_seen[w]))
-    return ranked[:limit]
-
-
 class OfflineQuestionGenerator:
-    """Deterministic questions from the chunk's own terms: no model, no network.
+    """Queries people would type, cut from the chunk's own text (`text_queries`): no model,
+    no network, the same for the same chunk text. When a short chunk has fewer distinct
+    queries than asked for, its key terms fill the rest.
 
     `fail_after` makes every call after the Nth raise, to exercise failure and resume.
     """
@@ -232,16 +49,19 @@ class OfflineQuestionGenerator:
         self.calls += 1
         if self.fail_after is not None and self.calls > self.fail_after:
             raise GenerationError(f"offline generator fault switch: call {self.calls}")
-        terms = key_terms(chunk.text, max(2, count + 1)) or ["this passage"]
-        questions: list[str] = []
-        for i in range(count):
-            a = terms[i % len(terms)]
-            b = terms[(i + 1) % len(terms)] if len(terms) > 1 else "the passage"
-            question = _TEMPLATES[i % len(_TEMPLATES)].format(a=a, b=b)
-            if question in questions:
-                question = f"{question[:-1]} (detail {i + 1})?"
-            questions.append(question)
-        return questions
+        queries = text_queries(chunk.text, count)
+        terms = key_terms(chunk.text, count) or ["passage"]
+        n = 1
+        while len(queries) < count:
+            filler = (
+                f"{' '.join(terms[:n])} {len(queries) + 1}"
+                if n > len(terms)
+                else " ".join(terms[:n])
+            )
+            if filler not in queries:
+                queries.append(filler)
+            n += 1
+        return queries
 
     async def aclose(self) -> None:
         return None

@@ -1,10 +1,11 @@
 """The query sets a local training is built from and judged on: held-out splits of the
 run's questions, samples that bound a large run, and queries cut from the chunks' own text
-(phrases, headings) that look nothing like the generated questions."""
+(phrases, and sentences and key terms as people search) that are none of the questions
+trained on."""
 
 from __future__ import annotations
 
-import re
+import random
 
 import attrs
 import numpy as np
@@ -12,6 +13,7 @@ import numpy.typing as npt
 
 from deepmemory_service.embedders import Matrix
 from deepmemory_service.ranking import Ranks, nearest_rows
+from deepmemory_service.text_queries import held_out_queries
 from deepmemory_service.trainers import TrainingError
 
 Mask = npt.NDArray[np.bool_]
@@ -32,8 +34,9 @@ class QuerySet:
 
 
 def _split(rows: Ranks, holdout: float, seed: int) -> Mask:
-    """Held-out questions, chosen by a seed: never trained on. A chunk keeps at least one
-    question for training, since the model's use is new queries for the same corpus."""
+    """Held-out questions, chosen by a seed: never trained on. They are taken first from
+    chunks that keep another question for training (the model's use is new queries about
+    the same corpus), then, with one question per chunk, whole chunks are held out."""
     rng = np.random.default_rng(seed)
     held = np.zeros(len(rows), dtype=bool)
     order = rng.permutation(len(rows))
@@ -47,10 +50,14 @@ def _split(rows: Ranks, holdout: float, seed: int) -> Mask:
         if kept[int(rows[i])] > 1:
             held[i] = True
             kept[int(rows[i])] -= 1
+    for i in order:
+        if held.sum() >= target:
+            break
+        held[i] = True  # with one question per chunk, the chunk's only one
     if held.sum() < 2 or (~held).sum() < 2:
         raise TrainingError(
-            f"too few pairs to train and evaluate: {len(rows)} pairs over "
-            f"{len(np.unique(rows))} chunks (chunks need two questions or more)"
+            f"too few pairs to train and evaluate: {len(rows)} pairs (a model is trained on "
+            "some and judged on others)"
         )
     return held
 
@@ -89,48 +96,21 @@ def eval_view(
     return corpus[keep], [QuerySet(s.q, np.searchsorted(keep, s.pos)) for s in sets]
 
 
-def probe_phrases(texts: list[str], seed: int, words: int = 8) -> list[str]:
-    """One run of `words` words from each text, at a seeded place."""
-    rng = np.random.default_rng(seed)
-    phrases = []
-    for text in texts:
-        tokens = text.split()
-        start = int(rng.integers(0, max(1, len(tokens) - words + 1)))
-        phrases.append(" ".join(tokens[start : start + words]))
-    return phrases
-
-
-_UNDERLINE = re.compile(r"^\s*([*=~^\-])\1{2,}(\s|$)")
-_MARKDOWN = re.compile(r"^\s{0,3}#{1,6}\s+(\S.*?)\s*#*\s*$")
-
-
-def headings(text: str) -> list[str]:
-    """Section titles in a chunk: markdown `#` lines, or lines underlined with `***`,
-    `===`, `---`, `~~~` or `^^^` (reStructuredText, pydoc). Short ones only."""
-    lines = text.splitlines()
-    found = []
-    for i, line in enumerate(lines):
-        match = _MARKDOWN.match(line)
-        if match:
-            found.append(match.group(1))
-        elif (
-            i + 1 < len(lines)
-            and line.strip()
-            and not _UNDERLINE.match(line)
-            and _UNDERLINE.match(lines[i + 1])
-        ):
-            found.append(line.strip())
-    return [h for h in found if 1 <= len(h.split()) <= 12]
-
-
-def heading_queries(texts: list[str], rows: Ranks) -> tuple[list[str], list[int]]:
-    """Human-like short queries: each chunk's first heading, bare and as a question. A
-    chunk without a heading gives none."""
+def plain_queries(
+    texts: list[str], rows: Ranks, seed: int, exclude: set[str], cap: int
+) -> tuple[list[str], Ranks]:
+    """Queries like people's about these chunks, none of them a question trained on: their
+    sentences and key terms (`held_out_queries`), a seeded sample of `cap` when there are
+    more, with the row each should find."""
+    rng = random.Random(seed)  # noqa: S311  (a reproducible sample, not a secret)
     queries: list[str] = []
     positives: list[int] = []
     for text, row in zip(texts, rows, strict=True):
-        found = headings(text)
-        if found:
-            queries += [found[0], f"What is {found[0]}?"]
-            positives += [int(row), int(row)]
-    return queries, positives
+        found = held_out_queries(text, rng, exclude)
+        queries += found
+        positives += [int(row)] * len(found)
+    if len(queries) > cap:
+        keep = sorted(rng.sample(range(len(queries)), cap))
+        queries = [queries[i] for i in keep]
+        positives = [positives[i] for i in keep]
+    return queries, np.array(positives, dtype=np.int64)

@@ -25,6 +25,7 @@ from deepmemory_service.vector_search import SearchResult, nearest_chunks
 routes = web.RouteTableDef()
 
 NO_MODEL = "No trained Deep Memory model for this user: train a run first"
+KEPT_OUT = "The last trained Deep Memory model was not enabled"
 
 
 class NoModelError(Conflict):
@@ -75,13 +76,22 @@ async def search(request: web.Request) -> web.Response:
             row = await conn.get_settings(user_id)
             deep_memory = bool(row and row.enabled)
     corpus.check_corpus_embedder(svc, in_catalog)
-    found = await search_chunks(
-        svc.stores.for_user(user_id),
-        svc.embedder,
-        query,
-        k,
-        trainer=svc.trainer if deep_memory else None,
-        read=lambda: corpus.snapshot(svc, user_id, in_catalog),
-    )
+    try:
+        found = await search_chunks(
+            svc.stores.for_user(user_id),
+            svc.embedder,
+            query,
+            k,
+            trainer=svc.trainer if deep_memory else None,
+            read=lambda: corpus.snapshot(svc, user_id, in_catalog),
+        )
+    except NoModelError:
+        async with svc.db.conn() as conn:
+            row = await conn.get_settings(user_id)
+        if row is not None and row.last_training_run_id and not row.can_enable:
+            # trained, then kept out by the trainer's verdict: say so, and why
+            why = f" {row.can_enable_reason}" if row.can_enable_reason else ""
+            raise NoModelError(f"{KEPT_OUT}.{why}") from None
+        raise
     results = [SearchResult(r.chunk_id, r.text, round(r.score, 6)) for r in found]
     return web.json_response(to_json(SearchReply(results, deep_memory)))

@@ -72,12 +72,6 @@ class JobStream:
         async with self.svc.db.conn() as conn:
             return await conn.events_after(self.job_id, self.last)
 
-    async def _seen_the_end(self) -> bool:
-        """The event the client came back after (Last-Event-ID) is the job's terminal one."""
-        async with self.svc.db.conn() as conn:
-            event = await conn.job_event(self.job_id, self.last)
-        return event is not None and event.is_terminal
-
     async def _job_running(self) -> bool:
         async with self.svc.db.conn() as conn:
             current = await conn.get_job(self.job_id, self.user_id)
@@ -95,13 +89,7 @@ class JobStream:
                 return False
 
     async def follow(self) -> None:
-        resumed_after = self.last
         if await self.catch_up():
-            return
-        # a client back after the terminal event: nothing more comes, though the job may
-        # still read as running (its work stores that event, then marks the job; a stream
-        # that went live in between waited forever)
-        if self.last == resumed_after and resumed_after and await retrying(self._seen_the_end):
             return
         # a finished job stored its terminal event before finishing: nothing more comes
         if not await retrying(self._job_running):

@@ -211,14 +211,13 @@ async def put_settings(request: web.Request) -> web.Response:
         async with svc.db.tx(lock_user=body.user_id) as conn:
             row = await conn.get_settings(body.user_id)
             if body.enabled and (row is None or not row.can_enable):
+                if row and row.can_enable_reason:
+                    # the trainer's verdict, a sentence of its own
+                    raise Conflict(f"Deep Memory cannot be enabled. {row.can_enable_reason}")
                 reason = (
-                    row.can_enable_reason
-                    if row and row.can_enable_reason
-                    else (
-                        "no trained model yet"
-                        if row is None or row.last_training_run_id is None
-                        else "the trained model may not be enabled"
-                    )
+                    "no trained model yet"
+                    if row is None or row.last_training_run_id is None
+                    else "the trained model may not be enabled"
                 )
                 raise Conflict(f"Deep Memory cannot be enabled: {reason}")
             await conn.set_enabled(body.user_id, body.enabled)

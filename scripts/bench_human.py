@@ -32,9 +32,10 @@ import numpy.typing as npt
 from deepmemory_service import chunking
 from deepmemory_service.config import Settings
 from deepmemory_service.embedders import Embedder, Matrix
-from deepmemory_service.generators import STOPWORDS, OfflineQuestionGenerator, QuestionGenerator
+from deepmemory_service.generators import OfflineQuestionGenerator, QuestionGenerator
 from deepmemory_service.models import Chunk
-from deepmemory_service.store import ChunkStore
+from deepmemory_service.store import ChunkStore, Rows
+from deepmemory_service.text_queries import STOPWORDS
 from deepmemory_service.trainer_local import LocalTrainer
 from deepmemory_service.trainers import TrainingProgress, TrainingRequest
 
@@ -291,7 +292,7 @@ async def bench_corpus(
         embedder.dimension,
     )
     vectors = await embedder.embed(corpus.chunks)
-    await store.add(ids, corpus.chunks, vectors, [{} for _ in ids])
+    await store.append(Rows(ids, corpus.chunks, vectors, [{} for _ in ids]))
     questions: list[str] = []
     chunk_ids: list[int] = []
     for chunk_id, text in zip(ids, corpus.chunks, strict=True):
@@ -386,6 +387,12 @@ def report(results: list[ModelResult], collections: list[str], dev: Sequence[str
     print(MODEL_HEADER)
     for r in results:
         print(model_row(r))
+
+    refused = [r for r in results if not r.enabled]
+    if refused:
+        print("\nWhy the trainer refused a model\n")
+        for r in refused:
+            print(f"- {r.embedder}, {r.generator}, {r.corpus}, seed {r.seed}: {r.reason}")
 
     groups = sorted({(r.embedder, r.generator) for r in results})
     seeds = sorted({r.seed for r in results})

@@ -337,8 +337,7 @@ async def read_stream(
     job_id: str,
     *,
     last_event_id: int | None = None,
-    # a bound for a hang, not a speed target: generous for a loaded machine
-    timeout: float = 120.0,
+    timeout: float = 30.0,
     path: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> list[SseEvent]:

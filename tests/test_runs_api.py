@@ -539,12 +539,12 @@ async def test_model_that_may_not_be_enabled_says_why(api_factory: Any, user_id:
     await api.wait_status(user_id, body["training_run_id"], "completed")
     current = await settings_of(api, user_id)
     assert current["can_enable"] is False
-    assert current["can_enable_reason"] == "scored worse than no model"
+    assert current["can_enable_reason"] == "It scored worse than no model."
     code, refused = await api.call(
         "PUT", "/deep-memory/settings", json={"user_id": str(user_id), "enabled": True}
     )
     assert code == 409
-    assert refused["detail"] == "Deep Memory cannot be enabled: scored worse than no model"
+    assert refused["detail"] == "Deep Memory cannot be enabled. It scored worse than no model."
 
 
 async def test_runs_are_listed_newest_first(api_factory: Any, user_id: uuid.UUID) -> None:

@@ -16,7 +16,7 @@ from deepmemory_service.adapter import Adapter, AdapterCache, Weights, model_pat
 from deepmemory_service.config import load_settings
 from deepmemory_service.embedders import HashingEmbedder
 from deepmemory_service.fitting import Fit
-from deepmemory_service.query_sets import heading_queries, headings, split_three
+from deepmemory_service.query_sets import split_three
 from deepmemory_service.ranking import Change, Evaluation, changes
 from deepmemory_service.search import NoModelError, search_chunks
 from deepmemory_service.store import ChunkStore, Rows
@@ -80,7 +80,9 @@ async def test_training_helps_held_out_and_differently_phrased_queries(tmp_path:
     async def report(update: TrainingProgress) -> None:
         reports.append(update)
 
-    run_id = uuid.uuid4()
+    # a fixed split: on so small a corpus one query more or less in the top 10 decides the
+    # strict verdict, and the test is about what the model learns, not about the split
+    run_id = uuid.UUID(int=2002)
     request = TrainingRequest(uuid.uuid4(), run_id, questions, chunk_ids, store, embedder)
     trainer = settings()
     outcome = await trainer.train(request, report)
@@ -123,8 +125,42 @@ async def test_training_helps_held_out_and_differently_phrased_queries(tmp_path:
             )
             right[deep_memory] += top.chunk_id == chunk_id
             assert top.text == texts[top.chunk_id]
-    assert right[False] <= len(TOPICS) // 4
-    assert right[True] >= len(TOPICS) // 2
+    assert right[False] <= len(TOPICS) // 4, right
+    assert right[True] >= len(TOPICS) // 2, right
+
+
+async def test_epochs_that_win_on_generated_questions_but_lose_plain_queries_are_not_kept(
+    tmp_path: Path,
+) -> None:
+    """Each chunk names its topic's words, then its own code words. The questions pair a
+    chunk's topic word with two code words of the next chunk: ignoring code words wins on
+    held-out questions of that kind, while people who search for a chunk's codes would no
+    longer find it. (The verdict's rule itself: `test_a_model_is_enabled_only_when…`.)"""
+    topics = TOPICS[:40]
+    texts = [
+        f"{t}al {t}ite {t}ism {t}ary. Codes code{i}x code{i}y code{i}z apply here."
+        for i, t in enumerate(topics)
+    ]
+    embedder = HashingEmbedder(dimension=4096)
+    store = ChunkStore(str(tmp_path / "stores" / "user"), embedder.name, embedder.dimension)
+    ids = list(range(len(texts)))
+    await store.append(Rows(ids, texts, await embedder.embed(texts), [{} for _ in ids]))
+    questions, chunk_ids = [], []
+    for i, t in enumerate(topics):
+        j = (i + 1) % len(topics)
+        for suffix, codes in (("al", "xy"), ("ite", "yz"), ("ism", "xz"), ("ary", "xy")):
+            questions.append(f"{t}{suffix} code{j}{codes[0]} code{j}{codes[1]}")
+            chunk_ids.append(i)
+    request = TrainingRequest(uuid.uuid4(), uuid.UUID(int=9), questions, chunk_ids, store, embedder)
+    trainer = settings()
+    outcome = await trainer.train(request, _noop)
+    m = outcome.metrics
+    # epochs that won on the questions by ignoring code words, and so lost people's code
+    # searches, were never kept; the model kept loses none of the held-out plain queries
+    assert m["guard_blocked_epochs"] > 0
+    for k in ("recall@1", "recall@10"):
+        assert m["plain_changes"][k]["lost"] <= m["plain_changes"][k]["won"], m
+    assert m["with_model"]["recall@1"] > m["without_model"]["recall@1"]
 
 
 async def test_search_without_a_model_is_refused(tmp_path: Path) -> None:
@@ -155,13 +191,25 @@ async def test_too_few_pairs_or_unknown_chunks_are_training_errors(tmp_path: Pat
     with pytest.raises(TrainingError, match="refer to chunks in the vector store"):
         await settings().train(unknown, _noop)
 
-    # one question per chunk leaves nothing to hold out
-    single = TrainingRequest(
-        uuid.uuid4(), uuid.uuid4(), questions[::4], chunk_ids[::4], store, embedder
-    )
-    with pytest.raises(TrainingError, match="too few pairs to train and evaluate"):
-        await settings().train(single, _noop)
     assert not model_path(store).exists()
+
+
+async def test_one_question_per_chunk_trains_and_is_judged(tmp_path: Path) -> None:
+    """The cheapest LLM setting: whole chunks' questions are held out, the model is
+    trained on the rest and judged like any other."""
+    embedder = HashingEmbedder(dimension=512)
+    store, texts = await make_store(tmp_path, embedder)
+    questions, chunk_ids = training_pairs(texts)
+    single = TrainingRequest(
+        uuid.uuid4(), uuid.UUID(int=5), questions[::4], chunk_ids[::4], store, embedder
+    )
+    outcome = await settings().train(single, _noop)
+    m = outcome.metrics
+    assert m["eval_queries"] == round(len(TOPICS) * 0.2)
+    assert m["train_pairs"] + m["eval_queries"] + m["validation_queries"] == len(TOPICS)
+    # what the model learnt (the noise words say nothing) carries over to other chunks
+    assert m["with_model"]["recall@3"] > m["without_model"]["recall@3"], m
+    assert outcome.can_enable, outcome.reason
 
 
 async def test_a_store_made_by_another_embedder_is_a_training_error(tmp_path: Path) -> None:
@@ -194,17 +242,15 @@ def test_test_and_validation_questions_are_disjoint_and_every_chunk_keeps_one() 
     assert (again == test).all()
 
 
-def test_headings_are_markdown_and_underlined_titles() -> None:
-    text = (
-        "Assignment statements\n*********************\n\nBind names to values.\n\n"
-        "## Augmented assignment\n\nx += 1\n\nAS Patterns\n~~~~~~~~~~~ An AS pattern...\n"
-        "a = b\n\n---\n"
-    )
-    assert headings(text) == ["Assignment statements", "Augmented assignment", "AS Patterns"]
-    assert headings("No heading here.\nJust text, and x = 1.") == []
-    queries, rows = heading_queries([text, "plain text"], np.array([4, 5], dtype=np.int64))
-    assert queries == ["Assignment statements", "What is Assignment statements?"]
-    assert rows == [4, 4]
+def test_with_one_question_per_chunk_whole_chunks_are_held_out() -> None:
+    rows = np.concatenate([np.arange(30), np.repeat(np.arange(30, 35), 2)]).astype(np.int64)
+    test, valid = split_three(rows, 0.2, seed=3)
+    assert not (test & valid).any()
+    assert test.sum() == round(len(rows) * 0.2)
+    # the chunks with two questions gave one each first
+    assert set(rows[test]) >= set(range(30, 35))
+    with pytest.raises(TrainingError, match="too few pairs to train and evaluate: 3 pairs"):
+        split_three(np.arange(3, dtype=np.int64), 0.2, seed=3)
 
 
 def _recalls(r1: float, r10: float) -> dict[str, float]:
@@ -220,31 +266,34 @@ def _evaluation(r1: float, r10: float, base1: float, base10: float, *lost_won: i
     )
 
 
-def test_a_model_worse_on_a_guard_set_may_not_be_enabled() -> None:
+def test_a_model_is_enabled_only_when_it_wins_and_loses_nowhere() -> None:
     weights = Weights(
         np.zeros(4, np.float32), np.zeros((4, 1), np.float32), np.zeros((1, 4), np.float32)
     )
     fitted = Fit(weights, None, (), _recalls(0.5, 0.8), 10)
+    wins = _evaluation(0.6, 0.9, 0.5, 0.8, 1, 11, 0, 10)
+    even = _evaluation(0.7, 0.9, 0.7, 0.9, 3, 3, 2, 2)
+    assert refusal(fitted, Evaluations(wins, even)) is None
     unfitted = attrs.evolve(fitted, weights=None)
-    good = Evaluations(_evaluation(0.6, 0.9, 0.5, 0.8), None, None)
-    assert refusal(fitted, good) is None
-    assert "held-out questions" in str(refusal(unfitted, good))
-    worse_r1 = Evaluations(_evaluation(0.45, 0.95, 0.5, 0.8), None, None)
-    assert "scored recall@1 0.45" in str(refusal(fitted, worse_r1))
-    even = (3, 3, 0, 4)
-    headings_hurt = attrs.evolve(
-        good,
-        phrases=_evaluation(0.7, 0.9, 0.7, 0.9, *even),
-        headings=_evaluation(0.39, 0.9, 0.41, 0.9, 5, 3, 0, 4),
+    assert str(refusal(unfitted, Evaluations(wins, even))).startswith("No model was better")
+    # winning on generated questions does not outweigh losing on queries like people's
+    people_lose = _evaluation(0.39, 0.9, 0.41, 0.9, 5, 3, 0, 4)
+    reason = refusal(fitted, Evaluations(wins, people_lose))
+    assert reason == (
+        "It lost more searches than it won at recall@1 on 100 held-out queries like "
+        "people's (recall@1: 3 won, 5 lost; recall@10: 4 won, 0 lost): recall@1 0.41 → 0.39 "
+        "and recall@10 0.90 → 0.90 with it."
     )
-    reason = refusal(fitted, headings_hurt)
-    assert reason is not None
-    assert "headings" in reason
-    assert "recall@1 0.39" in reason
-    assert "recall@1: 5 lost, 3 won" in reason
-    # as many queries won as lost, at every guarded k: no refusal
-    even_headings = attrs.evolve(headings_hurt, headings=_evaluation(0.39, 0.9, 0.41, 0.9, *even))
-    assert refusal(fitted, even_headings) is None
+    generated_lose = _evaluation(0.45, 0.95, 0.5, 0.8, 6, 1, 3, 2)
+    assert str(refusal(fitted, Evaluations(generated_lose, wins))).startswith(
+        "It lost more searches than it won at recall@1 and @10 on 100 held-out generated "
+        "questions (recall@1: 1 won, 6 lost; recall@10: 2 won, 3 lost)"
+    )
+    # as many won as lost everywhere, no recall higher: no better, so not enabled, and the
+    # reason says so
+    assert str(refusal(fitted, Evaluations(even, even))).startswith(
+        "It was no better than search without it on 100 held-out queries like people's"
+    )
 
 
 def test_guard_changes_count_the_queries_each_k_lost_and_won() -> None:
@@ -289,7 +338,7 @@ async def test_a_run_larger_than_the_bounds_trains_on_samples(
     m = outcome.metrics
     assert m["eval_queries"] == 24
     assert m["validation_queries"] == 24
-    assert m["train_pairs"] <= 120 + 120 // 4  # questions and anchor phrases
+    assert m["train_pairs"] == 120
     assert m["with_model"]["recall@1"] > m["without_model"]["recall@1"]
 
 
@@ -321,3 +370,21 @@ async def test_the_model_cache_is_bounded_and_follows_the_file(tmp_path: Path) -
     assert await cache.load(ChunkStore(stores[0].path, "hashing", 8)) is None
     path.unlink()
     assert await cache.load(stores[2]) is None
+
+
+def test_the_trainer_sets_numpys_blas_threads() -> None:
+    from threadpoolctl import threadpool_info
+
+    from deepmemory_service.blas import blas_threads, cores
+
+    assert blas_threads(3) == 3
+    assert blas_threads(0) == (1 if cores() <= 2 else cores() // 2)
+    try:
+        for wanted in (2, 1):
+            trainer = LocalTrainer(attrs.evolve(load_settings({}).train, blas_threads=wanted))
+            assert trainer.blas_threads == wanted
+            blas = [p for p in threadpool_info() if p["user_api"] == "blas"]
+            assert blas, "numpy links a BLAS"
+            assert {p["num_threads"] for p in blas} == {wanted}
+    finally:
+        settings()  # back to the default for the rest of the session

@@ -132,9 +132,6 @@ FROM e;
 SELECT id, job_id, event, data FROM job_events
 WHERE job_id = $1 AND id > $2 ORDER BY id LIMIT $3;
 
--- name: job_event
-SELECT id, job_id, event, data FROM job_events WHERE job_id = $1 AND id = $2;
-
 -- name: get_events
 -- Several stored events in one round trip, in id order (a job's events are in its order).
 SELECT id, job_id, event, data FROM job_events WHERE id = ANY($1::bigint[]) ORDER BY id;

@@ -89,7 +89,7 @@ class ScriptedTrainer:
         return TrainingOutcome(
             {"recall@10": {"with_model": 0.9, "without_model": 0.5}},
             self.can_enable,
-            None if self.can_enable else "scored worse than no model",
+            None if self.can_enable else "It scored worse than no model.",
         )
 
     async def query_model(self, store: ChunkStore) -> None:

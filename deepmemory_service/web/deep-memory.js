@@ -179,9 +179,30 @@ function summarizeMetrics(metrics) {
   return pairs.map(([k, without, withModel]) => `${k} ${fmt(without)} → ${fmt(withModel)}`).join(", ");
 }
 
+// One sentence a person reads: how often the right passage came first (and in the top 10)
+// on searches held out of training, with and without the model. The local trainer reports
+// queries like people's (plain_*) and held-out generated questions; others report the latter.
+function gainSentence(m) {
+  if (!m) { return ""; }
+  const plain = m.plain_with_model && m.plain_without_model;
+  const withModel = plain ? m.plain_with_model : m.with_model;
+  const without = plain ? m.plain_without_model : m.without_model;
+  if (!withModel || !without || typeof withModel["recall@1"] !== "number") { return ""; }
+  const count = plain ? m.plain_queries : m.eval_queries;
+  const what = plain ? "held-out searches like people's" : "held-out test questions";
+  const pct = (x) => `${Math.round(x * 100)}%`;
+  const top10 = typeof withModel["recall@10"] === "number"
+    ? ` (in the top 10: ${pct(withModel["recall@10"])} against ${pct(without["recall@10"])})` : "";
+  return `On ${count ? `${count} ` : ""}${what}, Deep Memory put the right passage first `
+    + `${pct(withModel["recall@1"])} of the time, against ${pct(without["recall@1"])} `
+    + `without it${top10}.`;
+}
+
 function renderLastTraining(run) {
-  const text = run ? summarizeMetrics(run.metrics) : "";
-  $("last-metrics").textContent = text ? `Held-out ${text} (without → with Deep Memory)` : "";
+  const metrics = run ? run.metrics : null;
+  const sentence = gainSentence(metrics);
+  const text = sentence || (metrics ? summarizeMetrics(metrics) : "");
+  $("last-metrics").textContent = sentence || (text ? `Held-out ${text} (without → with Deep Memory)` : "");
   show("last-metrics", Boolean(text));
 }
 

@@ -317,7 +317,9 @@ async def test_search_compares_results_with_and_without_deep_memory(
     await api.wait_status(user, body["training_run_id"], "completed", timeout=120)
     page = await open_page(browser, api, user)
     await expect(page.get_by_test_id("search-card")).to_be_visible()
-    await expect(page.get_by_test_id("last-metrics")).to_contain_text("recall@1 ")
+    await expect(page.get_by_test_id("last-metrics")).to_contain_text(
+        re.compile(r"Deep Memory put the right passage first \d+% of the time, against \d+%")
+    )
     # each column shows exactly what the backend answers; whether the model beats no model
     # is the trainer's business (the backend's training tests)
     query = f"{NOISE} {chunks[7].split()[2]}"
@@ -367,3 +369,31 @@ async def test_a_search_without_a_model_says_why_in_its_column(
     missing = page.get_by_test_id("results-dm").locator("li")
     await expect(missing).to_have_count(1, timeout=TIMEOUT)
     await expect(missing).to_contain_text("No trained Deep Memory model")
+
+
+async def test_a_model_kept_out_is_explained_by_the_toggle_and_in_the_search_column(
+    browser: Any, api_factory: Any
+) -> None:
+    api: Api = await api_factory(
+        generator=ControlledGenerator(), trainer=ScriptedTrainer(can_enable=False)
+    )
+    user = uuid.uuid4()
+    await api.ingest(user, 6)
+    _, body = await api.call(
+        "POST", "/deep-memory/generate", json={"user_id": str(user), "auto_train": True}
+    )
+    await api.wait_status(user, body["training_run_id"], "completed")
+    page = await open_page(browser, api, user)
+    # the toggle cannot be switched on, and the trainer's verdict stands beside it
+    await expect(page.get_by_test_id("enable-toggle")).to_be_disabled(timeout=TIMEOUT)
+    await expect(page.get_by_test_id("enable-reason")).to_have_text(
+        "It scored worse than no model."
+    )
+    await page.get_by_label("Query").fill("advisory locks")
+    await page.get_by_test_id("search-submit").click()
+    kept_out = page.get_by_test_id("results-dm").locator("li")
+    await expect(kept_out).to_have_text(
+        ["The last trained Deep Memory model was not enabled. It scored worse than no model."],
+        timeout=TIMEOUT,
+    )
+    await shot(page, "model-kept-out")
