@@ -92,15 +92,24 @@ def seeded(settings: Settings) -> Settings:
 TRAIN_SEED = 4
 
 
-async def test_local_training_completes_enables_and_updates_settings(
+async def noisy_service(
     api_factory: Any, settings: Settings, user_id: uuid.UUID
-) -> None:
+) -> tuple[Api, tuple[list[str], list[dict[str, str]]]]:
+    """A service whose generator writes noisy questions (seeded trainer), with the noisy
+    documents added for `user_id`."""
     api: Api = await api_factory(seeded(settings), generator=NoisyGenerator())
-    _, docs = noisy_documents()
+    chunks, docs = noisy_documents()
     code, _ = await api.call(
         "POST", "/documents", json={"user_id": str(user_id), "documents": docs}
     )
     assert code == 201
+    return api, (chunks, docs)
+
+
+async def test_local_training_completes_enables_and_updates_settings(
+    api_factory: Any, settings: Settings, user_id: uuid.UUID
+) -> None:
+    api, (_, docs) = await noisy_service(api_factory, settings, user_id)
     code, body = await api.call(
         "POST",
         "/deep-memory/generate",
@@ -183,12 +192,7 @@ async def test_a_model_kept_out_is_explained_and_searches_say_why(
 async def test_search_with_the_trained_model_beats_search_without(
     api_factory: Any, settings: Settings, user_id: uuid.UUID
 ) -> None:
-    api: Api = await api_factory(seeded(settings), generator=NoisyGenerator())
-    chunks, docs = noisy_documents()
-    code, _ = await api.call(
-        "POST", "/documents", json={"user_id": str(user_id), "documents": docs}
-    )
-    assert code == 201
+    api, (chunks, _) = await noisy_service(api_factory, settings, user_id)
     _, body = await api.call(
         "POST",
         "/deep-memory/generate",

@@ -347,17 +347,24 @@ async def test_search_compares_results_with_and_without_deep_memory(
     await phone_shot(page, "phone-search", "the search comparison")
 
 
-async def test_a_search_without_a_model_says_why_in_its_column(
-    browser: Any, api_factory: Any
-) -> None:
-    api: Api = await api_factory(generator=ControlledGenerator(), trainer=ScriptedTrainer())
+async def trained(
+    browser: Any, api_factory: Any, trainer: ScriptedTrainer
+) -> tuple[Api, uuid.UUID, Any]:
+    """A user with six chunks, trained by `trainer`, and the page open on them."""
+    api: Api = await api_factory(generator=ControlledGenerator(), trainer=trainer)
     user = uuid.uuid4()
     await api.ingest(user, 6)
     _, body = await api.call(
         "POST", "/deep-memory/generate", json={"user_id": str(user), "auto_train": True}
     )
     await api.wait_status(user, body["training_run_id"], "completed")
-    page = await open_page(browser, api, user)
+    return api, user, await open_page(browser, api, user)
+
+
+async def test_a_search_without_a_model_says_why_in_its_column(
+    browser: Any, api_factory: Any
+) -> None:
+    api, user, page = await trained(browser, api_factory, ScriptedTrainer())
     await page.get_by_label("Query").fill("advisory locks")
     await page.get_by_test_id("search-submit").click()
     _, found = await api.call(
@@ -374,16 +381,7 @@ async def test_a_search_without_a_model_says_why_in_its_column(
 async def test_a_model_kept_out_is_explained_by_the_toggle_and_in_the_search_column(
     browser: Any, api_factory: Any
 ) -> None:
-    api: Api = await api_factory(
-        generator=ControlledGenerator(), trainer=ScriptedTrainer(can_enable=False)
-    )
-    user = uuid.uuid4()
-    await api.ingest(user, 6)
-    _, body = await api.call(
-        "POST", "/deep-memory/generate", json={"user_id": str(user), "auto_train": True}
-    )
-    await api.wait_status(user, body["training_run_id"], "completed")
-    page = await open_page(browser, api, user)
+    _, _, page = await trained(browser, api_factory, ScriptedTrainer(can_enable=False))
     # the toggle cannot be switched on, and the trainer's verdict stands beside it
     await expect(page.get_by_test_id("enable-toggle")).to_be_disabled(timeout=TIMEOUT)
     await expect(page.get_by_test_id("enable-reason")).to_have_text(
