@@ -37,6 +37,8 @@ PAGE = 500
 FLUSH_S = 0.05
 # calls that waited this long for the provider's rate limit are worth telling the user
 WAITING_NOTICE_S = 1.0
+# while a run waits on that limit, its progress is re-sent this often (a stored event each)
+WAITING_REFRESH_S = 15.0
 
 
 class WorkerLost(Exception):
@@ -67,6 +69,8 @@ class Pipeline:
     # workers inside a generator call: the only ones a failure cancels, so an answer
     # already paid for is still stored
     _calling: set[asyncio.Task[Any]] = attrs.field(factory=set)
+    # the last progress sent: the same again is not sent (each is a stored event)
+    _reported: tuple[Any, ...] | None = None
 
     def __attrs_post_init__(self) -> None:
         c = self.svc.settings.concurrency
@@ -227,6 +231,10 @@ class Pipeline:
         if waiting:
             message += "; waiting on the provider's rate limit"
         spent = self.spent_before + self.spent
+        report = (self.done, message, self.lane.waiting, spent)
+        if report == self._reported:
+            return
+        self._reported = report
         await self.progress.update(
             RunStatus.GENERATING,
             self.done,
@@ -250,14 +258,18 @@ class Pipeline:
         self._fail(GenerationCancelled())
 
     async def _watch_provider_wait(self) -> None:
-        """Progress says so when the run waits on the provider's limit (no pairs arrive
-        then, so the writer has nothing to report)."""
-        was = False
+        """Progress says so when the run starts or stops waiting on the provider's limit
+        (no pairs arrive then, so the writer has nothing to report), and refreshes the
+        count of calls waiting every WAITING_REFRESH_S while it lasts: each report is a
+        stored event, and a long wait must not fill the job's history with copies."""
+        was, reported = False, 0.0
         while True:
             await asyncio.sleep(WAITING_NOTICE_S / 2)
             now = self.waiting_on_provider
-            if now or was:
+            stale = now and time.monotonic() - reported >= WAITING_REFRESH_S
+            if now != was or stale:
                 await self._report()
+                reported = time.monotonic()
             was = now
 
     async def run_all(self) -> None:

@@ -4,6 +4,8 @@
 2. the same with 30% faults (429 with Retry-After, 500, bad JSON, wrong count)
 3. resume after a failure at chunk N: LLM calls made on resume against M - N
 4. (in a fresh process) a 100,000-chunk run at zero latency: pairs/s and peak RSS
+5. cancel while C calls of a slow LLM are in flight: how soon the reply comes, and the
+   calls the run still began after it
 
 `--phase limits`: a provider's rate limit shared by several users. Two real
 `serve --role backend` processes on one PostgreSQL, four users generating at once (runs of
@@ -130,6 +132,14 @@ async def until(api: str, user: uuid.UUID, run_id: str, *statuses: str) -> dict[
         await asyncio.sleep(0.05)
 
 
+async def generated_at_least(api: str, user: uuid.UUID, run_id: str, n: int) -> None:
+    while True:
+        run = await call(api, "GET", f"/deep-memory/runs/{run_id}", params={"user_id": str(user)})
+        if run["generated_chunks"] >= n:
+            return
+        await asyncio.sleep(0.02)
+
+
 async def timed_run(api: str, user: uuid.UUID) -> tuple[dict[str, Any], float]:
     started = time.perf_counter()
     accepted = await call(api, "POST", "/deep-memory/generate", json={"user_id": str(user)})
@@ -193,6 +203,45 @@ async def resume(m: int, fail_at: int, c: int) -> dict[str, Any]:
         "expected": m - covered,
         "final": done["status"],
         "pairs": done["pair_count"],
+    }
+
+
+async def cancel_latency(m: int, c: int, latency_ms: float, tries: int) -> dict[str, Any]:
+    """Each try: a run whose C workers all wait on the LLM, cancelled; the reply's time,
+    and the calls that reached the LLM after it (over twice the latency)."""
+    replies: list[float] = []
+    late = 0
+    async with (
+        fresh_database("dm-bench") as (db, _),
+        standin(latency_ms=latency_ms) as llm,
+        service(service_settings(db, llm.url, c)) as api,
+    ):
+        for _ in range(tries):
+            user = uuid.uuid4()
+            await seed_chunks(db, user, m)
+            accepted = await call(api, "POST", "/deep-memory/generate", json={"user_id": str(user)})
+            run_id = accepted["training_run_id"]
+            # the first wave answered: the next C calls are in flight
+            await generated_at_least(api, user, run_id, c)
+            started = time.perf_counter()
+            reply = await call(
+                api,
+                "POST",
+                "/deep-memory/cancel",
+                json={"user_id": str(user), "training_run_id": run_id},
+            )
+            replies.append(time.perf_counter() - started)
+            assert reply["status"] == "generating_failed", reply
+            at_reply = (await llm.stats())["calls"]
+            await asyncio.sleep(2 * latency_ms / 1000)
+            late += (await llm.stats())["calls"] - at_reply
+    replies.sort()
+    return {
+        "tries": tries,
+        "latency_ms": latency_ms,
+        "p50_ms": replies[len(replies) // 2] * 1000,
+        "max_ms": replies[-1] * 1000,
+        "late_calls": late,
     }
 
 
@@ -527,6 +576,11 @@ def main() -> None:
     clean = asyncio.run(throughput(m, latency, c, 0.0))
     faulty = asyncio.run(throughput(m, latency, c, 0.3))
     resumed = asyncio.run(resume(m, fail_at=m // 3, c=c))
+    cancelled = asyncio.run(
+        cancel_latency(
+            m, c, latency_ms=1000.0 if args.quick else 2000.0, tries=2 if args.quick else 5
+        )
+    )
     child = subprocess.run(
         [sys.executable, __file__, "--phase", "large", *(["--quick"] if args.quick else [])],
         capture_output=True,
@@ -555,6 +609,12 @@ def main() -> None:
         f"| resume after failure at chunk {resumed['covered']} | {resumed['resume_calls']} "
         f'LLM calls for M−N = {resumed["expected"]}; "{resumed["message"]}"; '
         f"{resumed['final']}, {resumed['pairs']} pairs | exactly M−N |"
+    )
+    print(
+        f"| cancel with C calls of {cancelled['latency_ms'] / 1000:g} s in flight "
+        f"({cancelled['tries']} runs) | reply p50 {cancelled['p50_ms']:.0f} ms, max "
+        f"{cancelled['max_ms']:.0f} ms; {cancelled['late_calls']} calls began after a reply "
+        "| < 1 s, none |"
     )
     print(
         f"| {big_run['chunks']:,}-chunk run at zero latency | {big_run['pairs_per_s']:,.0f} "

@@ -53,7 +53,7 @@ async def cancel(api: Api, user: uuid.UUID, run_id: str) -> tuple[int, Any]:
     )
 
 
-async def test_cancel_stops_generation_within_a_second_and_keeps_every_pair(
+async def test_cancel_stops_generation_without_waiting_for_calls_and_keeps_every_pair(
     api_factory: Any, database_url: str, user_id: uuid.UUID
 ) -> None:
     gen = SlowGenerator()
@@ -66,12 +66,12 @@ async def test_cancel_stops_generation_within_a_second_and_keeps_every_pair(
     stream = asyncio.create_task(read_stream(api, user_id, body["job_id"]))
     await wait_generated(api, user_id, run_id, 20)
 
-    asked = time.monotonic()
+    # from here every call the run begins takes an hour: the reply cannot wait for the
+    # calls in flight (how fast it comes is bench_generation's --phase cancel)
+    gen.latency_s = 3600.0
     code, reply = await cancel(api, user_id, run_id)
-    took = time.monotonic() - asked
     gen.stop_at = time.monotonic()
     assert code == 200, reply
-    assert took < 1.0
     run = await api.run(user_id, run_id)
     done = run["generated_chunks"]
     assert run["status"] == reply["status"] == "generating_failed"

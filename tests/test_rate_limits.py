@@ -5,6 +5,7 @@ what a user and an operator see while calls wait."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
 from typing import Any
 
@@ -180,6 +181,10 @@ async def test_waiting_on_the_limit_is_visible_in_progress_debug_and_metrics(
     assert waiting, [e.data for e in events if e.event == "progress"]
     assert "waiting on the provider's rate limit" in waiting[0].data["message"]
     assert events[-1].event == "done"
+    # a wait is told once, not re-sent (and stored) twice a second while it lasts
+    progress = [e.data for e in events if e.event == "progress"]
+    copies = [a for a, b in itertools.pairwise(progress) if a == b]
+    assert not copies, copies
 
     run = await api.run(user_id, body["training_run_id"])
     stats = svc.standin.app[STATS]
