@@ -29,9 +29,9 @@ from tests.cluster import free_port
 from tests.conftest import poll
 
 
-async def test_a_server_slower_than_pg_ctls_timeout_is_waited_for(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def slow_pg_ctl_start(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """`pg_ctl start` as on a loaded machine: the server is launched, and pg_ctl's fixed
+    wait runs out before it is ready. Returns the starts made, as they are made."""
     real_pg_ctl = pgserver_commands.pg_ctl
     starts: list[list[str]] = []
 
@@ -39,12 +39,17 @@ async def test_a_server_slower_than_pg_ctls_timeout_is_waited_for(
         if args[-1] != "start":
             return real_pg_ctl(args, **kwargs)
         starts.append(args)
-        # as on a loaded machine: the server is launched, and pg_ctl's fixed wait runs out
-        # before it is ready
         real_pg_ctl([a for a in args if a != "-w"], **kwargs)
         raise subprocess.TimeoutExpired("pg_ctl", kwargs.get("timeout", 10))
 
     monkeypatch.setattr(pgserver_module, "pg_ctl", slow_machine)
+    return starts
+
+
+async def test_a_server_slower_than_pg_ctls_timeout_is_waited_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    starts = slow_pg_ctl_start(monkeypatch)
     embedded = EmbeddedPostgres(tmp_path)
     with capture_logs() as logs:
         url = embedded.start()
@@ -82,18 +87,8 @@ async def test_a_restart_slower_than_pg_ctls_timeout_is_waited_for(
             lambda there: not there,
             lambda _: "the killed server is still there",
         )
-        real_pg_ctl = pgserver_commands.pg_ctl
-        starts: list[list[str]] = []
-
-        def slow_machine(args: list[str], **kwargs: Any) -> Any:
-            if args[-1] != "start":
-                return real_pg_ctl(args, **kwargs)
-            starts.append(args)
-            # the crash recovery outlasts pg_ctl's fixed wait
-            real_pg_ctl([a for a in args if a != "-w"], **kwargs)
-            raise subprocess.TimeoutExpired("pg_ctl", kwargs.get("timeout", 10))
-
-        monkeypatch.setattr(pgserver_module, "pg_ctl", slow_machine)
+        # the crash recovery outlasts pg_ctl's fixed wait
+        starts = slow_pg_ctl_start(monkeypatch)
         assert await asyncio.to_thread(embedded.restart) == url
         assert len(starts) == 1, "pg_ctl start ran again instead of waiting"
         assert embedded.alive()
