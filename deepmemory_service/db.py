@@ -622,7 +622,9 @@ class Notifications:
         and its loss is raised here."""
         while True:
             try:
-                first = await asyncio.wait_for(self._pending.get(), self.check_s)
+                # not wait_for, which on Python 3.11 can lose the cancel that ends the listener
+                async with asyncio.timeout(self.check_s):
+                    first = await self._pending.get()
             except TimeoutError:
                 await self._raw.fetchval(queries()["ping"], timeout=self.check_s)
                 continue

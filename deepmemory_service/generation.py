@@ -154,10 +154,11 @@ class Pipeline:
         try:
             while not ended:
                 try:
-                    if batch:
-                        timeout = max(0.0, deadline - time.monotonic())
-                        item = await asyncio.wait_for(self.results.get(), timeout)
-                    else:
+                    # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the
+                    # answer when a cancel lands as it arrives, and a writer that lost the
+                    # shutdown's cancel waited for answers forever (the process never exited)
+                    timeout = max(0.0, deadline - time.monotonic()) if batch else None
+                    async with asyncio.timeout(timeout):
                         item = await self.results.get()
                 except TimeoutError:
                     await self._write(batch)

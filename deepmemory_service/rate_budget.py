@@ -202,7 +202,8 @@ class RateBudget:
         if not self._synced.is_set():
             # the first call of a quiet instance learns its share before it spends any
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._synced.wait(), 2.0)
+                async with asyncio.timeout(2.0):
+                    await self._synced.wait()
         user = self._users[lane.user_id]
         now = self.clock()
         if not self._turns and self._may_take(grant, now) == 0.0:
@@ -252,7 +253,8 @@ class RateBudget:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     # a sync may change the rates: look again when one lands
-                    await asyncio.wait_for(self._wake.wait(), min(wait, SYNC_S))
+                    async with asyncio.timeout(min(wait, SYNC_S)):
+                        await self._wake.wait()
                 continue
             user.waiters.popleft()
             self._take(user, grant, now)
@@ -313,7 +315,8 @@ class RateBudget:
             await self._dispatch()
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), SYNC_S)
+                async with asyncio.timeout(SYNC_S):
+                    await self._wake.wait()
 
     def _claims(self) -> list[Claim]:
         per_user = self.limits.rpm * self.factor / 60.0 * SYNC_S
@@ -376,7 +379,8 @@ class RateBudget:
                 return
             self._sync_now.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._sync_now.wait(), SYNC_S)
+                async with asyncio.timeout(SYNC_S):
+                    await self._sync_now.wait()
 
     async def aclose(self) -> None:
         for task in (self._dispatcher, self._syncer):

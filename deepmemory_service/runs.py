@@ -178,7 +178,8 @@ async def cancel(svc: Services, sup: RunSupervisor, run_id: uuid.UUID) -> Cancel
         assert sup.work is not None
         sup.work.cancel()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(sup.wait_idle(), CANCEL_WAIT_S)
+            async with asyncio.timeout(CANCEL_WAIT_S):
+                await sup.wait_idle()
     elif lease_expired:
         # nobody runs it any more (its instance died): the sweeper's verdict, now
         await leases.sweep_once(svc)

@@ -10,7 +10,6 @@ stays responsive while a run is going.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import time
 import uuid
@@ -171,16 +170,18 @@ class RunSupervisor:
             self._last_active = time.monotonic()
 
     async def wait_idle(self) -> None:
-        """Until the current work, if any, is over (tests and shutdown)."""
+        """Until the current work, if any, is over (tests, a cancel). The work's own end,
+        however it ends, is not raised here; a cancel of the waiter is."""
         if self._work is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(self._work)
+            await asyncio.wait([self._work])
 
     async def _loop(self) -> None:
         idle_s = self.registry.idle_s
         while True:
             try:
-                command = await asyncio.wait_for(self.inbox.get(), timeout=idle_s)
+                # not wait_for, which on Python 3.11 can lose the cancel of stop()
+                async with asyncio.timeout(idle_s):
+                    command = await self.inbox.get()
             except TimeoutError:
                 if (
                     self.inbox.empty()

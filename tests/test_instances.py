@@ -187,6 +187,46 @@ async def test_sigterm_mid_run_fails_the_run_cleanly_and_exits(cluster: Any) -> 
     await assert_one_pair_set_per_chunk(db_url, run_id, 2)
 
 
+async def test_sigterm_while_answers_queue_behind_the_writer_exits(cluster: Any) -> None:
+    """Instant answers from eight workers keep the run's writer behind, so the shutdown's
+    cancel tends to land on it just as an answer reaches it: a writer that lost that cancel
+    (asyncio.wait_for on Python 3.11) waited forever for answers, and the process with it
+    (seven SIGTERMs in eight hung so before the fix)."""
+    start, db_url, standin = cluster
+    a = await start(DEEPMEMORY_CONCURRENCY="8")
+    user = uuid.uuid4()
+    await ingest(a, user, 1000)
+    standin.app[CONFIG].latency_ms = 0
+    _, body = await a.call(
+        "POST", "/deep-memory/generate", json={"user_id": str(user), "questions_per_chunk": 2}
+    )
+    run_id = body["training_run_id"]
+    run = await wait_generated(a, user, run_id, 8)
+    assert run["status"] == "generating"
+
+    os.killpg(a.proc.pid, signal.SIGTERM)
+    try:
+        code = await asyncio.get_running_loop().run_in_executor(None, a.proc.wait, 60)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"no exit 60 s after SIGTERM; its stacks:\n{a.stacks()}") from None
+    assert code == 0, f"exit code {code}\n{a.log_tail()}"
+
+    conn = await asyncpg.connect(db_url)
+    try:
+        row = await conn.fetchrow(
+            "SELECT status, error_message, generated_chunks FROM training_runs WHERE id = $1",
+            uuid.UUID(run_id),
+        )
+    finally:
+        await conn.close()
+    assert row is not None
+    assert row["status"] == "generating_failed"
+    assert row["error_message"].startswith(
+        "The worker running this run was lost (the service shut down)"
+    )
+    assert row["generated_chunks"] < 1000, "the shutdown waited for the run"
+
+
 async def test_documents_added_on_any_instance_are_searched_on_every_one(cluster: Any) -> None:
     start, _, _ = cluster
     a, b = await start(), await start()
