@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -39,6 +40,8 @@ from deepmemory_service.trainers import Trainer
 from deepmemory_service.upload_gate import UploadGate
 
 log = structlog.get_logger(__name__)
+# how long the shutdown may spend failing this instance's runs
+RELEASE_S = 10.0
 
 
 @attrs.frozen
@@ -64,7 +67,10 @@ class Backend:
         self.drained = True
         await self.supervisors.stop()
         try:
-            released = await leases.release_all(self.svc)
+            # a database that does not answer (or a pool held by work left running) must not
+            # hold up the exit: the leases then run out, and the sweepers fail the runs
+            async with asyncio.timeout(RELEASE_S):
+                released = await leases.release_all(self.svc)
             if released:
                 log.info("runs released at shutdown", runs=len(released))
         except Exception:

@@ -35,6 +35,8 @@ from deepmemory_service.models import (
 from deepmemory_service.retry import RetryPolicy, retry
 
 log = structlog.get_logger(__name__)
+# how long closing the pool waits for connections still checked out
+CLOSE_S = 5.0
 T = TypeVar("T")
 # one constant: every instance that migrates at once takes the same advisory lock
 MIGRATION_LOCK = 0x6D656D6F7279
@@ -669,7 +671,14 @@ class Database:
         return cls(pool, url)
 
     async def close(self) -> None:
-        await self.pool.close()
+        """Closes the pool; connections still checked out after `CLOSE_S` (work left running
+        at shutdown holds them) are cut, not waited for: asyncpg would wait for ever."""
+        try:
+            async with asyncio.timeout(CLOSE_S):
+                await self.pool.close()
+        except TimeoutError:
+            log.warning("database connections still in use at close; cutting them", seconds=CLOSE_S)
+            self.pool.terminate()
 
     @asynccontextmanager
     async def conn(self) -> AsyncIterator[Conn]:

@@ -49,6 +49,7 @@ from deepmemory_service.budget_math import (
     fair_shares,
 )
 from deepmemory_service.budget_sharing import BudgetStore, Claim
+from deepmemory_service.stopping import cancel_all
 from deepmemory_service.usage import Usage
 
 log = structlog.get_logger(__name__)
@@ -383,11 +384,7 @@ class RateBudget:
                     await self._sync_now.wait()
 
     async def aclose(self) -> None:
-        for task in (self._dispatcher, self._syncer):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await cancel_all([t for t in (self._dispatcher, self._syncer) if t], "rate budget")
 
     # visibility
 

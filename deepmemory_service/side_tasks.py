@@ -1,11 +1,10 @@
 """Named background tasks of an app, watched together: a crash is logged and the task
 restarted after a pause that grows while it keeps failing; shutdown cancels them all and
-waits."""
+waits (bounded: stopping.cancel_all)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
 
@@ -13,6 +12,7 @@ import attrs
 import structlog
 
 from deepmemory_service.retry import RetryPolicy
+from deepmemory_service.stopping import PATIENCE_S, cancel_all
 
 log = structlog.get_logger(__name__)
 MAX_PAUSE_S = 30.0
@@ -20,6 +20,8 @@ MAX_PAUSE_S = 30.0
 
 @attrs.define
 class SideTasks:
+    # how long a cancelled task may take to end before it is cancelled again
+    patience_s: float = PATIENCE_S
     _tasks: dict[str, asyncio.Task[None]] = attrs.field(factory=dict)
 
     def start(
@@ -63,9 +65,5 @@ class SideTasks:
         self._tasks[name] = asyncio.create_task(watched(), name=name)
 
     async def stop(self) -> None:
-        for task in self._tasks.values():
-            task.cancel()
-        for task in self._tasks.values():
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(self._tasks.values(), "side tasks", patience_s=self.patience_s)
         self._tasks.clear()

@@ -20,6 +20,7 @@ import attrs
 import structlog
 
 from deepmemory_service.errors import Busy
+from deepmemory_service.stopping import cancel_all
 
 if TYPE_CHECKING:
     from deepmemory_service.rate_budget import Lane
@@ -219,10 +220,9 @@ class RunSupervisor:
     async def stop(self) -> None:
         """Cancels the inbox loop and the current work, then waits for both."""
         self.stopped = True
-        tasks = [t for t in (self._task, self._work) if t is not None and not t.done()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_all(
+            [t for t in (self._task, self._work) if t is not None], f"supervisor {self.user_id}"
+        )
         while not self.inbox.empty():
             command = self.inbox.get_nowait()
             if not command.reply.done():
