@@ -60,6 +60,13 @@ async def _unless_cancelled(call: Awaitable[T], work: WorkStatus, message: str) 
     return task.result()
 
 
+async def _within(call: Awaitable[T], seconds: float) -> T:
+    """`call`'s result, or TimeoutError after `seconds` (asyncio.timeout: unlike wait_for
+    on Python 3.11, it never drops a cancel that lands as the call completes)."""
+    async with asyncio.timeout(seconds):
+        return await call
+
+
 async def training_job(svc: Services, work: WorkStatus, run: Run, job: Job) -> None:
     events = svc.events
     progress = events.progress(job.id, run.id, svc.settings.generation.progress_hz)
@@ -101,7 +108,7 @@ async def training_job(svc: Services, work: WorkStatus, run: Run, job: Job) -> N
             )
 
         outcome = await _unless_cancelled(
-            asyncio.wait_for(svc.trainer.train(request, report), timeout_s),
+            _within(svc.trainer.train(request, report), timeout_s),
             work,
             f"Training cancelled; its {len(request.questions)} pairs are kept (Proceed trains "
             "again)",

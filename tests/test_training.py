@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -283,3 +284,20 @@ async def test_one_question_per_chunk_trains_through_the_service(
     _, settings = await api.call("GET", "/deep-memory/settings", params={"user_id": str(user_id)})
     assert settings["last_training_run_id"] == run["id"]
     assert settings["can_enable"] or settings["can_enable_reason"]
+
+
+async def test_a_training_past_its_deadline_fails_with_the_deadline_named(
+    api_factory: Any, settings: Settings, user_id: uuid.UUID
+) -> None:
+    """DEEPMEMORY_TRAIN_TIMEOUT_S bounds a training that never ends (a trainer stuck on
+    its gate): the run is training_failed, with the deadline in its message."""
+    stuck = ScriptedTrainer(gate=asyncio.Event())
+    short = attrs.evolve(settings, train=attrs.evolve(settings.train, timeout_s=0.5))
+    api: Api = await api_factory(short, trainer=stuck)
+    await api.ingest(user_id, 3)
+    _, body = await api.call(
+        "POST", "/deep-memory/generate", json={"user_id": str(user_id), "auto_train": True}
+    )
+    run = await api.wait_status(user_id, body["training_run_id"], "training_failed")
+    assert run["error_message"] == "Training timed out after 0.5s"
+    assert len(stuck.submissions) == 1
