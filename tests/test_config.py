@@ -57,6 +57,14 @@ def test_environment_overrides_defaults() -> None:
             {"DEEPMEMORY_HTTP_ROLE": "gateway"},
             "DEEPMEMORY_HTTP_BACKEND_URL is required with role gateway",
         ),
+        (
+            {"DEEPMEMORY_TRAIN_BLAS_THREADS": "-1"},
+            "DEEPMEMORY_TRAIN_BLAS_THREADS must not be negative (0: automatic)",
+        ),
+        (
+            {"DEEPMEMORY_TRAIN_SEED": "-3"},
+            "DEEPMEMORY_TRAIN_SEED must not be negative (0: each run's own)",
+        ),
     ],
 )
 def test_bad_values_name_the_setting(env: dict[str, str], message: str) -> None:
