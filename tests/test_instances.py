@@ -140,6 +140,19 @@ async def test_proceed_and_delete_racing_on_one_failed_run(cluster: Any) -> None
             assert left == 0
 
 
+async def sigterm_and_exit(instance: Any) -> None:
+    """SIGTERM to `instance`, which must exit with 0: a 60 s deadline for a hang, not a
+    speed target; on a hang the failure carries the instance's stacks."""
+    os.killpg(instance.proc.pid, signal.SIGTERM)
+    try:
+        code = await asyncio.get_running_loop().run_in_executor(None, instance.proc.wait, 60)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(
+            f"no exit 60 s after SIGTERM; its stacks:\n{instance.stacks()}"
+        ) from None
+    assert code == 0, f"exit code {code}\n{instance.log_tail()}"
+
+
 async def test_sigterm_mid_run_fails_the_run_cleanly_and_exits(cluster: Any) -> None:
     start, db_url, standin = cluster
     a, b = await start(), await start()
@@ -154,14 +167,9 @@ async def test_sigterm_mid_run_fails_the_run_cleanly_and_exits(cluster: Any) -> 
     run = await wait_generated(a, user, run_id, 8)
     assert run["status"] == "generating"
 
-    os.killpg(a.proc.pid, signal.SIGTERM)
-    # a deadline for a hang, not a speed target: that the shutdown did not wait for the run
-    # is `done < 200` below (the rest of the run takes 5 s at the least)
-    try:
-        code = await asyncio.get_running_loop().run_in_executor(None, a.proc.wait, 60)
-    except subprocess.TimeoutExpired:
-        raise AssertionError(f"no exit 60 s after SIGTERM; its stacks:\n{a.stacks()}") from None
-    assert code == 0, f"exit code {code}\n{a.log_tail()}"
+    # that the shutdown did not wait for the run is `done < 200` below (the rest of the run
+    # takes 5 s at the least)
+    await sigterm_and_exit(a)
 
     # the stream on the stopped instance ended cleanly, with the run's failure as its last word
     events = await asyncio.wait_for(on_a, 30)
@@ -204,12 +212,7 @@ async def test_sigterm_while_answers_queue_behind_the_writer_exits(cluster: Any)
     run = await wait_generated(a, user, run_id, 8)
     assert run["status"] == "generating"
 
-    os.killpg(a.proc.pid, signal.SIGTERM)
-    try:
-        code = await asyncio.get_running_loop().run_in_executor(None, a.proc.wait, 60)
-    except subprocess.TimeoutExpired:
-        raise AssertionError(f"no exit 60 s after SIGTERM; its stacks:\n{a.stacks()}") from None
-    assert code == 0, f"exit code {code}\n{a.log_tail()}"
+    await sigterm_and_exit(a)
 
     conn = await asyncpg.connect(db_url)
     try:
