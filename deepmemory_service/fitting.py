@@ -29,6 +29,7 @@ from deepmemory_service.ranking import (
     nearest_rows,
     ranks_of,
     recall_at,
+    recalls,
     score,
 )
 
@@ -151,28 +152,27 @@ class Fit:
 Progress = Callable[[int, int, float, Recalls], None]
 
 
-def _judged(
-    data: TrainingData, base: list[Ranks], weights: Weights
-) -> tuple[tuple[float, float], bool, tuple[float, float]]:
-    """An epoch's candidate on what chooses: its validation score on the generated
-    questions; whether it loses no more queries than it wins at a guarded k, on them and on
-    every guard set; and its score with the guards' added (what picks the epoch, shrink and
-    shape, so the gain must hold on queries like people's). `base`: each set's ranks
-    without a model, the validation questions first."""
+def _ranks(data: TrainingData, weights: Weights) -> list[Ranks]:
+    """Each choosing set's ranks with `weights`: the validation questions, then the guards."""
+    return [
+        ranks_of(weights.apply(queries.q), queries.pos, data.eval_corpus)
+        for queries in (data.valid, *data.valid_guards)
+    ]
+
+
+def _judged(base: list[Ranks], ranks: list[Ranks]) -> tuple[bool, tuple[float, float]]:
+    """A candidate on what chooses, from its ranks and those without a model (`base`),
+    validation questions first: whether it loses no more queries than it wins at a guarded
+    k on every set, and its score summed over them (what picks the epoch, shrink and shape,
+    so the gain must hold on queries like people's)."""
     held = True
     total = [0.0, 0.0]
-    valid_score = (0.0, 0.0)
-    for i, (queries, without) in enumerate(
-        zip((data.valid, *data.valid_guards), base, strict=True)
-    ):
-        if not len(queries):
+    for without, with_model in zip(base, ranks, strict=True):
+        if not len(without):
             continue
-        ranks = ranks_of(weights.apply(queries.q), queries.pos, data.eval_corpus)
-        held = held and not hurts(changes(without, ranks))
-        scored = score(ranks)
-        valid_score = scored if i == 0 else valid_score
-        total = [a + b for a, b in zip(total, scored, strict=True)]
-    return valid_score, held, (total[0], total[1])
+        held = held and not hurts(changes(without, with_model))
+        total = [a + b for a, b in zip(total, score(with_model), strict=True)]
+    return held, (total[0], total[1])
 
 
 def _initial(shape: Shape, dim: int, rng: np.random.Generator) -> Weights:
@@ -204,13 +204,9 @@ def fit_shape(
     adam = Adam([weights.w, weights.a, weights.b] if learn_a else [weights.w, weights.b], shape.lr)
     valid, train = data.valid, data.train
     base = [ranks_of(g.q, g.pos, data.eval_corpus) for g in (valid, *data.valid_guards)]
-    dim = data.corpus.shape[1]
-    identity = Weights(
-        np.zeros(dim, dtype=np.float32),
-        np.zeros((dim, 0), dtype=np.float32),
-        np.zeros((0, dim), dtype=np.float32),
-    )
-    base_valid, _, base_score = _judged(data, base, identity)
+    base_valid = score(base[0])
+    _, base_score = _judged(base, base)
+    best_valid = base[0]
     best_score = base_score
     best: Weights | None = None
     best_epoch, best_alpha, stale, blocked = 0, 1.0, 0, 0
@@ -237,17 +233,18 @@ def fit_shape(
         improved = False
         for alpha in SHRINK:
             candidate = weights.shrunk(alpha)
-            valid_score, held, candidate_score = _judged(data, base, candidate)
+            ranks = _ranks(data, candidate)
+            held, candidate_score = _judged(base, ranks)
             if alpha == 1.0:
-                evaluated = recall_at(candidate.apply(valid.q), valid.pos, data.eval_corpus)
+                evaluated = recalls(ranks[0])
                 history.append(EpochReport(epoch, loss, evaluated, held))
                 progress(epoch, loss, evaluated)
             # measured lesson: held-out generated questions can improve while people's
             # queries get worse, so an epoch that hurts a guard set is never kept
             if held and candidate_score > best_score:
                 best_score, best, best_epoch, improved = candidate_score, candidate, epoch, True
-                best_alpha = alpha
-            blocked += not held and valid_score > base_valid
+                best_alpha, best_valid = alpha, ranks[0]
+            blocked += not held and score(ranks[0]) > base_valid
         if improved:
             stale = 0
         else:
@@ -260,11 +257,7 @@ def fit_shape(
         best_alpha,
         len(history),
         blocked,
-        (
-            recall_at(valid.q, valid.pos, data.eval_corpus)
-            if best is None
-            else recall_at(best.apply(valid.q), valid.pos, data.eval_corpus)
-        ),
+        recalls(best_valid),
         tuple(history[-10:]),
     )
     return best, best_score, report
