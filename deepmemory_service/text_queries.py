@@ -203,37 +203,37 @@ def _query(sentence: str) -> str | None:
     return " ".join(words[:MAX_WORDS])
 
 
-def _paragraph_sentences(text: str) -> list[list[str]]:
-    paragraphs = _PARAGRAPH.split(plain(text))
-    return [[s for s in _SENTENCE_END.split(p.strip()) if s.strip()] for p in paragraphs]
+def _sentences(plain_text: str) -> tuple[list[str], list[str]]:
+    """(topic sentences, other sentences) of text already without markup, as queries: a
+    topic sentence opens a paragraph, where writers say what the paragraph is about."""
+    topics: list[str] = []
+    others: list[str] = []
+    for paragraph in _PARAGRAPH.split(plain_text):
+        sentences = [s for s in _SENTENCE_END.split(paragraph.strip()) if s.strip()]
+        for i, sentence in enumerate(sentences):
+            query = _query(sentence)
+            if query:
+                (others if i else topics).append(query)
+    return list(dict.fromkeys(topics)), list(dict.fromkeys(others))
 
 
-def topic_sentences(text: str) -> list[str]:
-    """The first sentence of each paragraph, in order: where writers say what a paragraph
-    is about."""
-    found = (_query(sentences[0]) for sentences in _paragraph_sentences(text) if sentences)
-    return list(dict.fromkeys(q for q in found if q))
-
-
-def other_sentences(text: str) -> list[str]:
-    """Every sentence that opens no paragraph, in order."""
-    found = (_query(s) for sentences in _paragraph_sentences(text) for s in sentences[1:])
-    return list(dict.fromkeys(q for q in found if q))
-
-
-def key_terms(text: str, limit: int) -> list[str]:
-    """The chunk's most telling words: frequent here, not stop words, earliest first on ties."""
-    words = [w.lower() for w in _WORD.findall(plain(text))]
+def _key_terms(plain_text: str, limit: int) -> list[str]:
+    words = [w.lower() for w in _WORD.findall(plain_text)]
     counts = Counter(w for w in words if w not in STOPWORDS)
     first_seen = {w: i for i, w in reversed(list(enumerate(words)))}
     ranked = sorted(counts, key=lambda w: (-counts[w], first_seen[w]))
     return ranked[:limit]
 
 
-def key_term_queries(text: str, rng: random.Random, count: int) -> list[str]:
+def key_terms(text: str, limit: int) -> list[str]:
+    """The chunk's most telling words: frequent here, not stop words, earliest first on ties."""
+    return _key_terms(plain(text), limit)
+
+
+def _key_term_queries(plain_text: str, rng: random.Random, count: int) -> list[str]:
     """Up to `count` distinct search-box queries of two or three of the chunk's key terms,
     the most telling first."""
-    terms = key_terms(text, 6)
+    terms = _key_terms(plain_text, 6)
     if len(terms) < 2:
         return terms[:count]
     queries: list[str] = [" ".join(terms[:3])]
@@ -257,9 +257,10 @@ def text_queries(text: str, count: int) -> list[str]:
     sentences, other sentences (in a seeded order) and key-term queries taken in turn,
     so any count gets the best kind first and a mix of them."""
     rng = random.Random(chunk_seed(text))  # noqa: S311  (reproducible, not a secret)
-    others = other_sentences(text)
+    plain_text = plain(text)
+    topics, others = _sentences(plain_text)
     rng.shuffle(others)
-    kinds = [topic_sentences(text), others, key_term_queries(text, rng, count)]
+    kinds = [topics, others, _key_term_queries(plain_text, rng, count)]
     queries: list[str] = []
     while len(queries) < count and any(kinds):
         for kind in kinds:
@@ -274,6 +275,8 @@ def text_queries(text: str, count: int) -> list[str]:
 def held_out_queries(text: str, rng: random.Random, exclude: set[str]) -> list[str]:
     """Queries about `text` that are none of `exclude` (the questions trained on): each of
     its sentences, and two key-term queries chosen by `rng`."""
-    sentences = [q for q in topic_sentences(text) + other_sentences(text) if q not in exclude]
-    terms = [q for q in key_term_queries(text, rng, 6) if q not in exclude]
+    plain_text = plain(text)
+    topics, others = _sentences(plain_text)
+    sentences = [q for q in topics + others if q not in exclude]
+    terms = [q for q in _key_term_queries(plain_text, rng, 6) if q not in exclude]
     return list(dict.fromkeys(sentences + rng.sample(terms, min(2, len(terms)))))

@@ -269,20 +269,17 @@ class LocalTrainer:
 
         # queries like people's, none of them a question trained on, about the chunks
         # (people ask about the chunks the questions were written for): half the chunks
-        # choose epochs and shapes, the other half only judge the chosen model
+        # choose epochs and shapes, the other half only judge the chosen model. The order
+        # is random, so a large run's first `cap` of each half are its seeded sample (each
+        # chunk gives a query or more), and only those chunks are read
         chunk_rows = rng.permutation(np.unique(rows))
-        half = len(chunk_rows) // 2
+        half, cap = len(chunk_rows) // 2, bounds.eval_queries
         trained_on = set(request.questions)
         valid_plain = await _plain(
-            embedder,
-            texts,
-            np.sort(chunk_rows[:half]),
-            seed + 2,
-            trained_on,
-            bounds.eval_queries,
+            embedder, texts, np.sort(chunk_rows[:half][:cap]), seed + 2, trained_on, cap
         )
         test_plain = await _plain(
-            embedder, texts, np.sort(chunk_rows[half:]), seed, trained_on, bounds.eval_queries
+            embedder, texts, np.sort(chunk_rows[half:][:cap]), seed, trained_on, cap
         )
         train_rows = rows[train_i]
         eval_corpus, (valid_set, valid_plain) = await loop.run_in_executor(
