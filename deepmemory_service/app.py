@@ -11,33 +11,26 @@ import attrs
 import structlog
 from aiohttp import web
 
-from deepmemory_service import (
-    cpu_pool,
-    leases,
-    listener,
-    metrics_view,
-    migrations,
-    openapi,
-    parts,
-    search,
-    sse,
-    views,
-)
-from deepmemory_service.broadcaster import Broadcaster
-from deepmemory_service.config import Settings
-from deepmemory_service.db import CONNECTION_ERRORS, Database
-from deepmemory_service.embedders import Embedder
-from deepmemory_service.events import JobEvents
-from deepmemory_service.generators import QuestionGenerator
-from deepmemory_service.keys import BACKEND, DRAIN, SERVICES, SETTINGS, SUPERVISORS
-from deepmemory_service.metrics import RUN_COUNTS_TTL_S, Cached, Metrics
-from deepmemory_service.middlewares import json_errors, request_context, service_auth
-from deepmemory_service.services import Services
-from deepmemory_service.side_tasks import SideTasks
-from deepmemory_service.store import StoreRegistry
-from deepmemory_service.supervisor import RunSupervisor, SupervisorRegistry
-from deepmemory_service.trainers import Trainer
-from deepmemory_service.upload_gate import UploadGate
+from deepmemory_service import parts
+from deepmemory_service.api import metrics_view, openapi, search, sse, views
+from deepmemory_service.api.keys import BACKEND, DRAIN, SERVICES, SETTINGS, SUPERVISORS
+from deepmemory_service.api.middlewares import json_errors, request_context, service_auth
+from deepmemory_service.db import migrations
+from deepmemory_service.db.database import CONNECTION_ERRORS, Database
+from deepmemory_service.llm.generators import QuestionGenerator
+from deepmemory_service.platform.config import Settings
+from deepmemory_service.platform.metrics import RUN_COUNTS_TTL_S, Cached, Metrics
+from deepmemory_service.platform.side_tasks import SideTasks
+from deepmemory_service.runs import leases, listener
+from deepmemory_service.runs.broadcaster import Broadcaster
+from deepmemory_service.runs.events import JobEvents
+from deepmemory_service.runs.services import Services
+from deepmemory_service.runs.supervisor import RunSupervisor, SupervisorRegistry
+from deepmemory_service.storage import cpu_pool
+from deepmemory_service.storage.embedders import Embedder
+from deepmemory_service.storage.store import StoreRegistry
+from deepmemory_service.storage.upload_gate import UploadGate
+from deepmemory_service.training.trainer import Trainer
 
 log = structlog.get_logger(__name__)
 # how long the shutdown may spend failing this instance's runs
@@ -202,7 +195,7 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> web.Ap
         app.router.add_get("/metrics", metrics_view.metrics_handler(backend))
         app.router.add_get("/healthz", views.root_healthz(backend))
     if role in ("all", "gateway"):
-        from deepmemory_service.gateway import setup_gateway
+        from deepmemory_service.gateway.proxy import setup_gateway
 
         setup_gateway(app)
     return app

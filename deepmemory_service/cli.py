@@ -15,9 +15,9 @@ from pathlib import Path
 
 import attrs
 
-from deepmemory_service import logs
-from deepmemory_service.chunking import TEXT_SUFFIXES
-from deepmemory_service.config import ConfigError, Settings, load_settings
+from deepmemory_service.platform import logs
+from deepmemory_service.platform.config import ConfigError, Settings, load_settings
+from deepmemory_service.text.chunking import TEXT_SUFFIXES
 
 USAGE = 2
 FAILURE = 1
@@ -191,7 +191,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
-    from deepmemory_service import migrations, server
+    from deepmemory_service import server
+    from deepmemory_service.db import migrations
 
     where = server.describe_database(settings)
     with server.database(settings) as resolved:
@@ -223,8 +224,8 @@ def _ingest(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _token(settings: Settings, args: argparse.Namespace) -> int:
-    from deepmemory_service.auth import mint_token
-    from deepmemory_service.config import SECRET_KEY_FILE
+    from deepmemory_service.gateway.auth import mint_token
+    from deepmemory_service.platform.config import SECRET_KEY_FILE
 
     if not settings.secret_key:
         raise CommandError(
@@ -246,7 +247,7 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from deepmemory_service.db import DatabaseUnreachable
+    from deepmemory_service.db.database import DatabaseUnreachable
 
     args = _parser().parse_args(argv)
     try:

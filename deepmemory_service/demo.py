@@ -10,9 +10,9 @@ from importlib import resources
 import structlog
 from aiohttp import web
 
-from deepmemory_service import documents
-from deepmemory_service.keys import BACKEND, SERVICES, SETTINGS
-from deepmemory_service.payloads import DocumentIn, Text
+from deepmemory_service.api.keys import BACKEND, SERVICES, SETTINGS
+from deepmemory_service.api.payloads import DocumentIn, Text
+from deepmemory_service.storage import documents
 
 log = structlog.get_logger(__name__)
 
@@ -34,7 +34,7 @@ async def ensure_corpus(app: web.Application) -> int:
 
 
 async def announce(app: web.Application) -> None:
-    from deepmemory_service.auth import mint_token
+    from deepmemory_service.gateway.auth import mint_token
 
     settings = app[SETTINGS]
     chunks = await ensure_corpus(app) if BACKEND in app else 0

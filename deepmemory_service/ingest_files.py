@@ -11,11 +11,11 @@ from pathlib import Path
 import attrs
 from tqdm import tqdm
 
-from deepmemory_service import documents
+from deepmemory_service.api.payloads import DocumentIn, Text, clean_text
 from deepmemory_service.app import Overrides, open_backend
-from deepmemory_service.chunking import TEXT_SUFFIXES as SUFFIXES
-from deepmemory_service.config import Settings
-from deepmemory_service.payloads import DocumentIn, Text, clean_text
+from deepmemory_service.platform.config import Settings
+from deepmemory_service.storage import documents
+from deepmemory_service.text.chunking import TEXT_SUFFIXES as SUFFIXES
 
 # names listed in a summary line before "and N more"
 LISTED = 10

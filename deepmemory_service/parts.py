@@ -3,19 +3,19 @@ built from the settings by name (heavy ones imported lazily)."""
 
 from __future__ import annotations
 
-from deepmemory_service.budget_math import Limits
-from deepmemory_service.budget_sharing import PostgresBudgetStore, budget_key
-from deepmemory_service.config import Settings
-from deepmemory_service.db import Database
-from deepmemory_service.embedders import Embedder, HashingEmbedder
-from deepmemory_service.generators import OfflineQuestionGenerator, QuestionGenerator
-from deepmemory_service.rate_budget import RateBudget
-from deepmemory_service.trainers import Trainer
+from deepmemory_service.db.database import Database
+from deepmemory_service.llm.budget_math import Limits
+from deepmemory_service.llm.budget_sharing import PostgresBudgetStore, budget_key
+from deepmemory_service.llm.generators import OfflineQuestionGenerator, QuestionGenerator
+from deepmemory_service.llm.rate_budget import RateBudget
+from deepmemory_service.platform.config import Settings
+from deepmemory_service.storage.embedders import Embedder, HashingEmbedder
+from deepmemory_service.training.trainer import Trainer
 
 
 def build_generator(settings: Settings) -> QuestionGenerator:
     if settings.generator == "llm":
-        from deepmemory_service.llm import LLMQuestionGenerator
+        from deepmemory_service.llm.client import LLMQuestionGenerator
 
         return LLMQuestionGenerator(settings.llm)
     return OfflineQuestionGenerator()
@@ -36,11 +36,11 @@ def build_budget(settings: Settings, db: Database) -> RateBudget:
 
 def build_embedder(settings: Settings) -> Embedder:
     if settings.embedder == "minilm":
-        from deepmemory_service.embedders import MiniLMEmbedder
+        from deepmemory_service.storage.embedders import MiniLMEmbedder
 
         return MiniLMEmbedder()
     if settings.embedder == "openai":
-        from deepmemory_service.embedders import OpenAIEmbedder
+        from deepmemory_service.storage.embedders import OpenAIEmbedder
 
         return OpenAIEmbedder(settings.openai_embeddings)
     return HashingEmbedder()
@@ -48,11 +48,11 @@ def build_embedder(settings: Settings) -> Embedder:
 
 def build_trainer(settings: Settings) -> Trainer:
     if settings.trainer == "activeloop":
-        from deepmemory_service.trainer_activeloop import ActiveloopTrainer
+        from deepmemory_service.training.activeloop import ActiveloopTrainer
 
         return ActiveloopTrainer(
             settings.train, settings.activeloop.token, endpoint=settings.activeloop.endpoint or None
         )
-    from deepmemory_service.trainer_local import LocalTrainer
+    from deepmemory_service.training.local import LocalTrainer
 
     return LocalTrainer(settings.train)

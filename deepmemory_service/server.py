@@ -17,11 +17,11 @@ import attrs
 import structlog
 from aiohttp import web
 
-from deepmemory_service import deeplake_compat
 from deepmemory_service.app import create_app
-from deepmemory_service.config import Settings
-from deepmemory_service.db import DatabaseUnreachable, redacted
-from deepmemory_service.embedded_pg import EmbeddedPostgres
+from deepmemory_service.db.database import DatabaseUnreachable, redacted
+from deepmemory_service.db.embedded import EmbeddedPostgres
+from deepmemory_service.platform.config import Settings
+from deepmemory_service.storage import deeplake_compat
 
 log = structlog.get_logger(__name__)
 

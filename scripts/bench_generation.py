@@ -43,9 +43,9 @@ from benchlib import Standin, free_port, fresh_database, standin  # scripts/, be
 from load_cluster import ADMIN, Cluster
 from load_cluster import TOKEN as LOAD_TOKEN
 
-from deepmemory_service import logs
 from deepmemory_service.app import create_app
-from deepmemory_service.config import Settings, load_settings
+from deepmemory_service.platform import logs
+from deepmemory_service.platform.config import Settings, load_settings
 
 TOKEN = "bench-token"
 

@@ -29,15 +29,15 @@ import attrs
 import numpy as np
 import numpy.typing as npt
 
-from deepmemory_service import chunking
-from deepmemory_service.config import Settings
-from deepmemory_service.embedders import Embedder, Matrix
-from deepmemory_service.generators import OfflineQuestionGenerator, QuestionGenerator
+from deepmemory_service.llm.generators import OfflineQuestionGenerator, QuestionGenerator
 from deepmemory_service.models import Chunk
-from deepmemory_service.store import ChunkStore, Rows
-from deepmemory_service.text_queries import STOPWORDS
-from deepmemory_service.trainer_local import LocalTrainer
-from deepmemory_service.trainers import TrainingProgress, TrainingRequest
+from deepmemory_service.platform.config import Settings
+from deepmemory_service.storage.embedders import Embedder, Matrix
+from deepmemory_service.storage.store import ChunkStore, Rows
+from deepmemory_service.text import chunking
+from deepmemory_service.text.queries import STOPWORDS
+from deepmemory_service.training.local import LocalTrainer
+from deepmemory_service.training.trainer import TrainingProgress, TrainingRequest
 
 BOOTSTRAP = 2000
 

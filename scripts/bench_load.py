@@ -48,7 +48,7 @@ from load_scenarios import (
     bench_uploads,
 )
 
-from deepmemory_service import logs
+from deepmemory_service.platform import logs
 
 SCENARIOS = ("settings", "commands", "fanout", "slow", "uploads")
 

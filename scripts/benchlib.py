@@ -26,8 +26,8 @@ import asyncpg
 import psutil
 import yarl
 
-from deepmemory_service import migrations
-from deepmemory_service.embedded_pg import EmbeddedPostgres
+from deepmemory_service.db import migrations
+from deepmemory_service.db.embedded import EmbeddedPostgres
 
 SYSTEM_PG = "postgresql://postgres@127.0.0.1:5432/test"
 

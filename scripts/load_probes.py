@@ -22,7 +22,7 @@ import aiohttp
 import asyncpg
 from load_cluster import TOKEN, Instance  # scripts/, beside this file
 
-from deepmemory_service.db import queries
+from deepmemory_service.db.database import queries
 
 # --------------------------------------------------------------------------- open loop
 

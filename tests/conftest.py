@@ -19,12 +19,12 @@ import yarl
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from deepmemory_service import migrations
+from deepmemory_service.api.keys import BACKEND, SERVICES, SUPERVISORS
 from deepmemory_service.app import Overrides, create_app
-from deepmemory_service.config import OpenAIEmbeddingSettings, Settings, load_settings
-from deepmemory_service.embedded_pg import EmbeddedPostgres
-from deepmemory_service.keys import BACKEND, SERVICES, SUPERVISORS
-from deepmemory_service.services import Services
+from deepmemory_service.db import migrations
+from deepmemory_service.db.embedded import EmbeddedPostgres
+from deepmemory_service.platform.config import OpenAIEmbeddingSettings, Settings, load_settings
+from deepmemory_service.runs.services import Services
 
 # the `cluster` fixture: real service processes on one database
 pytest_plugins = ("tests.cluster",)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from deepmemory_service.auth import mint_token
+from deepmemory_service.gateway.auth import mint_token
 from tests.conftest import Api
 
 U = str(uuid.uuid4())

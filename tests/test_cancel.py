@@ -10,9 +10,9 @@ from typing import Any
 
 import attrs
 
-from deepmemory_service.auth import mint_token
+from deepmemory_service.gateway.auth import mint_token
+from deepmemory_service.llm.rate_budget import Lane
 from deepmemory_service.models import Chunk
-from deepmemory_service.rate_budget import Lane
 from deepmemory_service.testing.fakes import ControlledGenerator, ScriptedTrainer
 from deepmemory_service.testing.standin_llm import CONFIG
 from tests.cluster import ingest, wait_status

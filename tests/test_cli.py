@@ -19,9 +19,9 @@ from pathlib import Path
 import attrs
 import pytest
 
-from deepmemory_service.auth import verify
-from deepmemory_service.config import CHECKOUT, load_settings
-from deepmemory_service.login import PASTE_FORM
+from deepmemory_service.gateway.auth import verify
+from deepmemory_service.gateway.login import PASTE_FORM
+from deepmemory_service.platform.config import CHECKOUT, load_settings
 from tests.cluster import free_port
 
 ROOT = Path(__file__).resolve().parents[1]

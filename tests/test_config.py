@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from deepmemory_service.config import ConfigError, env_names, load_settings
+from deepmemory_service.platform.config import ConfigError, env_names, load_settings
 
 
 def test_environment_overrides_defaults() -> None:

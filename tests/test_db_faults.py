@@ -16,11 +16,11 @@ import attrs
 import pytest
 import yarl
 
-from deepmemory_service import migrations
-from deepmemory_service.config import Settings
-from deepmemory_service.db import Database
+from deepmemory_service.db import migrations
+from deepmemory_service.db.database import Database
+from deepmemory_service.llm.rate_budget import Lane
 from deepmemory_service.models import Chunk
-from deepmemory_service.rate_budget import Lane
+from deepmemory_service.platform.config import Settings
 from deepmemory_service.testing.fakes import ControlledGenerator
 from tests.conftest import (
     Api,

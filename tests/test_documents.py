@@ -5,8 +5,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from deepmemory_service import deeplake_compat
-from deepmemory_service.embedders import HashingEmbedder
+from deepmemory_service.storage import deeplake_compat
+from deepmemory_service.storage.embedders import HashingEmbedder
 from tests.conftest import Api, poll
 
 
@@ -97,7 +97,7 @@ async def test_a_store_made_by_another_embedder_is_a_clear_409(
 async def test_the_documents_list_is_the_users_newest_first_through_the_gateway(
     api: Api, user_id: uuid.UUID
 ) -> None:
-    from deepmemory_service.auth import mint_token
+    from deepmemory_service.gateway.auth import mint_token
 
     docs = [{"title": "first.md", "text": "Alpha. " * 400}, {"title": "second.txt", "text": "B."}]
     code, added = await api.call(

@@ -24,7 +24,7 @@ import psutil
 import pytest
 from structlog.testing import capture_logs
 
-from deepmemory_service.embedded_pg import EmbeddedPostgres
+from deepmemory_service.db.embedded import EmbeddedPostgres
 from tests.cluster import free_port
 from tests.conftest import poll
 
@@ -122,7 +122,7 @@ def _running(pid: int | None) -> bool:
 HOLD_A_HANDLE = """
 import sys, time
 from pathlib import Path
-from deepmemory_service.embedded_pg import EmbeddedPostgres
+from deepmemory_service.db.embedded import EmbeddedPostgres
 EmbeddedPostgres(Path(sys.argv[1])).start()
 print("ready", flush=True)
 time.sleep(600)

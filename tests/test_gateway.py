@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
-from deepmemory_service.auth import AUDIENCE, COOKIE, mint_token
+from deepmemory_service.gateway.auth import AUDIENCE, COOKIE, mint_token
 from deepmemory_service.testing.fakes import ControlledGenerator
 from tests.conftest import SECRET_KEY, SERVICE_TOKEN, Api, read_stream
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from deepmemory_service.auth import mint_token
+from deepmemory_service.gateway.auth import mint_token
 from deepmemory_service.testing.fakes import ControlledGenerator, ScriptedTrainer
 from tests.conftest import Api, paragraph, read_stream
 from tests.test_gateway import gw

@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 import attrs
 
-from deepmemory_service import leases
+from deepmemory_service.runs import leases
 from deepmemory_service.testing.fakes import ControlledGenerator
 from tests.conftest import Api, poll, read_stream
 

@@ -11,11 +11,11 @@ import attrs
 import pytest
 from structlog.testing import capture_logs
 
-from deepmemory_service.config import load_settings
-from deepmemory_service.generators import GenerationError
-from deepmemory_service.llm import LLMQuestionGenerator, parse_questions
+from deepmemory_service.llm.client import LLMQuestionGenerator, parse_questions
+from deepmemory_service.llm.generators import GenerationError
 from deepmemory_service.models import Chunk
-from deepmemory_service.retry import retry_after
+from deepmemory_service.platform.config import load_settings
+from deepmemory_service.platform.retry import retry_after
 from deepmemory_service.testing.standin_llm import (
     CONFIG,
     STATS,

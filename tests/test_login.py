@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 import uuid
 
-from deepmemory_service.auth import COOKIE, mint_token
+from deepmemory_service.gateway.auth import COOKIE, mint_token
 from tests.conftest import Api
 
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import attrs
 
-from deepmemory_service.config import Settings
-from deepmemory_service.metrics import Cached
+from deepmemory_service.platform.config import Settings
+from deepmemory_service.platform.metrics import Cached
 from tests.conftest import Api
 
 

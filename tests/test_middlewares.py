@@ -4,8 +4,6 @@ errors importable without the web or database stack."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import uuid
 from typing import Any
 
@@ -13,7 +11,7 @@ import asyncpg
 import pytest
 from aiohttp import web
 
-from deepmemory_service.middlewares import json_errors, request_context
+from deepmemory_service.api.middlewares import json_errors, request_context
 from tests.conftest import Api, poll
 
 
@@ -76,15 +74,3 @@ async def test_a_read_is_repeated_when_its_connection_is_killed_under_it(
         assert code == 200, body
     finally:
         await admin.close()
-
-
-def test_the_actor_and_the_errors_need_no_web_or_database_stack() -> None:
-    probe = (
-        "import sys\n"
-        "import deepmemory_service.errors, deepmemory_service.supervisor\n"
-        "print(sorted(m for m in ('aiohttp', 'asyncpg', 'numpy', 'deeplake') if m in sys.modules))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
-    ).stdout
-    assert out.strip() == "[]"

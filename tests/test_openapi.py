@@ -15,10 +15,10 @@ import pytest
 import requests
 import schemathesis
 
-from deepmemory_service import payloads, replies
-from deepmemory_service.keys import BACKEND
+from deepmemory_service.api import payloads, replies
+from deepmemory_service.api.keys import BACKEND
+from deepmemory_service.api.openapi import document, schema_of
 from deepmemory_service.models import Run
-from deepmemory_service.openapi import document, schema_of
 from tests.conftest import SERVICE_TOKEN, Api, paragraph
 from tests.test_runs_api import force_status
 

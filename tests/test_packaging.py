@@ -19,16 +19,16 @@ PROBE = """
 import sys
 from importlib import resources
 import deepmemory_service
-from deepmemory_service import db, migrations
-from deepmemory_service.config import load_settings
+from deepmemory_service.db import database, migrations
+from deepmemory_service.platform.config import load_settings
 
 assert deepmemory_service.__file__.startswith(sys.argv[1]), deepmemory_service.__file__
 settings = load_settings({})
 assert settings.http.port == 8080, settings.http.port
 assert migrations.available(), "no migrations in the wheel"
-assert "get_run" in db.queries(), "no queries in the wheel"
+assert "get_run" in database.queries(), "no queries in the wheel"
 package = resources.files("deepmemory_service")
-for name in ("web/deep-memory.html", "web/deep-memory.js", "sql/schema.sql"):
+for name in ("gateway/web/deep-memory.html", "gateway/web/deep-memory.js", "db/sql/schema.sql"):
     assert package.joinpath(name).is_file(), name
 print("ok")
 """
@@ -82,7 +82,7 @@ def test_a_wheel_holds_the_defaults_sql_and_page(tmp_path: Path) -> None:
 
 def test_the_checkouts_config_folder_links_to_the_packaged_defaults() -> None:
     """One copy of the defaults: the file an operator copies is the one the package reads."""
-    from deepmemory_service.config import DEFAULT_CONFIG
+    from deepmemory_service.platform.config import DEFAULT_CONFIG
 
     linked = ROOT / "config" / "default.toml"
     assert linked.is_symlink()

@@ -12,7 +12,7 @@ from typing import Any
 import attrs
 import pytest
 
-from deepmemory_service.budget_math import (
+from deepmemory_service.llm.budget_math import (
     DECREASE,
     FLOOR,
     HOLD_S,
@@ -27,9 +27,9 @@ from deepmemory_service.budget_math import (
     advance,
     fair_shares,
 )
-from deepmemory_service.budget_sharing import Claim, Exchanged, MemoryBudgetStore, budget_key
-from deepmemory_service.rate_budget import Grant, Lane, RateBudget
-from deepmemory_service.usage import Prices, Usage
+from deepmemory_service.llm.budget_sharing import Claim, Exchanged, MemoryBudgetStore, budget_key
+from deepmemory_service.llm.rate_budget import Grant, Lane, RateBudget
+from deepmemory_service.llm.usage import Prices, Usage
 
 
 def test_a_bucket_refills_at_its_rate_up_to_its_capacity() -> None:

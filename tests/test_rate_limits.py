@@ -11,7 +11,7 @@ from typing import Any
 
 import attrs
 
-from deepmemory_service.config import Settings
+from deepmemory_service.platform.config import Settings
 from deepmemory_service.testing.standin_llm import (
     CONFIG,
     LIMITS,

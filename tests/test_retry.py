@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from aiohttp import web
 
-from deepmemory_service.embedders import EmbeddingError, OpenAIEmbedder
-from deepmemory_service.retry import RetryPolicy, retry, retry_after
+from deepmemory_service.platform.retry import RetryPolicy, retry, retry_after
+from deepmemory_service.storage.embedders import EmbeddingError, OpenAIEmbedder
 from tests.conftest import embeddings_api
 
 

@@ -9,10 +9,10 @@ from typing import Any
 import attrs
 import pytest
 
-from deepmemory_service.events import JobEvents
-from deepmemory_service.keys import BACKEND, SUPERVISORS
+from deepmemory_service.api.keys import BACKEND, SUPERVISORS
+from deepmemory_service.llm.rate_budget import Lane
 from deepmemory_service.models import Chunk, EventName, JobEvent
-from deepmemory_service.rate_budget import Lane
+from deepmemory_service.runs.events import JobEvents
 from deepmemory_service.testing.fakes import ControlledGenerator, ScriptedTrainer
 from tests.conftest import Api
 

@@ -7,7 +7,7 @@ from importlib import resources
 
 import asyncpg
 
-from deepmemory_service import migrations
+from deepmemory_service.db import migrations
 
 CATALOG = {
     "columns": """
@@ -41,7 +41,7 @@ async def test_migrations_build_the_schema_file(fresh_db: Callable[..., Awaitabl
     assert [m.version for m in applied] == [m.version for m in migrations.available()]
     conn = await asyncpg.connect(from_file)
     try:
-        schema = resources.files("deepmemory_service").joinpath("sql/schema.sql").read_text()
+        schema = resources.files("deepmemory_service.db").joinpath("sql/schema.sql").read_text()
         await conn.execute(schema)
     finally:
         await conn.close()

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from deepmemory_service.embedders import HashingEmbedder
-from deepmemory_service.search import search_chunks
-from deepmemory_service.store import ChunkStore, Rows, Snapshot
+from deepmemory_service.api.search import search_chunks
+from deepmemory_service.storage.embedders import HashingEmbedder
+from deepmemory_service.storage.store import ChunkStore, Rows, Snapshot
 from tests.conftest import paragraph
 
 

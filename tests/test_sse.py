@@ -22,9 +22,9 @@ from aiohttp.web import BaseRunner
 from aiohttp_sse import EventSourceResponse
 from structlog.testing import capture_logs
 
-from deepmemory_service.broadcaster import Subscription
-from deepmemory_service.config import Settings
 from deepmemory_service.models import JobEvent
+from deepmemory_service.platform.config import Settings
+from deepmemory_service.runs.broadcaster import Subscription
 from deepmemory_service.testing.fakes import ControlledGenerator
 from tests.conftest import Api, SseEvent, poll, read_stream
 
@@ -140,7 +140,7 @@ async def test_slow_subscriber_catches_up_from_the_database(
 async def test_departed_clients_are_unsubscribed(
     api_factory: Any, user_id: uuid.UUID, monkeypatch: Any
 ) -> None:
-    from deepmemory_service import sse
+    from deepmemory_service.api import sse
 
     monkeypatch.setattr(sse, "PING_S", 0.05)
     gen = ControlledGenerator()

@@ -18,16 +18,16 @@ import attrs
 import pytest
 from aiohttp.test_utils import TestServer
 
-from deepmemory_service.config import load_settings
-from deepmemory_service.embedders import HashingEmbedder
-from deepmemory_service.store import ChunkStore, Rows
+from deepmemory_service.platform.config import load_settings
+from deepmemory_service.storage.embedders import HashingEmbedder
+from deepmemory_service.storage.store import ChunkStore, Rows
 from deepmemory_service.testing.standin_activeloop import ActiveloopStandin, make_app
-from deepmemory_service.trainer_activeloop import (
+from deepmemory_service.training.activeloop import (
     ActiveloopTrainer,
     recall_from_progress,
     use_endpoint,
 )
-from deepmemory_service.trainers import TrainingError, TrainingProgress, TrainingRequest
+from deepmemory_service.training.trainer import TrainingError, TrainingProgress, TrainingRequest
 
 TOKEN = "al-test-token-never-logged"
 CORPUS = [f"passage {i} about topic {i} with words w{i} x{i}" for i in range(12)]

@@ -11,17 +11,23 @@ import attrs
 import numpy as np
 import pytest
 
-from deepmemory_service import ranking
-from deepmemory_service.adapter import Adapter, AdapterCache, Weights, model_path, save_adapter
-from deepmemory_service.config import load_settings
-from deepmemory_service.embedders import HashingEmbedder
-from deepmemory_service.fitting import Fit
-from deepmemory_service.query_sets import split_three
-from deepmemory_service.ranking import Change, Evaluation, changes
-from deepmemory_service.search import NoModelError, search_chunks
-from deepmemory_service.store import ChunkStore, Rows
-from deepmemory_service.trainer_local import Bounds, Evaluations, LocalTrainer, refusal
-from deepmemory_service.trainers import TrainingError, TrainingProgress, TrainingRequest
+from deepmemory_service.api.search import NoModelError, search_chunks
+from deepmemory_service.platform.config import load_settings
+from deepmemory_service.storage.embedders import HashingEmbedder
+from deepmemory_service.storage.store import ChunkStore, Rows
+from deepmemory_service.training import ranking
+from deepmemory_service.training.adapter import (
+    Adapter,
+    AdapterCache,
+    Weights,
+    model_path,
+    save_adapter,
+)
+from deepmemory_service.training.fitting import Fit
+from deepmemory_service.training.local import Bounds, Evaluations, LocalTrainer, refusal
+from deepmemory_service.training.query_sets import split_three
+from deepmemory_service.training.ranking import Change, Evaluation, changes
+from deepmemory_service.training.trainer import TrainingError, TrainingProgress, TrainingRequest
 
 TOPICS = [
     "volcano", "glacier", "reef", "desert", "forest", "river", "cave", "prairie",
@@ -375,7 +381,7 @@ async def test_the_model_cache_is_bounded_and_follows_the_file(tmp_path: Path) -
 def test_the_trainer_sets_numpys_blas_threads() -> None:
     from threadpoolctl import threadpool_info
 
-    from deepmemory_service.blas import blas_threads, cores
+    from deepmemory_service.training.blas import blas_threads, cores
 
     assert blas_threads(3) == 3
     assert blas_threads(0) == (1 if cores() <= 2 else cores() // 2)

@@ -8,11 +8,11 @@ from typing import Any
 
 import attrs
 
-from deepmemory_service.config import Settings
+from deepmemory_service.llm.rate_budget import Lane
 from deepmemory_service.models import Chunk
-from deepmemory_service.rate_budget import Lane
+from deepmemory_service.platform.config import Settings
 from deepmemory_service.testing.fakes import ScriptedTrainer
-from deepmemory_service.trainer_local import model_path
+from deepmemory_service.training.local import model_path
 from tests.conftest import Api
 
 TOPICS = [

@@ -9,12 +9,12 @@ import uuid
 
 from structlog.testing import capture_logs
 
-from deepmemory_service import chunking
-from deepmemory_service.broadcaster import Broadcaster
-from deepmemory_service.generators import OfflineQuestionGenerator
+from deepmemory_service.llm.generators import OfflineQuestionGenerator
 from deepmemory_service.models import Chunk, JobEvent
-from deepmemory_service.side_tasks import SideTasks
-from deepmemory_service.stopping import ROUNDS, cancel_all
+from deepmemory_service.platform.side_tasks import SideTasks
+from deepmemory_service.platform.stopping import ROUNDS, cancel_all
+from deepmemory_service.runs.broadcaster import Broadcaster
+from deepmemory_service.text import chunking
 
 
 async def test_a_slow_subscriber_is_bounded_and_told_to_catch_up() -> None:
@@ -89,7 +89,7 @@ async def test_offline_queries_are_deterministic_distinct_and_cut_from_the_chunk
 
 
 def test_a_training_failure_message_names_no_server_path() -> None:
-    from deepmemory_service.training import _reason
+    from deepmemory_service.runs.train import _reason
 
     lost = FileNotFoundError(2, "No such file or directory", "/srv/dm/stores/u.deepmemory.npz")
     assert _reason(lost, 60, "/srv/dm") == (

@@ -25,7 +25,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from deepmemory_service.store import ChunkStore
+from deepmemory_service.storage.store import ChunkStore
 from tests.cluster import Instance, signal_while_writing, wait_status
 
 KILLS = int(os.environ.get("DEEPMEMORY_TEST_UPLOAD_KILLS", "6"))

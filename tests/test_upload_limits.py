@@ -11,9 +11,9 @@ from typing import Any
 
 import attrs
 
-from deepmemory_service.config import Settings
-from deepmemory_service.embedders import HashingEmbedder, Matrix
-from deepmemory_service.store import ChunkStore
+from deepmemory_service.platform.config import Settings
+from deepmemory_service.storage.embedders import HashingEmbedder, Matrix
+from deepmemory_service.storage.store import ChunkStore
 from tests.conftest import Api, poll
 
 

@@ -11,11 +11,11 @@ from collections import Counter
 
 import attrs
 
-from deepmemory_service.generators import GenerationError, OfflineQuestionGenerator
+from deepmemory_service.llm.generators import GenerationError, OfflineQuestionGenerator
+from deepmemory_service.llm.rate_budget import Lane
 from deepmemory_service.models import Chunk
-from deepmemory_service.rate_budget import Lane
-from deepmemory_service.store import ChunkStore
-from deepmemory_service.trainers import (
+from deepmemory_service.storage.store import ChunkStore
+from deepmemory_service.training.trainer import (
     Reporter,
     TrainingError,
     TrainingOutcome,

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import attrs
 from aiohttp import web
 
-from deepmemory_service import deeplake_compat
+from deepmemory_service.storage import deeplake_compat
 
 JobOutcome = Literal["completed", "failed"]
 

@@ -34,8 +34,8 @@ from typing import Any
 import attrs
 from aiohttp import web
 
-from deepmemory_service.budget_math import TokenBucket
-from deepmemory_service.generators import OfflineQuestionGenerator
+from deepmemory_service.llm.budget_math import TokenBucket
+from deepmemory_service.llm.generators import OfflineQuestionGenerator
 from deepmemory_service.models import Chunk
 
 FAULTS = ("429", "500", "hang", "bad_json", "wrong_count", "nul", "surrogate", "long")

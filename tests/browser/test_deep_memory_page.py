@@ -12,7 +12,7 @@ import attrs
 import pytest
 from playwright.async_api import expect
 
-from deepmemory_service.auth import mint_token
+from deepmemory_service.gateway.auth import mint_token
 from deepmemory_service.testing.fakes import ControlledGenerator, ScriptedTrainer
 from tests.browser.conftest import phone_shot, shot
 from tests.conftest import Api

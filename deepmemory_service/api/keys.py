@@ -1,0 +1,26 @@
+"""Every `web.AppKey` of the service, in one place."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+import aiohttp
+from aiohttp import web
+
+from deepmemory_service.platform.config import Settings
+
+if TYPE_CHECKING:
+    from deepmemory_service.runs.services import Services
+    from deepmemory_service.runs.supervisor import SupervisorRegistry
+
+# annotations name the value types; the modules behind them import this one
+SETTINGS = web.AppKey("settings", Settings)
+SERVICES: web.AppKey[Services] = web.AppKey("services")
+SUPERVISORS: web.AppKey[SupervisorRegistry] = web.AppKey("supervisors")
+# stops a backend's work and streams; called at shutdown
+DRAIN: web.AppKey[Callable[[], Awaitable[None]]] = web.AppKey("drain")
+# the backend sub-application, on the root app
+BACKEND = web.AppKey("backend", web.Application)
+# the gateway's connection pool to the backend
+BACKEND_CLIENT = web.AppKey("backend_client", aiohttp.ClientSession)

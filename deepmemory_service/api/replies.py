@@ -1,0 +1,142 @@
+"""Reply bodies: the attrs classes the backend's JSON is made from, and that the OpenAPI
+document describes (`openapi.schema_of`), so the two cannot drift apart.
+
+`to_json` turns a reply into JSON values: UUIDs and enums as strings, datetimes in ISO 8601,
+and a field whose default is None left out while it is None (`JobAccepted.message`).
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+import attrs
+import cattrs
+from attrs import frozen
+
+from deepmemory_service.llm.usage import Prices
+from deepmemory_service.models import Document, Run, RunStatus
+from deepmemory_service.platform.config import TrainerName
+from deepmemory_service.storage.nearest import SearchResult
+
+# a run as the API shows it: its own fields but these; the job that last worked on it, and
+# (beyond the spec) what it spent at the LLM when prices are configured, and how many of its
+# chunks were asked about afresh and from which run it reused the others
+RUN_HIDDEN = frozenset({"user_id", "chunk_id_max", "reused_from"})
+RUN_EXTRA: dict[str, Any] = {
+    "latest_job_id": uuid.UUID | None,
+    "cost_usd": float | None,
+    "new_chunks": int,
+    "reused_from_run_id": uuid.UUID | None,
+}
+
+
+@frozen
+class SettingsReply:
+    """A user's Deep Memory settings (the spec's fields, then `trainer` and the reason a
+    model may not be enabled)."""
+
+    enabled: bool
+    last_trained_at: datetime | None
+    last_training_run_id: uuid.UUID | None
+    can_enable: bool
+    total_chunks: int
+    trained_chunk_count: int
+    has_blocking_run: bool
+    blocking_run_id: uuid.UUID | None
+    blocking_run_status: RunStatus | None
+    is_cloud: bool
+    trainer: TrainerName
+    can_enable_reason: str | None
+
+
+@frozen
+class SearchReply:
+    results: list[SearchResult]
+    deep_memory: bool
+
+
+@frozen
+class DocumentsReply:
+    """A user's documents, newest first, and the largest body a POST /documents may have
+    (so that a client can split a large upload)."""
+
+    documents: list[Document]
+    total_documents: int
+    total_chunks: int
+    max_body_bytes: int
+
+
+@frozen
+class Cancelled:
+    """A cancel's outcome: the run's status after it, and what happened in words."""
+
+    training_run_id: uuid.UUID
+    status: RunStatus
+    message: str
+
+
+@frozen
+class Message:
+    message: str
+
+
+@frozen
+class ErrorReply:
+    detail: str
+
+
+@frozen
+class BlockedReply:
+    """The 409 of a generate refused because an unfinished run exists."""
+
+    detail: str
+    blocking_run_id: uuid.UUID
+    blocking_run_status: RunStatus
+
+
+@frozen
+class Health:
+    status: Literal["ok"]
+
+
+def _converter() -> cattrs.Converter:
+    conv = cattrs.Converter()
+    conv.register_unstructure_hook(uuid.UUID, str)
+    conv.register_unstructure_hook(datetime, datetime.isoformat)
+    conv.register_unstructure_hook_func(
+        lambda t: isinstance(t, type) and issubclass(t, enum.Enum), lambda e: e.value
+    )
+
+    def fields_of(cls: type) -> Any:
+        fields = attrs.fields(cls)
+
+        def unstructure(value: Any) -> dict[str, Any]:
+            return {
+                f.name: conv.unstructure(getattr(value, f.name))
+                for f in fields
+                if not (f.default is None and getattr(value, f.name) is None)
+            }
+
+        return unstructure
+
+    conv.register_unstructure_hook_factory(attrs.has, fields_of)
+    return conv
+
+
+_CONVERTER = _converter()
+
+
+def to_json(value: Any) -> Any:
+    return _CONVERTER.unstructure(value)
+
+
+def run_json(run: Run, latest_job_id: uuid.UUID | None, prices: Prices) -> dict[str, Any]:
+    body = {k: v for k, v in to_json(run).items() if k not in RUN_HIDDEN}
+    body["latest_job_id"] = to_json(latest_job_id)
+    body["cost_usd"] = prices.cost(run.prompt_tokens, run.completion_tokens)
+    body["new_chunks"] = run.generated_chunks - run.reused_chunks
+    body["reused_from_run_id"] = to_json(run.reused_from)
+    return body

@@ -1,0 +1,97 @@
+"""Search a user's chunks, with or without their trained Deep Memory model.
+
+With `deep_memory`, the configured trainer hands over the user's model (`query_model`):
+the local trainer's adapter in front of the store's own search, or Activeloop's model,
+which searches in their cloud. Without it, the store's nearest chunks by cosine
+similarity.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from aiohttp import web
+
+from deepmemory_service.api.keys import SERVICES
+from deepmemory_service.api.payloads import query_bool, query_int, query_uuid
+from deepmemory_service.api.replies import SearchReply, to_json
+from deepmemory_service.errors import Conflict, InvalidInput
+from deepmemory_service.storage import corpus
+from deepmemory_service.storage.embedders import Embedder
+from deepmemory_service.storage.nearest import SearchResult, nearest_chunks
+from deepmemory_service.storage.store import ChunkStore, CorpusReader
+from deepmemory_service.training.trainer import NoModel, Trainer
+
+routes = web.RouteTableDef()
+
+NO_MODEL = "No trained Deep Memory model for this user: train a run first"
+KEPT_OUT = "The last trained Deep Memory model was not enabled"
+
+
+class NoModelError(Conflict):
+    """deep_memory was asked for, but this user has no trained model."""
+
+
+async def search_chunks(
+    store: ChunkStore,
+    embedder: Embedder,
+    query: str,
+    k: int,
+    *,
+    trainer: Trainer | None = None,
+    read: CorpusReader | None = None,
+) -> list[SearchResult]:
+    """The top `k` chunks for `query`, best first: through `trainer`'s model for the
+    store when one is given, else by plain cosine similarity; among those of `read()`,
+    the store at the catalog's version (by default the newest the store knows, for a
+    store without a catalog)."""
+    read = read or store.latest
+    vectors = await embedder.embed([query])
+    if trainer is None:
+        return await nearest_chunks(read, vectors, k)
+    model = await trainer.query_model(store)
+    if model is None:
+        raise NoModelError(NO_MODEL)
+    try:
+        return await model.search(vectors, k, read)
+    except NoModel:
+        raise NoModelError(NO_MODEL) from None
+
+
+@routes.get("/search")
+async def search(request: web.Request) -> web.Response:
+    user_id: uuid.UUID = query_uuid(request, "user_id")
+    raw = request.query.get("q", "")
+    if len(raw) > 2000:
+        raise InvalidInput("q: at most 2000 characters")
+    query = raw.strip()
+    if not query:
+        raise InvalidInput("q: field required")
+    k = query_int(request, "k", 10, 1, 100)
+    svc = request.app[SERVICES]
+    deep_memory = query_bool(request, "deep_memory")
+    async with svc.db.conn() as conn:
+        in_catalog = await conn.corpus(user_id)
+        if deep_memory is None:
+            row = await conn.get_settings(user_id)
+            deep_memory = bool(row and row.enabled)
+    corpus.check_corpus_embedder(svc, in_catalog)
+    try:
+        found = await search_chunks(
+            svc.stores.for_user(user_id),
+            svc.embedder,
+            query,
+            k,
+            trainer=svc.trainer if deep_memory else None,
+            read=lambda: corpus.snapshot(svc, user_id, in_catalog),
+        )
+    except NoModelError:
+        async with svc.db.conn() as conn:
+            row = await conn.get_settings(user_id)
+        if row is not None and row.last_training_run_id and not row.can_enable:
+            # trained, then kept out by the trainer's verdict: say so, and why
+            why = f" {row.can_enable_reason}" if row.can_enable_reason else ""
+            raise NoModelError(f"{KEPT_OUT}.{why}") from None
+        raise
+    results = [SearchResult(r.chunk_id, r.text, round(r.score, 6)) for r in found]
+    return web.json_response(to_json(SearchReply(results, deep_memory)))

@@ -1,0 +1,302 @@
+"""Backend routes under /v1/api: thin handlers that parse, ask the user's supervisor, reply."""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+import structlog
+from aiohttp import web
+
+from deepmemory_service.api.keys import SERVICES, SETTINGS, SUPERVISORS
+from deepmemory_service.api.payloads import (
+    CancelIn,
+    DocumentsIn,
+    GenerateIn,
+    ProceedIn,
+    SettingsIn,
+    TrainIn,
+    path_uuid,
+    query_bool,
+    query_int,
+    query_uuid,
+    read_json,
+    read_json_object,
+    structure,
+)
+from deepmemory_service.api.replies import (
+    Cancelled,
+    DocumentsReply,
+    Health,
+    Message,
+    SettingsReply,
+    run_json,
+    to_json,
+)
+from deepmemory_service.db.database import Conn, UserSettingsRow
+from deepmemory_service.errors import Conflict, NotFound, Unauthorized, run_not_found
+from deepmemory_service.llm.budget_report import budget_view
+from deepmemory_service.models import JobAccepted, Run
+from deepmemory_service.runs import commands, estimates
+from deepmemory_service.runs.services import Services
+from deepmemory_service.runs.supervisor import RunSupervisor
+from deepmemory_service.storage import documents
+
+routes = web.RouteTableDef()
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _reply(value: Any, status: int = 200) -> web.Response:
+    return web.json_response(to_json(value), status=status)
+
+
+def _accepted(accepted: JobAccepted) -> web.Response:
+    return _reply(accepted, 202)
+
+
+def _bind(**values: str) -> None:
+    structlog.contextvars.bind_contextvars(**values)
+
+
+async def _ask(
+    request: web.Request,
+    user_id: uuid.UUID,
+    name: str,
+    command: Callable[Concatenate[Services, RunSupervisor, P], Awaitable[T]],
+    *args: P.args,
+    **kwargs: P.kwargs,
+) -> T:
+    """`command(svc, sup, ...)` run by the user's supervisor, one at a time with the
+    user's other commands."""
+    svc = request.app[SERVICES]
+
+    async def handle(sup: RunSupervisor) -> T:
+        return await command(svc, sup, *args, **kwargs)
+
+    return await request.app[SUPERVISORS].ask(user_id, name, handle)
+
+
+@routes.post("/deep-memory/generate")
+async def post_generate(request: web.Request) -> web.Response:
+    body = await read_json(request, GenerateIn)
+    _bind(user_id=str(body.user_id))
+    return _accepted(
+        await _ask(
+            request,
+            body.user_id,
+            "generate",
+            commands.new_run,
+            body.questions_per_chunk,
+            body.auto_train,
+            body.regenerate,
+        )
+    )
+
+
+@routes.post("/deep-memory/proceed")
+async def proceed(request: web.Request) -> web.Response:
+    body = await read_json(request, ProceedIn)
+    _bind(user_id=str(body.user_id), run_id=str(body.training_run_id))
+    return _accepted(
+        await _ask(request, body.user_id, "proceed", commands.proceed, body.training_run_id)
+    )
+
+
+@routes.post("/deep-memory/train")
+async def post_train(request: web.Request) -> web.Response:
+    body = await read_json(request, TrainIn)
+    _bind(user_id=str(body.user_id), run_id=str(body.training_run_id))
+    return _accepted(
+        await _ask(request, body.user_id, "train", commands.train_generated, body.training_run_id)
+    )
+
+
+@routes.post("/deep-memory/cancel")
+async def cancel(request: web.Request) -> web.Response:
+    """Stops a running run: 200 once it stopped (its status and message), 202 if it has not
+    yet within a few seconds (it will)."""
+    body = await read_json(request, CancelIn)
+    _bind(user_id=str(body.user_id), run_id=str(body.training_run_id))
+    done = await _ask(request, body.user_id, "cancel", commands.cancel, body.training_run_id)
+    return _reply(Cancelled(done.run_id, done.status, done.message), 200 if done.stopped else 202)
+
+
+@routes.delete("/deep-memory/runs/{run_id}")
+async def delete_run(request: web.Request) -> web.Response:
+    user_id = query_uuid(request, "user_id")
+    run_id = path_uuid(request, "run_id")
+    _bind(user_id=str(user_id), run_id=str(run_id))
+    message = await _ask(request, user_id, "delete", commands.delete, run_id)
+    return _reply(Message(message))
+
+
+@routes.get("/deep-memory/estimate")
+async def estimate(request: web.Request) -> web.Response:
+    """What a generate would send to the LLM now (chunks, calls, tokens, cost)."""
+    user_id = query_uuid(request, "user_id")
+    gen = request.app[SETTINGS].generation
+    qpc = query_int(
+        request, "questions_per_chunk", gen.questions_per_chunk, 1, gen.max_questions_per_chunk
+    )
+    regenerate = query_bool(request, "regenerate") or False
+    return _reply(await estimates.estimate(request.app[SERVICES], user_id, qpc, regenerate))
+
+
+@routes.get("/deep-memory/runs")
+async def list_runs(request: web.Request) -> web.Response:
+    user_id = query_uuid(request, "user_id")
+    limit = query_int(request, "limit", 50, 1, 500)
+    listing = await request.app[SERVICES].db.read(lambda conn: conn.list_runs(user_id, limit))
+    prices = request.app[SETTINGS].llm_prices
+    return web.json_response({"runs": [run_json(r.run, r.latest_job_id, prices) for r in listing]})
+
+
+@routes.get("/deep-memory/runs/{run_id}")
+async def get_run(request: web.Request) -> web.Response:
+    user_id = query_uuid(request, "user_id")
+    run_id = path_uuid(request, "run_id")
+
+    async def read(conn: Conn) -> tuple[Run | None, uuid.UUID | None]:
+        run = await conn.get_run(run_id, user_id)
+        return run, (await conn.latest_job_id(run.id) if run else None)
+
+    run, latest = await request.app[SERVICES].db.read(read)
+    if run is None:
+        raise run_not_found()
+    return web.json_response(run_json(run, latest, request.app[SETTINGS].llm_prices))
+
+
+async def _settings(request: web.Request, user_id: uuid.UUID) -> SettingsReply:
+    svc = request.app[SERVICES]
+
+    async def read(conn: Conn) -> tuple[UserSettingsRow | None, Any, int]:
+        return (
+            await conn.get_settings(user_id),
+            await conn.blocking_run(user_id),
+            await conn.total_chunks(user_id),
+        )
+
+    row, blocking, total = await svc.db.read(read)
+    return SettingsReply(
+        enabled=row.enabled if row else False,
+        last_trained_at=row.last_trained_at if row else None,
+        last_training_run_id=row.last_training_run_id if row else None,
+        can_enable=row.can_enable if row else False,
+        total_chunks=total,
+        trained_chunk_count=row.trained_chunk_count if row else 0,
+        has_blocking_run=blocking is not None,
+        blocking_run_id=blocking[0] if blocking else None,
+        blocking_run_status=blocking[1] if blocking else None,
+        is_cloud=svc.settings.is_cloud,
+        trainer=svc.settings.trainer,
+        can_enable_reason=row.can_enable_reason if row else None,
+    )
+
+
+@routes.get("/deep-memory/settings")
+async def get_settings(request: web.Request) -> web.Response:
+    user_id = query_uuid(request, "user_id")
+    return _reply(await _settings(request, user_id))
+
+
+@routes.put("/deep-memory/settings")
+async def put_settings(request: web.Request) -> web.Response:
+    body = await read_json(request, SettingsIn)
+    svc = request.app[SERVICES]
+
+    async def handle(sup: RunSupervisor) -> None:
+        async with svc.db.tx(lock_user=body.user_id) as conn:
+            row = await conn.get_settings(body.user_id)
+            if body.enabled and (row is None or not row.can_enable):
+                if row and row.can_enable_reason:
+                    # the trainer's verdict, a sentence of its own
+                    raise Conflict(f"Deep Memory cannot be enabled. {row.can_enable_reason}")
+                reason = (
+                    "no trained model yet"
+                    if row is None or row.last_training_run_id is None
+                    else "the trained model may not be enabled"
+                )
+                raise Conflict(f"Deep Memory cannot be enabled: {reason}")
+            await conn.set_enabled(body.user_id, body.enabled)
+
+    await request.app[SUPERVISORS].ask(body.user_id, "settings", handle)
+    return _reply(await _settings(request, body.user_id))
+
+
+@routes.post("/documents")
+async def add_documents(request: web.Request) -> web.Response:
+    svc = request.app[SERVICES]
+    data = await read_json_object(request)
+    claimed = data.get("user_id")
+    if isinstance(claimed, str):
+        # a user already at their bound is refused before a large body is validated
+        with contextlib.suppress(ValueError):
+            svc.uploads.check(uuid.UUID(claimed))
+    body = structure(data, DocumentsIn)
+    _bind(user_id=str(body.user_id))
+    result = await documents.ingest(
+        svc, body.user_id, body.documents, skip_unchanged=body.skip_unchanged
+    )
+    return _reply(result, 201)
+
+
+@routes.get("/documents")
+async def list_documents(request: web.Request) -> web.Response:
+    user_id = query_uuid(request, "user_id")
+    limit = query_int(request, "limit", 100, 1, 1000)
+    svc = request.app[SERVICES]
+
+    async def read(conn: Conn) -> DocumentsReply:
+        return DocumentsReply(
+            await conn.list_documents(user_id, limit),
+            await conn.document_count(user_id),
+            await conn.total_chunks(user_id),
+            svc.settings.http.max_body_bytes,
+        )
+
+    return _reply(await svc.db.read(read))
+
+
+@routes.get("/debug/supervisors")
+async def debug_supervisors(request: web.Request) -> web.Response:
+    admin = request.app[SETTINGS].admin_token
+    given = request.headers.get("X-Admin-Token", "")
+    if not admin:
+        raise NotFound("Not found")
+    if not hmac.compare_digest(given.encode(), admin.encode()):
+        raise Unauthorized("Admin token required in the X-Admin-Token header")
+    svc = request.app[SERVICES]
+    snapshot = request.app[SUPERVISORS].snapshot()
+    snapshot["broadcaster"] = {
+        "subscribers": svc.broadcaster.subscriber_count,
+        "published": svc.broadcaster.published,
+        "lagged": svc.broadcaster.lagged,
+    }
+    snapshot["instance_id"] = svc.instance_id
+    snapshot["llm_budget"] = budget_view(svc.budget)
+    snapshot["uploads"] = svc.uploads.snapshot()
+    return web.json_response(snapshot)
+
+
+async def health(svc: Services) -> web.Response:
+    async with svc.db.conn() as conn:
+        await conn.ping()
+    return _reply(Health("ok"))
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    return await health(request.app[SERVICES])
+
+
+def root_healthz(backend: web.Application) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """`GET /healthz` at the root, where probes and people look first: the backend's check."""
+
+    async def handler(_request: web.Request) -> web.Response:
+        return await health(backend[SERVICES])
+
+    return handler

@@ -1,0 +1,716 @@
+"""The one module that talks to PostgreSQL (asyncpg). SQL text lives in `sql/queries.sql`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from functools import cache
+from importlib import resources
+from typing import Any, TypeVar
+
+import asyncpg
+import attrs
+import structlog
+import yarl
+
+from deepmemory_service.llm.budget_math import SharedState
+from deepmemory_service.llm.budget_sharing import Claim
+from deepmemory_service.models import (
+    CatalogChunk,
+    Chunk,
+    Corpus,
+    Document,
+    Job,
+    JobEvent,
+    JobKind,
+    Pair,
+    Run,
+    RunStatus,
+)
+from deepmemory_service.platform.retry import RetryPolicy, retry
+
+log = structlog.get_logger(__name__)
+# how long closing the pool waits for connections still checked out
+CLOSE_S = 5.0
+T = TypeVar("T")
+# one constant: every instance that migrates at once takes the same advisory lock
+MIGRATION_LOCK = 0x6D656D6F7279
+
+UniqueViolation = asyncpg.UniqueViolationError
+# the server went away or is restarting: a request may say so (503) instead of crashing
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    # the server's FATAL message for a terminated session can arrive while the client
+    # starts its next query, leaving the protocol confused ("cannot switch to state")
+    asyncpg.exceptions.InternalClientError,
+    ConnectionRefusedError,
+)
+# errors that mean "the connection or server went away", worth a reconnect and retry by
+# the service's own background work (any socket error counts there)
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (*UNAVAILABLE, OSError, ConnectionError)
+
+
+class DatabaseUnreachable(Exception):
+    """No connection could be made to the database; the message says where and why."""
+
+
+def redacted(url: str) -> str:
+    """A database URL fit to show: without its password."""
+    try:
+        parsed = yarl.URL(url)
+    except ValueError:
+        return "(an unparsable URL)"
+    return str(parsed.with_password("***")) if parsed.password else url
+
+
+def _unreachable(url: str, exc: BaseException) -> DatabaseUnreachable:
+    if isinstance(exc, asyncpg.ClientConfigurationError):
+        reason = f"not a PostgreSQL URL ({exc})"
+    elif isinstance(exc, TimeoutError):
+        reason = "no answer in time"
+    else:
+        reason = str(exc) or type(exc).__name__
+    return DatabaseUnreachable(
+        f"cannot connect to the database at {redacted(url)}: {reason}; check "
+        "DEEPMEMORY_DATABASE_URL (empty: the embedded PostgreSQL in the data directory)"
+    )
+
+
+# what connecting can fail with: a bad URL, a refused or unresolvable address, no answer, or
+# the server refusing the login or the database name
+_CONNECT_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+@cache
+def queries() -> dict[str, str]:
+    text = resources.files("deepmemory_service.db").joinpath("sql/queries.sql").read_text()
+    named: dict[str, str] = {}
+    for block in re.split(r"^-- name: ", text, flags=re.MULTILINE)[1:]:
+        name, _, body = block.partition("\n")
+        named[name.strip()] = body.strip()
+    return named
+
+
+def _run(row: asyncpg.Record) -> Run:
+    return Run(
+        id=row["id"],
+        user_id=row["user_id"],
+        status=RunStatus(row["status"]),
+        error_message=row["error_message"],
+        questions_per_chunk=row["questions_per_chunk"],
+        auto_train=row["auto_train"],
+        chunk_id_max=row["chunk_id_max"],
+        total_chunks=row["total_chunks"],
+        generated_chunks=row["generated_chunks"],
+        pair_count=row["pair_count"],
+        metrics=row["metrics"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        completed_at=row["completed_at"],
+        llm_calls=row["llm_calls"],
+        prompt_tokens=row["prompt_tokens"],
+        completion_tokens=row["completion_tokens"],
+        reused_from=row["reused_from"],
+        reused_chunks=row["reused_chunks"],
+    )
+
+
+def _job(row: asyncpg.Record) -> Job:
+    return Job(row["id"], row["run_id"], row["user_id"], JobKind(row["kind"]), row["status"])
+
+
+def _event(row: asyncpg.Record) -> JobEvent:
+    return JobEvent(row["id"], row["job_id"], row["event"], row["data"])
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for kind in ("json", "jsonb"):
+        await conn.set_type_codec(kind, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+@attrs.frozen
+class Spent:
+    """LLM calls and tokens spent (by a job, or by a run over its jobs)."""
+
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def __add__(self, other: Spent) -> Spent:
+        return Spent(*(a + b for a, b in zip(self.as_tuple(), other.as_tuple(), strict=True)))
+
+    def as_tuple(self) -> tuple[int, int, int]:
+        return (self.calls, self.prompt_tokens, self.completion_tokens)
+
+
+NOTHING_SPENT = Spent()
+
+
+@attrs.frozen
+class RunListing:
+    run: Run
+    latest_job_id: uuid.UUID | None
+
+
+@attrs.frozen
+class UserSettingsRow:
+    enabled: bool
+    last_trained_at: Any
+    last_training_run_id: uuid.UUID | None
+    can_enable: bool
+    can_enable_reason: str | None
+    trained_chunk_count: int
+    metrics: dict[str, Any] | None
+
+
+# a brief outage (a dropped connection, a restart): 0.2, 0.4, 0.8, 1.6 s between five tries
+DB_RETRY = RetryPolicy(attempts=5, base_s=0.2, max_s=3.2, jitter=False)
+
+
+async def retrying(
+    step: Callable[[], Awaitable[T]], errors: tuple[type[BaseException], ...] = CONNECTION_ERRORS
+) -> T:
+    """`step()`, again after a pause while the database is unreachable (pool reconnects)."""
+
+    def logged(exc: BaseException, attempt: int, _delay: float) -> None:
+        log.warning("database unavailable; retrying", attempt=attempt + 1, error=str(exc))
+
+    return await retry(
+        step, DB_RETRY, retry_on=lambda exc: isinstance(exc, errors), on_retry=logged
+    )
+
+
+class LeaseLost(Exception):
+    """This instance no longer owns the run (it failed, was swept, or was deleted)."""
+
+
+@attrs.define
+class Conn:
+    """Typed queries over one connection (inside a transaction when one was begun)."""
+
+    raw: asyncpg.Connection
+
+    async def _fetchrow(self, name: str, *args: Any) -> asyncpg.Record | None:
+        row: asyncpg.Record | None = await self.raw.fetchrow(queries()[name], *args)
+        return row
+
+    async def _fetch(self, name: str, *args: Any) -> list[asyncpg.Record]:
+        rows: list[asyncpg.Record] = await self.raw.fetch(queries()[name], *args)
+        return rows
+
+    async def _fetchval(self, name: str, *args: Any) -> Any:
+        return await self.raw.fetchval(queries()[name], *args)
+
+    async def lock_user(self, user_id: uuid.UUID) -> None:
+        await self.raw.execute(queries()["user_lock"], user_id)
+
+    # runs
+
+    async def blocking_run(self, user_id: uuid.UUID) -> tuple[uuid.UUID, RunStatus] | None:
+        row = await self._fetchrow("blocking_run", user_id)
+        return None if row is None else (row["id"], RunStatus(row["status"]))
+
+    async def create_run(
+        self,
+        run_id: uuid.UUID,
+        user_id: uuid.UUID,
+        questions_per_chunk: int,
+        auto_train: bool,
+        owner: str,
+        lease_s: float,
+        reuse_from: uuid.UUID | None = None,
+    ) -> Run:
+        row = await self._fetchrow(
+            "create_run",
+            run_id,
+            user_id,
+            questions_per_chunk,
+            auto_train,
+            owner,
+            lease_s,
+            reuse_from,
+        )
+        assert row is not None
+        return _run(row)
+
+    async def reuse_source(self, user_id: uuid.UUID, questions_per_chunk: int) -> uuid.UUID | None:
+        value: uuid.UUID | None = await self._fetchval("reuse_source", user_id, questions_per_chunk)
+        return value
+
+    async def reuse_pairs(self, run: Run, owner: str) -> tuple[int, int, int]:
+        """Copies the reuse source's questions for the run's unchanged chunks; returns the
+        run's (generated_chunks, pair_count, reused_chunks) after it."""
+        assert run.reused_from is not None
+        async with self.raw.transaction():
+            row = await self._fetchrow(
+                "reuse_pairs",
+                run.id,
+                run.reused_from,
+                run.user_id,
+                run.chunk_id_max,
+                run.questions_per_chunk,
+                owner,
+            )
+            if row is None:
+                raise LeaseLost(f"run {run.id} is no longer generating on this instance")
+        return row["generated_chunks"], row["pair_count"], row["reused_chunks"]
+
+    async def generation_estimate(
+        self, user_id: uuid.UUID, source: uuid.UUID | None
+    ) -> tuple[int, int, int]:
+        """(the user's chunks, those a run copying `source` would reuse, the characters of
+        the others' texts)."""
+        row = await self._fetchrow("generation_estimate", user_id, source)
+        assert row is not None
+        return row["chunks"], row["reusable"], row["new_chars"]
+
+    async def calls_per_new_chunk(self, user_id: uuid.UUID) -> float | None:
+        value: float | None = await self._fetchval("calls_per_new_chunk", user_id)
+        return value
+
+    async def get_run(
+        self, run_id: uuid.UUID, user_id: uuid.UUID, *, for_update: bool = False
+    ) -> Run | None:
+        name = "get_run_for_update" if for_update else "get_run"
+        row = await self._fetchrow(name, run_id, user_id)
+        return None if row is None else _run(row)
+
+    async def list_runs(self, user_id: uuid.UUID, limit: int) -> list[RunListing]:
+        rows = await self._fetch("list_runs", user_id, limit)
+        return [RunListing(_run(r), r["latest_job_id"]) for r in rows]
+
+    async def latest_job_id(self, run_id: uuid.UUID) -> uuid.UUID | None:
+        value: uuid.UUID | None = await self._fetchval("latest_job_id", run_id)
+        return value
+
+    async def resume_run(self, run: Run, to: RunStatus, owner: str, lease_s: float) -> Run:
+        row = await self._fetchrow(
+            "resume_run", run.id, run.user_id, to, owner, lease_s, run.status
+        )
+        assert row is not None, "resume_run runs under the user lock with the row locked"
+        return _run(row)
+
+    async def start_training(self, run: Run, owner: str, lease_s: float) -> Run:
+        row = await self._fetchrow("start_training", run.id, run.user_id, owner, lease_s)
+        assert row is not None, "start_training runs under the user lock with the row locked"
+        return _run(row)
+
+    async def count_pairs(self, run_id: uuid.UUID) -> int:
+        value: int = await self._fetchval("count_pairs", run_id)
+        return value
+
+    async def delete_run(self, run_id: uuid.UUID, user_id: uuid.UUID) -> None:
+        await self.raw.execute(queries()["delete_run"], run_id, user_id)
+
+    async def finish_generation(self, run_id: uuid.UUID, owner: str) -> Run | None:
+        row = await self._fetchrow("finish_generation", run_id, owner)
+        return None if row is None else _run(row)
+
+    async def fail_run(
+        self, run_id: uuid.UUID, from_status: RunStatus, to: RunStatus, message: str, owner: str
+    ) -> Run | None:
+        row = await self._fetchrow("fail_run", run_id, to, message, from_status, owner)
+        return None if row is None else _run(row)
+
+    async def complete_run(
+        self, run_id: uuid.UUID, owner: str, metrics: dict[str, Any]
+    ) -> Run | None:
+        row = await self._fetchrow("complete_run", run_id, owner, metrics)
+        return None if row is None else _run(row)
+
+    async def renew_leases(
+        self, owner: str, lease_s: float, run_ids: Sequence[uuid.UUID]
+    ) -> list[uuid.UUID]:
+        """Renews the leases; returns the runs among them a user asked to cancel."""
+        rows = await self._fetch("renew_leases", owner, lease_s, list(run_ids))
+        return [r["id"] for r in rows if r["cancel_requested"]]
+
+    async def request_cancel(self, run_id: uuid.UUID, origin: str) -> tuple[str | None, bool]:
+        """Marks a running run for cancelling and notifies every instance; returns (the
+        instance holding its lease, whether that lease has expired)."""
+        row = await self._fetchrow("request_cancel", run_id, origin)
+        assert row is not None, "request_cancel runs under the user lock on a running run"
+        return row["lease_owner"], row["lease_expired"]
+
+    async def expire_leases(self, message: str) -> list[Run]:
+        return [_run(r) for r in await self._fetch("expire_leases", message)]
+
+    async def release_leases(self, owner: str, message: str) -> list[Run]:
+        return [_run(r) for r in await self._fetch("release_leases", owner, message)]
+
+    async def run_counts(self) -> dict[str, int]:
+        return {r["status"]: r["count"] for r in await self._fetch("run_counts")}
+
+    # pairs and chunks
+
+    async def uncovered_chunks(self, run: Run, after_id: int, limit: int) -> list[Chunk]:
+        rows = await self._fetch(
+            "uncovered_chunks", run.user_id, run.chunk_id_max, after_id, run.id, limit
+        )
+        return [Chunk(r["id"], r["text"]) for r in rows]
+
+    async def insert_pairs(
+        self,
+        run_id: uuid.UUID,
+        job_id: uuid.UUID,
+        pairs: Sequence[Pair],
+        owner: str,
+        job_spent: Spent = NOTHING_SPENT,
+        run_spent: Spent = NOTHING_SPENT,
+    ) -> tuple[int, int]:
+        """Stores a batch, and what the job and the run have spent at the LLM so far (totals,
+        not increments, so a retry after a lost reply counts nothing twice); returns the
+        run's (generated_chunks, pair_count) after it.
+
+        The CTEs write even when the run is no longer ours; raising inside the transaction
+        rolls them back, so a swept or deleted run never gains pairs here.
+        """
+        async with self.raw.transaction():
+            row = await self._fetchrow(
+                "insert_pairs",
+                run_id,
+                [p.chunk_id for p in pairs],
+                [p.question_index for p in pairs],
+                [p.question for p in pairs],
+                owner,
+                job_id,
+                *job_spent.as_tuple(),
+                *run_spent.as_tuple(),
+            )
+            if row is None:
+                raise LeaseLost(f"run {run_id} is no longer generating on this instance")
+        return row["generated_chunks"], row["pair_count"]
+
+    async def chunk_position(self, user_id: uuid.UUID, chunk_id: int) -> int:
+        """1 for the user's first chunk, and so on (a run's chunks go in id order)."""
+        value: int = await self._fetchval("chunk_position", user_id, chunk_id)
+        return value
+
+    async def run_pairs(self, run_id: uuid.UUID) -> list[tuple[int, str]]:
+        return [(r["chunk_id"], r["question"]) for r in await self._fetch("run_pairs", run_id)]
+
+    async def distinct_pair_chunks(self, run_id: uuid.UUID) -> int:
+        value: int = await self._fetchval("distinct_pair_chunks", run_id)
+        return value
+
+    async def add_documents(
+        self, user_id: uuid.UUID, documents: Sequence[tuple[str | None, Sequence[str], bytes]]
+    ) -> tuple[list[uuid.UUID], list[int]]:
+        """Documents given as (title, chunk texts, digest), in two round trips; returns their
+        ids and their chunks' ids, in the order given."""
+        document_ids = [uuid.uuid4() for _ in documents]
+        await self.raw.execute(
+            queries()["insert_documents"],
+            user_id,
+            document_ids,
+            [title for title, _, _ in documents],
+            [len(texts) for _, texts, _ in documents],
+            [digest for _, _, digest in documents],
+        )
+        owners: list[uuid.UUID] = []
+        positions: list[int] = []
+        texts_all: list[str] = []
+        for document_id, (_, texts, _) in zip(document_ids, documents, strict=True):
+            owners += [document_id] * len(texts)
+            positions += range(len(texts))
+            texts_all += texts
+        rows = await self._fetch("insert_chunks", user_id, owners, positions, texts_all)
+        return document_ids, [r["id"] for r in rows]
+
+    async def corpus(self, user_id: uuid.UUID) -> Corpus | None:
+        row = await self._fetchrow("get_corpus", user_id)
+        if row is None:
+            return None
+        return Corpus(
+            row["total_chunks"],
+            row["store_version"],
+            row["embedder"],
+            row["dimension"],
+            row["last_id"],
+        )
+
+    async def publish_corpus(
+        self, user_id: uuid.UUID, rows: int, embedder: str, dimension: int, version: str
+    ) -> None:
+        await self.raw.execute(
+            queries()["publish_corpus"], user_id, rows, embedder, dimension, version
+        )
+
+    async def chunk_page(self, user_id: uuid.UUID, after_id: int, limit: int) -> list[CatalogChunk]:
+        rows = await self._fetch("chunk_page", user_id, after_id, limit)
+        return [
+            CatalogChunk(r["id"], r["text"], r["document_id"], r["position"], r["title"])
+            for r in rows
+        ]
+
+    async def known_digests(self, user_id: uuid.UUID, digests: Sequence[bytes]) -> set[bytes]:
+        """Which of `digests` belong to documents the user already has."""
+        rows = await self._fetch("documents_with_digests", user_id, list(digests))
+        return {bytes(r["digest"]) for r in rows}
+
+    async def list_documents(self, user_id: uuid.UUID, limit: int) -> list[Document]:
+        rows = await self._fetch("list_documents", user_id, limit)
+        return [Document(r["id"], r["title"], r["chunk_count"], r["created_at"]) for r in rows]
+
+    async def document_count(self, user_id: uuid.UUID) -> int:
+        value: int = await self._fetchval("document_count", user_id)
+        return value
+
+    async def total_chunks(self, user_id: uuid.UUID) -> int:
+        value: int | None = await self._fetchval("total_chunks", user_id)
+        return value or 0
+
+    # jobs and events
+
+    async def create_job(self, run_id: uuid.UUID, user_id: uuid.UUID, kind: JobKind) -> Job:
+        row = await self._fetchrow("create_job", uuid.uuid4(), run_id, user_id, kind)
+        assert row is not None
+        return _job(row)
+
+    async def get_job(self, job_id: uuid.UUID, user_id: uuid.UUID) -> Job | None:
+        row = await self._fetchrow("get_job", job_id, user_id)
+        return None if row is None else _job(row)
+
+    async def finish_job(self, job_id: uuid.UUID, status: str) -> None:
+        await self.raw.execute(queries()["finish_job"], job_id, status)
+
+    async def running_jobs_of_run(self, run_id: uuid.UUID) -> list[uuid.UUID]:
+        return [r["id"] for r in await self._fetch("running_jobs_of_run", run_id)]
+
+    async def insert_event(
+        self, job_id: uuid.UUID, event: str, data: dict[str, Any], origin: str
+    ) -> int:
+        row = await self._fetchrow("insert_event", job_id, event, data, origin)
+        assert row is not None
+        event_id: int = row["id"]
+        return event_id
+
+    async def events_after(
+        self, job_id: uuid.UUID, after_id: int, limit: int = 500
+    ) -> list[JobEvent]:
+        return [_event(r) for r in await self._fetch("events_after", job_id, after_id, limit)]
+
+    async def get_events(self, event_ids: list[int]) -> list[JobEvent]:
+        return [_event(row) for row in await self._fetch("get_events", event_ids)]
+
+    # settings
+
+    async def get_settings(self, user_id: uuid.UUID) -> UserSettingsRow | None:
+        row = await self._fetchrow("get_settings", user_id)
+        return None if row is None else UserSettingsRow(**dict(row))
+
+    async def record_training(
+        self,
+        user_id: uuid.UUID,
+        run_id: uuid.UUID,
+        trained_chunks: int,
+        can_enable: bool,
+        reason: str | None,
+        metrics: dict[str, Any],
+    ) -> None:
+        await self.raw.execute(
+            queries()["record_training"],
+            user_id,
+            run_id,
+            trained_chunks,
+            can_enable,
+            reason,
+            metrics,
+        )
+
+    async def set_enabled(self, user_id: uuid.UUID, enabled: bool) -> None:
+        await self.raw.execute(queries()["set_enabled"], user_id, enabled)
+
+    # the shared LLM rate budget
+
+    async def budget_lock(self, key: str) -> tuple[SharedState, float]:
+        """The budget's state, locked until commit, and the server's clock (epoch s)."""
+        row = await self._fetchrow("budget_lock", key)
+        assert row is not None
+        state = SharedState(
+            row["factor"],
+            row["adjusted_at"],
+            row["hold_until"],
+            row["paused_until"],
+            row["rate_limited"],
+        )
+        return state, float(row["now"])
+
+    async def budget_save(self, key: str, state: SharedState) -> None:
+        await self.raw.execute(
+            queries()["budget_save"],
+            key,
+            state.factor,
+            state.adjusted_at,
+            state.hold_until,
+            state.paused_until,
+            state.rate_limited,
+        )
+
+    async def budget_claim(
+        self, key: str, instance_id: str, claims: Sequence[Claim], ttl_s: float
+    ) -> list[Claim]:
+        rows = await self._fetch(
+            "budget_claim",
+            key,
+            instance_id,
+            [c.user_id for c in claims],
+            [c.demand for c in claims],
+            ttl_s,
+        )
+        return [Claim(r["instance_id"], r["user_id"], r["demand"]) for r in rows]
+
+    # health and schema
+
+    async def ping(self) -> None:
+        await self._fetchval("ping")
+
+    @asynccontextmanager
+    async def migration_lock(self) -> AsyncIterator[None]:
+        """Held while migrating: every instance that migrates at once takes the same lock."""
+        await self.raw.execute(queries()["migration_lock"], MIGRATION_LOCK)
+        try:
+            yield
+        finally:
+            await self.raw.execute(queries()["migration_unlock"], MIGRATION_LOCK)
+
+    async def applied_migrations(self) -> set[int]:
+        await self.raw.execute(queries()["create_migrations_table"])
+        return {r["version"] for r in await self._fetch("applied_migrations")}
+
+    async def apply_migration(self, version: int, name: str, sql: str) -> None:
+        """The migration and its record, in one transaction."""
+        async with self.raw.transaction():
+            await self.raw.execute(sql)
+            await self.raw.execute(queries()["record_migration"], version, name)
+
+
+@asynccontextmanager
+async def connect(url: str) -> AsyncIterator[Conn]:
+    """A connection of its own, outside any pool (migrations, one-off tools); one that
+    cannot be made is DatabaseUnreachable."""
+    try:
+        raw = await asyncpg.connect(url, timeout=10)
+    except _CONNECT_ERRORS as exc:
+        raise _unreachable(url, exc) from exc
+    try:
+        yield Conn(raw)
+    finally:
+        await raw.close()
+
+
+@attrs.define
+class Notifications:
+    """NOTIFY payloads of one channel, received on a connection of their own."""
+
+    _raw: asyncpg.Connection
+    check_s: float
+    _pending: asyncio.Queue[str] = attrs.field(factory=asyncio.Queue)
+
+    def _received(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        self._pending.put_nowait(payload)
+
+    async def batch(self) -> list[str]:
+        """Every payload received since the last batch, at least one. While none comes, the
+        connection is asked something every `check_s`: a dead one says nothing otherwise,
+        and its loss is raised here."""
+        while True:
+            try:
+                # not wait_for, which on Python 3.11 can lose the cancel that ends the listener
+                async with asyncio.timeout(self.check_s):
+                    first = await self._pending.get()
+            except TimeoutError:
+                await self._raw.fetchval(queries()["ping"], timeout=self.check_s)
+                continue
+            payloads = [first]
+            while not self._pending.empty():
+                payloads.append(self._pending.get_nowait())
+            return payloads
+
+
+@asynccontextmanager
+async def _discarded_if_broken(raw: asyncpg.Connection) -> AsyncIterator[None]:
+    """A connection that failed as if dead is closed, so the pool replaces it, never reuses it."""
+    try:
+        yield
+    except UNAVAILABLE:
+        # asyncpg may have seen the connection close and given it back to the pool already;
+        # then there is nothing left to discard, and the loss itself is what to raise
+        with contextlib.suppress(asyncpg.InterfaceError):
+            raw.terminate()
+        raise
+
+
+@attrs.define
+class Database:
+    pool: asyncpg.Pool
+    url: str = attrs.field(repr=False)
+
+    @classmethod
+    async def connect(cls, url: str, *, min_size: int = 2, max_size: int = 10) -> Database:
+        try:
+            pool = await asyncpg.create_pool(
+                url,
+                min_size=min_size,
+                max_size=max_size,
+                init=_init_connection,
+                # a dead server must surface as an error, not a hang
+                timeout=10,
+                command_timeout=60,
+            )
+        except _CONNECT_ERRORS as exc:
+            raise _unreachable(url, exc) from exc
+        return cls(pool, url)
+
+    async def close(self) -> None:
+        """Closes the pool; connections still checked out after `CLOSE_S` (work left running
+        at shutdown holds them) are cut, not waited for: asyncpg would wait for ever."""
+        try:
+            async with asyncio.timeout(CLOSE_S):
+                await self.pool.close()
+        except TimeoutError:
+            log.warning("database connections still in use at close; cutting them", seconds=CLOSE_S)
+            self.pool.terminate()
+
+    @asynccontextmanager
+    async def conn(self) -> AsyncIterator[Conn]:
+        async with self.pool.acquire() as raw, _discarded_if_broken(raw):
+            yield Conn(raw)
+
+    async def read(self, query: Callable[[Conn], Awaitable[T]]) -> T:
+        """`query` on a connection of its own, run again while the database is unavailable
+        (a dropped connection, a restart): for reads only, which are safe to repeat."""
+
+        async def once() -> T:
+            async with self.conn() as conn:
+                return await query(conn)
+
+        return await retrying(once, errors=UNAVAILABLE)
+
+    @asynccontextmanager
+    async def tx(self, *, lock_user: uuid.UUID | None = None) -> AsyncIterator[Conn]:
+        """A transaction; with `lock_user`, holding that user's advisory lock until commit."""
+        async with self.pool.acquire() as raw, _discarded_if_broken(raw), raw.transaction():
+            conn = Conn(raw)
+            if lock_user is not None:
+                await conn.lock_user(lock_user)
+            yield conn
+
+    @asynccontextmanager
+    async def listening(self, channel: str, check_s: float) -> AsyncIterator[Notifications]:
+        """LISTEN on `channel` over a connection of its own, closed when the block ends."""
+        raw: asyncpg.Connection = await asyncpg.connect(self.url, timeout=10)
+        try:
+            notifications = Notifications(raw, check_s)
+            await raw.add_listener(channel, notifications._received)
+            yield notifications
+        finally:
+            await asyncio.shield(raw.close(timeout=2))

@@ -1,0 +1,292 @@
+"""The gateway (the spec's proxy layer): authenticates the user, injects `user_id` from the
+identity (never from the request), and forwards to the backend with the service token.
+Backend statuses and bodies pass through unchanged. Its pages for people are `login.py`."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import aiohttp
+import structlog
+from aiohttp import web
+from yarl import URL
+
+from deepmemory_service.api.keys import BACKEND_CLIENT, SETTINGS
+from deepmemory_service.api.payloads import last_event_id, parse_uuid, read_json_object
+from deepmemory_service.errors import BadGateway, InvalidInput
+from deepmemory_service.gateway import auth, login
+from deepmemory_service.platform.config import Settings
+
+log = structlog.get_logger(__name__)
+
+CALL_TIMEOUT = aiohttp.ClientTimeout(total=60, sock_connect=5)
+# a stream lasts as long as its job: only connecting is bounded
+STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=None)
+CLIENT_POLL_S = 0.5
+routes = web.RouteTableDef()
+
+
+def _backend_base(request: web.Request) -> URL:
+    configured = request.app[SETTINGS].http.backend_url
+    if configured:
+        return URL(configured)
+    # one process: the socket this request came in on, never the Host header (a spoofed
+    # Host would send the service token elsewhere)
+    transport = request.transport
+    sockname = transport.get_extra_info("sockname") if transport else None
+    if not sockname:
+        raise BadGateway("Backend unavailable: cannot tell this server's own address")
+    host, port = sockname[0], sockname[1]
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104  # mapped, not bound
+    return URL.build(scheme="http", host=host, port=port)
+
+
+def _headers(request: web.Request) -> dict[str, str]:
+    headers = {"Authorization": f"Bearer {request.app[SETTINGS].service_token}"}
+    request_id = request.headers.get("X-Request-ID")
+    if request_id:
+        headers["X-Request-ID"] = request_id[:64]
+    return headers
+
+
+def _user(request: web.Request) -> uuid.UUID:
+    identity = auth.identify(request, request.app[SETTINGS])
+    structlog.contextvars.bind_contextvars(user_id=str(identity.user_id))
+    return identity.user_id
+
+
+async def _forward(
+    request: web.Request,
+    method: str,
+    path: str,
+    *,
+    body: dict[str, Any] | None = None,
+    query: Mapping[str, str] | None = None,
+) -> web.Response:
+    url = _backend_base(request).with_path(f"/v1/api{path}").with_query(query or {})
+    session = request.app[BACKEND_CLIENT]
+    try:
+        async with session.request(
+            method, url, json=body, headers=_headers(request), timeout=CALL_TIMEOUT
+        ) as upstream:
+            payload = await upstream.read()
+            # a busy backend says when to come back; the client should hear it too
+            passed = {k: v for k, v in upstream.headers.items() if k.lower() == "retry-after"}
+            return web.Response(
+                body=payload,
+                status=upstream.status,
+                content_type=upstream.content_type,
+                headers=passed,
+            )
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise _unavailable(exc) from None
+
+
+def _unavailable(exc: BaseException) -> BadGateway:
+    log.warning("backend call failed", error=type(exc).__name__)
+    if isinstance(exc, TimeoutError):
+        reason = "no reply in time"
+    elif isinstance(exc, aiohttp.ClientConnectorError):
+        reason = "cannot connect"
+    elif isinstance(exc, aiohttp.ServerDisconnectedError):
+        reason = "the connection closed before a reply"
+    else:
+        reason = type(exc).__name__
+    return BadGateway(f"Backend unavailable: {reason}")
+
+
+async def _with_query(request: web.Request, method: str, path: str) -> web.Response:
+    """The client's query to `path`, with `user_id` taken from the identity only."""
+    user_id = _user(request)
+    query = {k: v for k, v in request.query.items() if k != "user_id"}
+    query["user_id"] = str(user_id)
+    return await _forward(request, method, path, query=query)
+
+
+async def _with_body(request: web.Request, method: str, path: str) -> web.Response:
+    """The client's JSON object to `path`, as the user the identity names."""
+    user_id = _user(request)
+    body = await read_json_object(request)
+    body["user_id"] = str(user_id)
+    return await _forward(request, method, path, body=body)
+
+
+def _run_id(request: web.Request) -> str:
+    return str(parse_uuid("runId", request.match_info["runId"]))
+
+
+async def _run_command(request: web.Request, path: str) -> web.Response:
+    """A command on one run: `{training_run_id}` from the client, the user from the identity."""
+    user_id = _user(request)
+    body = await read_json_object(request)
+    if "training_run_id" not in body:
+        raise InvalidInput("training_run_id: field required")
+    forwarded = {"training_run_id": body["training_run_id"], "user_id": str(user_id)}
+    return await _forward(request, "POST", path, body=forwarded)
+
+
+@routes.post("/api/deep-memory/proceed")
+async def proceed(request: web.Request) -> web.Response:
+    return await _run_command(request, "/deep-memory/proceed")
+
+
+@routes.post("/api/deep-memory/cancel")
+async def cancel(request: web.Request) -> web.Response:
+    return await _run_command(request, "/deep-memory/cancel")
+
+
+@routes.delete("/api/deep-memory/runs/{runId}")
+async def delete_run(request: web.Request) -> web.Response:
+    user_id = _user(request)
+    return await _forward(
+        request, "DELETE", f"/deep-memory/runs/{_run_id(request)}", query={"user_id": str(user_id)}
+    )
+
+
+@routes.get("/api/deep-memory/runs/{runId}")
+async def get_run(request: web.Request) -> web.Response:
+    user_id = _user(request)
+    return await _forward(
+        request, "GET", f"/deep-memory/runs/{_run_id(request)}", query={"user_id": str(user_id)}
+    )
+
+
+@routes.get("/api/deep-memory/runs")
+async def list_runs(request: web.Request) -> web.Response:
+    return await _with_query(request, "GET", "/deep-memory/runs")
+
+
+@routes.get("/api/deep-memory/settings")
+async def get_settings(request: web.Request) -> web.Response:
+    user_id = _user(request)
+    return await _forward(request, "GET", "/deep-memory/settings", query={"user_id": str(user_id)})
+
+
+@routes.put("/api/deep-memory/settings")
+async def put_settings(request: web.Request) -> web.Response:
+    return await _with_body(request, "PUT", "/deep-memory/settings")
+
+
+@routes.post("/api/deep-memory/generate")
+async def post_generate(request: web.Request) -> web.Response:
+    return await _with_body(request, "POST", "/deep-memory/generate")
+
+
+@routes.get("/api/deep-memory/estimate")
+async def estimate(request: web.Request) -> web.Response:
+    return await _with_query(request, "GET", "/deep-memory/estimate")
+
+
+@routes.post("/api/deep-memory/train")
+async def post_train(request: web.Request) -> web.Response:
+    return await _with_body(request, "POST", "/deep-memory/train")
+
+
+@routes.get("/api/deep-memory/search")
+async def search(request: web.Request) -> web.Response:
+    return await _with_query(request, "GET", "/search")
+
+
+@routes.post("/api/documents")
+async def documents(request: web.Request) -> web.Response:
+    return await _with_body(request, "POST", "/documents")
+
+
+@routes.get("/api/documents")
+async def list_documents(request: web.Request) -> web.Response:
+    return await _with_query(request, "GET", "/documents")
+
+
+@routes.get("/api/events/stream/{job_id}")
+async def stream(request: web.Request) -> web.StreamResponse:
+    """Streamed through as it comes, never buffered; Last-Event-ID goes upstream."""
+    user_id = _user(request)
+    job_id = parse_uuid("job_id", request.match_info["job_id"])
+    url = (
+        _backend_base(request)
+        .with_path(f"/v1/api/events/stream/{job_id}")
+        .with_query({"user_id": str(user_id)})
+    )
+    headers = _headers(request)
+    if "Last-Event-ID" in request.headers:
+        headers["Last-Event-ID"] = str(last_event_id(request))
+    session = request.app[BACKEND_CLIENT]
+    try:
+        upstream = await session.get(url, headers=headers, timeout=STREAM_TIMEOUT)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise _unavailable(exc) from None
+    try:
+        if upstream.status != 200:
+            return web.Response(
+                body=await upstream.read(),
+                status=upstream.status,
+                content_type=upstream.content_type,
+            )
+        down = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+            }
+        )
+        await down.prepare(request)
+        await _pipe(request, upstream, down)
+        return down
+    finally:
+        # closing (not releasing) drops the connection, so the backend sees its subscriber go
+        upstream.close()
+
+
+def _connected(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is not None and not transport.is_closing()
+
+
+async def _pipe(
+    request: web.Request, upstream: aiohttp.ClientResponse, down: web.StreamResponse
+) -> None:
+    """Copies until the upstream ends or the client leaves, whichever comes first."""
+
+    async def copy() -> None:
+        try:
+            async for piece in upstream.content.iter_any():
+                await down.write(piece)
+        except (ConnectionResetError, aiohttp.ClientPayloadError):
+            pass  # one side went away: the stream is over
+
+    async def client_gone() -> None:
+        # aiohttp does not cancel a handler whose client left, and a quiet job writes nothing
+        # that would fail, so look at the connection itself
+        while _connected(request):  # noqa: ASYNC110
+            await asyncio.sleep(CLIENT_POLL_S)
+
+    tasks = {asyncio.ensure_future(copy()), asyncio.ensure_future(client_gone())}
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _client(app: web.Application) -> AsyncIterator[None]:
+    connector = aiohttp.TCPConnector(limit=200, enable_cleanup_closed=True)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        app[BACKEND_CLIENT] = session
+        yield
+
+
+def setup_gateway(app: web.Application, settings: Settings | None = None) -> None:
+    """Settings are read per request from app[SETTINGS], which create_app fills with the
+    completed secrets; `settings` is only a fallback for an app that has none yet."""
+    if SETTINGS not in app:
+        if settings is None:
+            raise ValueError("setup_gateway needs settings: app[SETTINGS] is not set")
+        app[SETTINGS] = settings
+    app.cleanup_ctx.append(_client)
+    app.add_routes(routes)
+    app.add_routes(login.routes)
+    app.router.add_static("/static", login.WEB, show_index=False)

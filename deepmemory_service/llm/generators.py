@@ -1,0 +1,67 @@
+"""Question generators: one interface and the offline default.
+
+A generator turns one chunk's text into `count` questions that the chunk answers.
+It raises `GenerationError` when it cannot, after any retries of its own; the run
+then fails with that message and can be resumed.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+from deepmemory_service.models import Chunk
+from deepmemory_service.text.queries import key_terms, text_queries
+
+if TYPE_CHECKING:
+    from deepmemory_service.llm.rate_budget import Lane
+
+
+class GenerationError(Exception):
+    """Questions for a chunk could not be produced (retries, if any, are exhausted)."""
+
+
+class QuestionGenerator(Protocol):
+    name: str
+
+    async def generate(self, chunk: Chunk, count: int, lane: Lane | None = None) -> list[str]:
+        """Exactly `count` distinct, non-empty questions about `chunk`. A generator that
+        calls a paid API waits for its turn in `lane` and counts its calls and tokens there."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class OfflineQuestionGenerator:
+    """Queries people would type, cut from the chunk's own text (`text_queries`): no model,
+    no network, the same for the same chunk text. When a short chunk has fewer distinct
+    queries than asked for, its key terms fill the rest.
+
+    `fail_after` makes every call after the Nth raise, to exercise failure and resume.
+    """
+
+    name = "offline"
+
+    def __init__(self, *, fail_after: int | None = None) -> None:
+        self.fail_after = fail_after
+        self.calls = 0
+
+    async def generate(self, chunk: Chunk, count: int, lane: Lane | None = None) -> list[str]:
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise GenerationError(f"offline generator fault switch: call {self.calls}")
+        queries = text_queries(chunk.text, count)
+        terms = key_terms(chunk.text, count) or ["passage"]
+        n = 1
+        while len(queries) < count:
+            filler = (
+                f"{' '.join(terms[:n])} {len(queries) + 1}"
+                if n > len(terms)
+                else " ".join(terms[:n])
+            )
+            if filler not in queries:
+                queries.append(filler)
+            n += 1
+        return queries
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,376 @@
+"""Configuration: the packaged `default.toml` (or the file named by `DEEPMEMORY_CONFIG`),
+overridden by `DEEPMEMORY_*` environment variables.
+
+A top-level key `k` is overridden by `DEEPMEMORY_K`; key `k` of section `[s]` by
+`DEEPMEMORY_S_K`. Values are structured into frozen attrs classes with cattrs, so a bad
+value stops start-up with a message that names the setting.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from collections.abc import Mapping
+from importlib import resources
+from importlib.resources.abc import Traversable
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+import cattrs
+import platformdirs
+from attrs import frozen
+
+from deepmemory_service.llm.usage import Prices
+from deepmemory_service.platform.validation import problems
+
+ENV_PREFIX = "DEEPMEMORY_"
+# shipped inside the package, as `sql/` is: an installed wheel has it, not only a checkout
+# (the checkout's `config/default.toml` is a link to it, for operators to copy)
+DEFAULT_CONFIG: Traversable = resources.files("deepmemory_service").joinpath("default.toml")
+
+GeneratorName = Literal["offline", "llm"]
+EmbedderName = Literal["hashing", "minilm", "openai"]
+TrainerName = Literal["local", "activeloop"]
+Role = Literal["all", "backend", "gateway"]
+
+
+def is_cloud_path(path: str) -> bool:
+    """The spec's definition: a vector store path that starts with hub:// is in the cloud."""
+    return path.startswith("hub://")
+
+
+class ConfigError(Exception):
+    """A setting is missing or has a bad value; the message names it."""
+
+
+@frozen
+class DatabaseSettings:
+    url: str
+    pool_min: int
+    pool_max: int
+
+
+@frozen
+class HttpSettings:
+    host: str
+    port: int
+    max_body_bytes: int
+    role: Role
+    backend_url: str
+    allowed_origins: tuple[str, ...]
+    sse_send_timeout_s: float
+
+
+@frozen
+class StoreSettings:
+    path: str
+    chunk_chars: int
+    chunk_overlap: int
+
+
+@frozen
+class UploadSettings:
+    max_documents: int
+    per_user: int
+
+
+@frozen
+class GenerationSettings:
+    questions_per_chunk: int
+    max_questions_per_chunk: int
+    batch_size: int
+    progress_hz: float
+
+
+@frozen
+class SupervisorSettings:
+    idle_s: float
+    inbox_size: int
+    subscriber_queue: int
+
+
+@frozen
+class LeaseSettings:
+    ttl_s: float
+    heartbeat_s: float
+    sweep_s: float
+
+
+@frozen
+class LLMSettings:
+    base_url: str
+    model: str
+    api_key: str = attrs.field(repr=False)
+    timeout_s: float
+    max_retries: int
+    backoff_base_s: float
+    backoff_max_s: float
+    rpm: float
+    tpm: float
+    price_input_per_mtok: float
+    price_output_per_mtok: float
+
+
+@frozen
+class TrainSettings:
+    timeout_s: float
+    poll_s: float
+    holdout: float
+    epochs: int
+    blas_threads: int
+    seed: int
+
+
+@frozen
+class ActiveloopSettings:
+    token: str = attrs.field(repr=False)
+    endpoint: str
+
+
+@frozen
+class OpenAIEmbeddingSettings:
+    base_url: str
+    model: str
+    api_key: str = attrs.field(repr=False)
+    dimension: int
+    timeout_s: float
+
+
+@frozen
+class Settings:
+    data_dir: str
+    concurrency: int
+    generator: GeneratorName
+    embedder: EmbedderName
+    trainer: TrainerName
+    service_token: str = attrs.field(repr=False)
+    admin_token: str = attrs.field(repr=False)
+    metrics_token: str = attrs.field(repr=False)
+    secret_key: str = attrs.field(repr=False)
+    instance_id: str
+    log_level: str
+    log_format: Literal["auto", "console", "json"]
+    database: DatabaseSettings
+    http: HttpSettings
+    store: StoreSettings
+    uploads: UploadSettings
+    generation: GenerationSettings
+    supervisor: SupervisorSettings
+    lease: LeaseSettings
+    llm: LLMSettings
+    train: TrainSettings
+    activeloop: ActiveloopSettings
+    openai_embeddings: OpenAIEmbeddingSettings
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+    def store_path(self, user_id: object) -> str:
+        """A user's vector store: the configured template, filled in."""
+        return self.store.path.format(data_dir=self.data_dir, user_id=user_id)
+
+    @property
+    def llm_prices(self) -> Prices:
+        return Prices(self.llm.price_input_per_mtok, self.llm.price_output_per_mtok)
+
+    @property
+    def is_cloud(self) -> bool:
+        return is_cloud_path(self.store.path)
+
+
+def _converter() -> cattrs.Converter:
+    conv = cattrs.Converter(forbid_extra_keys=True)
+
+    def strict_int(value: Any, _: type) -> int:
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise ValueError(f"expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise ValueError(f"expected an integer, got {value!r}") from None
+
+    def strict_float(value: Any, _: type) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ValueError(f"expected a number, got {value!r}")
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"expected a number, got {value!r}") from None
+
+    def strict_bool(value: Any, _: type) -> bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in {"1", "true", "yes", "on"}:
+            return True
+        if text in {"0", "false", "no", "off"}:
+            return False
+        raise ValueError(f"expected true or false, got {value!r}")
+
+    def strict_str(value: Any, _: type) -> str:
+        if not isinstance(value, str):
+            raise ValueError(f"expected a string, got {value!r}")
+        return value
+
+    def origins(value: Any, _: type) -> tuple[str, ...]:
+        if isinstance(value, str):
+            return tuple(v.strip() for v in value.split(",") if v.strip())
+        return tuple(strict_str(v, str) for v in value)
+
+    conv.register_structure_hook(int, strict_int)
+    conv.register_structure_hook(float, strict_float)
+    conv.register_structure_hook(bool, strict_bool)
+    conv.register_structure_hook(str, strict_str)
+    conv.register_structure_hook_func(lambda t: t == tuple[str, ...], origins)
+    return conv
+
+
+_CONVERTER = _converter()
+
+
+def env_names() -> dict[str, tuple[str, ...]]:
+    """Every environment variable name → its path in the settings tree."""
+    names: dict[str, tuple[str, ...]] = {}
+    for field in attrs.fields(attrs.resolve_types(Settings)):
+        # a section is a field whose type is a settings class of its own
+        sub = field.type if isinstance(field.type, type) and attrs.has(field.type) else None
+        if sub is None:
+            names[ENV_PREFIX + field.name.upper()] = (field.name,)
+        else:
+            for inner in attrs.fields(sub):
+                names[f"{ENV_PREFIX}{field.name.upper()}_{inner.name.upper()}"] = (
+                    field.name,
+                    inner.name,
+                )
+    return names
+
+
+def _setting_name(parts: list[str]) -> str:
+    """`["llm", "timeout_s"]` → `DEEPMEMORY_LLM_TIMEOUT_S (llm.timeout_s)`."""
+    return f"{ENV_PREFIX}{'_'.join(parts).upper()} ({'.'.join(parts)})"
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Read the TOML defaults, apply the environment, then `overrides` (dotted keys)."""
+    env = os.environ if environ is None else environ
+    configured = env.get("DEEPMEMORY_CONFIG")
+    source: Path | Traversable = Path(configured) if configured else DEFAULT_CONFIG
+    try:
+        raw: dict[str, Any] = tomllib.loads(source.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"configuration file not found: {source}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"configuration file {source} is not valid TOML: {exc}") from exc
+
+    for name, where in env_names().items():
+        if name in env:
+            _put(raw, where, env[name])
+    for dotted, value in (overrides or {}).items():
+        _put(raw, tuple(dotted.split(".")), value)
+
+    try:
+        settings = _CONVERTER.structure(raw, Settings)
+    except cattrs.ClassValidationError as exc:
+        messages = [
+            f"{_setting_name([p for p in path.split('.') if p])}: {text}"
+            for path, text in problems(exc)
+        ]
+        raise ConfigError("bad configuration: " + "; ".join(messages)) from None
+    return _complete(settings)
+
+
+def _put(raw: dict[str, Any], where: tuple[str, ...], value: Any) -> None:
+    node = raw
+    for key in where[:-1]:
+        node = node.setdefault(key, {})
+    node[where[-1]] = value
+
+
+def _complete(settings: Settings) -> Settings:
+    """Fill in the derived defaults and check what types alone cannot."""
+    problems = []
+    if settings.concurrency < 1:
+        problems.append("DEEPMEMORY_CONCURRENCY must be at least 1")
+    if not 1 <= settings.http.port <= 65535:
+        problems.append("DEEPMEMORY_HTTP_PORT must be between 1 and 65535")
+    gen = settings.generation
+    if not 1 <= gen.questions_per_chunk <= gen.max_questions_per_chunk:
+        problems.append(
+            "DEEPMEMORY_GENERATION_QUESTIONS_PER_CHUNK must be between 1 and "
+            f"DEEPMEMORY_GENERATION_MAX_QUESTIONS_PER_CHUNK ({gen.max_questions_per_chunk})"
+        )
+    if settings.http.sse_send_timeout_s <= 0:
+        problems.append("DEEPMEMORY_HTTP_SSE_SEND_TIMEOUT_S must be positive")
+    if not 0.0 < settings.train.holdout < 1.0:
+        problems.append("DEEPMEMORY_TRAIN_HOLDOUT must be between 0 and 1")
+    if settings.train.seed < 0:
+        problems.append("DEEPMEMORY_TRAIN_SEED must not be negative (0: each run's own)")
+    if settings.train.blas_threads < 0:
+        problems.append("DEEPMEMORY_TRAIN_BLAS_THREADS must not be negative (0: automatic)")
+    if settings.llm.max_retries < 0:
+        problems.append("DEEPMEMORY_LLM_MAX_RETRIES must not be negative")
+    for name in ("rpm", "tpm", "price_input_per_mtok", "price_output_per_mtok"):
+        if getattr(settings.llm, name) < 0:
+            problems.append(f"DEEPMEMORY_LLM_{name.upper()} must not be negative")
+    if settings.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        problems.append("DEEPMEMORY_LOG_LEVEL must be debug, info, warning or error")
+    if settings.secret_key and len(settings.secret_key.encode()) < 32:
+        # HS256 keys shorter than the hash are guessable (RFC 7518 §3.2)
+        problems.append("DEEPMEMORY_SECRET_KEY must be at least 32 bytes long")
+    if settings.uploads.max_documents < 1:
+        problems.append("DEEPMEMORY_UPLOADS_MAX_DOCUMENTS must be at least 1")
+    if settings.uploads.per_user < 1:
+        problems.append("DEEPMEMORY_UPLOADS_PER_USER must be at least 1")
+    if "{user_id}" not in settings.store.path:
+        problems.append("DEEPMEMORY_STORE_PATH must contain {user_id}")
+    if settings.http.role == "gateway" and not settings.http.backend_url:
+        problems.append("DEEPMEMORY_HTTP_BACKEND_URL is required with role gateway")
+    if problems:
+        raise ConfigError("bad configuration: " + "; ".join(problems))
+
+    data_dir = Path(settings.data_dir).expanduser() if settings.data_dir else default_data_dir()
+    instance = settings.instance_id or f"{socket.gethostname()}-{os.getpid()}"
+    return attrs.evolve(
+        settings,
+        data_dir=str(data_dir),
+        instance_id=instance,
+        secret_key=settings.secret_key or stored_secret_key(data_dir),
+    )
+
+
+# a source checkout (the package beside its pyproject.toml): what scripts/serve uses
+CHECKOUT = Path(__file__).resolve().parents[2]
+SECRET_KEY_FILE = "secret_key"  # noqa: S105  # a file name, not a secret
+
+
+def default_data_dir() -> Path:
+    """The checkout's `var/` when running from a source checkout, so every command (serve,
+    ingest, migrate, token) works on the instance `scripts/serve` runs; else a per-user dir."""
+    if (CHECKOUT / "pyproject.toml").is_file() and (CHECKOUT / "deepmemory_service").is_dir():
+        return CHECKOUT / "var"
+    return Path(platformdirs.user_data_dir("deepmemory-service"))
+
+
+def stored_secret_key(data_dir: Path) -> str:
+    """The token key kept in the data dir (`scripts/serve` writes it), or "" when there is
+    none: then a process makes a random one that dies with it."""
+    path = data_dir / SECRET_KEY_FILE
+    try:
+        key = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return ""
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the token key in {path}: {exc}") from None
+    if len(key.encode()) < 32:
+        raise ConfigError(
+            f"the token key in {path} must be at least 32 bytes long; delete the file to "
+            "have scripts/serve make a new one (tokens signed with the old key stop working)"
+        )
+    return key

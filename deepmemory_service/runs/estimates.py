@@ -1,0 +1,66 @@
+"""What a generate would cost, asked before starting one: the chunks it would send to the
+LLM (those an earlier run's questions do not already cover), the calls, tokens and price."""
+
+from __future__ import annotations
+
+import uuid
+
+from attrs import frozen
+
+from deepmemory_service.llm.client import SYSTEM_PROMPT, user_prompt
+from deepmemory_service.models import Chunk
+from deepmemory_service.platform.config import GeneratorName
+from deepmemory_service.runs.services import Services
+
+
+@frozen
+class Estimate:
+    total_chunks: int
+    reusable_chunks: int
+    chunks_to_generate: int
+    reuse_from_run_id: uuid.UUID | None
+    questions_per_chunk: int
+    generator: GeneratorName
+    expected_calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float | None
+    # how long the calls take at the provider's limit, if one is set (more while other
+    # users share it)
+    minutes_at_rate_limit: float | None
+
+
+async def estimate(
+    svc: Services, user_id: uuid.UUID, questions_per_chunk: int, regenerate: bool
+) -> Estimate:
+    settings = svc.settings
+    async with svc.db.conn() as conn:
+        source = None if regenerate else await conn.reuse_source(user_id, questions_per_chunk)
+        chunks, reusable, new_chars = await conn.generation_estimate(user_id, source)
+        calls_per_chunk = await conn.calls_per_new_chunk(user_id)
+    new = chunks - reusable
+    uses_llm = settings.generator == "llm"
+    calls = round(new * max(1.0, calls_per_chunk or 1.0)) if uses_llm else 0
+    prompt_tokens = completion_tokens = 0
+    if uses_llm and new:
+        # every prompt is the same text around its chunk's: the budget's estimates, which
+        # learn from the provider's replies, priced per chunk and per character
+        budget = svc.budget
+        fixed = len(SYSTEM_PROMPT) + len(user_prompt(Chunk(0, ""), questions_per_chunk))
+        per_prompt = budget.estimate(fixed, 0)
+        prompt_tokens = round(new * per_prompt + new_chars * budget.estimator.per_char)
+        completion_tokens = round(new * questions_per_chunk * budget.estimator.per_question)
+    rpm = settings.llm.rpm
+    return Estimate(
+        total_chunks=chunks,
+        reusable_chunks=reusable,
+        chunks_to_generate=new,
+        reuse_from_run_id=source if source and reusable else None,
+        questions_per_chunk=questions_per_chunk,
+        generator=settings.generator,
+        expected_calls=calls,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        cost_usd=settings.llm_prices.cost(prompt_tokens, completion_tokens) if uses_llm else None,
+        minutes_at_rate_limit=round(calls / rpm, 1) if uses_llm and rpm > 0 else None,
+    )

@@ -1,0 +1,246 @@
+"""A user's corpus: chunks in the catalog (PostgreSQL, the truth) and their vectors in the
+user's vector store, kept in line.
+
+Adding chunks is all-or-nothing across the two. Under the user's lock, the next store
+version is written beside the published one (store.py); the catalog then adds the chunks
+and publishes that version in one transaction. A crash or a full disk before the commit
+leaves an unpublished version, cleared away by the next write; after it, the version is
+whole (it was flushed and synced first). Readers read the version the catalog names.
+
+A store that cannot serve the catalog's version (one written before versions, or damaged
+by hand) is brought back in line on its next use: taken over when it is whole, otherwise
+rebuilt from the catalog's chunk texts with the configured embedder.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from types import MappingProxyType
+
+import attrs
+import numpy as np
+import structlog
+from attrs import frozen
+
+from deepmemory_service.db.database import Conn
+from deepmemory_service.models import Corpus
+from deepmemory_service.runs.services import Services
+from deepmemory_service.storage.embedders import Matrix
+from deepmemory_service.storage.store import (
+    ChunkStore,
+    Rows,
+    Snapshot,
+    StoreDamaged,
+    StoreError,
+    StoreWriter,
+    check_embedder,
+)
+
+log = structlog.get_logger(__name__)
+
+# catalog chunks embedded and appended at a time by a rebuild
+REBUILD_PAGE = 512
+STORE_UNAVAILABLE = "This user's vector store is being repaired; retry shortly"
+
+
+class StoreUnavailable(StoreError):
+    """The store could not be read or repaired just now."""
+
+    status = 503
+    headers = MappingProxyType({"Retry-After": "1"})
+
+
+@frozen
+class NewDocument:
+    title: str | None
+    chunks: Sequence[str]
+    # of title and text: the same document added again has the same one
+    digest: bytes
+
+
+@frozen
+class Added:
+    document_ids: list[uuid.UUID]
+    chunks: int
+    total_chunks: int
+    # indexes of the documents not added: the user already had them (skip_known)
+    skipped: list[int] = attrs.field(factory=list)
+
+
+def _metadata(document_id: uuid.UUID, title: str | None, position: int) -> dict[str, object]:
+    """What the store keeps beside each chunk."""
+    return {"document_id": str(document_id), "title": title, "position": position}
+
+
+def check_corpus_embedder(svc: Services, corpus: Corpus | None) -> None:
+    if corpus is not None:
+        check_embedder(corpus.embedder, corpus.dimension, svc.embedder.name, svc.embedder.dimension)
+
+
+async def add(
+    svc: Services,
+    user_id: uuid.UUID,
+    documents: Sequence[NewDocument],
+    vectors: Matrix,
+    *,
+    skip_known: bool = False,
+) -> Added:
+    """Adds documents already chunked and embedded (`vectors`: one row per chunk, in order)
+    to the catalog and the store, both or neither; with `skip_known`, not those whose
+    digest the user already has."""
+    store = svc.stores.for_user(user_id)
+    async with svc.db.tx(lock_user=user_id) as conn:
+        corpus = await conn.corpus(user_id)
+        check_corpus_embedder(svc, corpus)
+        skipped: list[int] = []
+        if skip_known:
+            documents, vectors, skipped = _without_known(
+                documents, vectors, await conn.known_digests(user_id, [d.digest for d in documents])
+            )
+            if not documents:
+                return Added([], 0, corpus.rows if corpus else 0, skipped)
+        document_ids, ids = await conn.add_documents(
+            user_id, [(d.title, d.chunks, d.digest) for d in documents]
+        )
+        rows = Rows(
+            ids,
+            [t for d in documents for t in d.chunks],
+            vectors,
+            [
+                _metadata(document_id, d.title, p)
+                for document_id, d in zip(document_ids, documents, strict=True)
+                for p in range(len(d.chunks))
+            ],
+        )
+        base, base_rows = (corpus.version, corpus.rows) if corpus else (None, 0)
+        try:
+            version = await store.write(base, base_rows, corpus.last_id if corpus else None, rows)
+            total = base_rows + len(ids)
+        except StoreDamaged as exc:
+            # the catalog, this upload's chunks included (same transaction), rebuilt
+            log.warning("vector store out of line with the catalog", reason=str(exc))
+            writer = await _rebuild(svc, conn, user_id, store, base_rows + len(ids))
+            version, total = await _finished(writer), writer.rows
+        await _publish(svc, conn, user_id, total, version)
+    # after the commit; a crash before it leaves only the link and the clean-up to redo
+    await store.published(version)
+    return Added(document_ids, len(ids), total, skipped)
+
+
+def _without_known(
+    documents: Sequence[NewDocument], vectors: Matrix, known: set[bytes]
+) -> tuple[Sequence[NewDocument], Matrix, list[int]]:
+    """The documents whose digest is not `known`, their rows of `vectors`, and the indexes
+    of those left out."""
+    if not known:
+        return documents, vectors, []
+    kept: list[NewDocument] = []
+    rows: list[int] = []
+    skipped: list[int] = []
+    row = 0
+    for i, doc in enumerate(documents):
+        if doc.digest in known:
+            skipped.append(i)
+        else:
+            kept.append(doc)
+            rows += range(row, row + len(doc.chunks))
+        row += len(doc.chunks)
+    return kept, vectors[rows], skipped
+
+
+async def snapshot(svc: Services, user_id: uuid.UUID, corpus: Corpus | None) -> Snapshot:
+    """The store at the catalog's version (`corpus`, just read from the catalog). A version
+    cleared away meanwhile (two uploads published during the read) is read again at the
+    catalog's newer one; a store that cannot serve the catalog is repaired first."""
+    check_corpus_embedder(svc, corpus)
+    store = svc.stores.for_user(user_id)
+    for _ in range(3):
+        if corpus is None:
+            return await store.read(None, 0)
+        try:
+            return await store.read(corpus.version, corpus.rows)
+        except StoreDamaged as exc:
+            async with svc.db.conn() as conn:
+                fresh = await conn.corpus(user_id)
+            if fresh != corpus:
+                corpus = fresh
+                continue
+            log.warning("vector store cannot serve the catalog; repairing it", reason=str(exc))
+            corpus = await repair(svc, user_id)
+    raise StoreUnavailable(STORE_UNAVAILABLE)
+
+
+async def repair(svc: Services, user_id: uuid.UUID) -> Corpus | None:
+    """Under the user's lock: the catalog's version read in full, and when it cannot be,
+    a store from before versions taken over or the store rebuilt from the catalog."""
+    store = svc.stores.for_user(user_id)
+    async with svc.db.tx(lock_user=user_id) as conn:
+        corpus = await conn.corpus(user_id)
+        if corpus is None or (corpus.rows == 0 and corpus.version is not None):
+            return corpus
+        check_corpus_embedder(svc, corpus)
+        if corpus.version is not None:
+            try:
+                await store.read(corpus.version, corpus.rows)
+                return corpus  # readable after all: the failure was passing
+            except StoreDamaged as exc:
+                log.warning("vector store version unreadable", reason=str(exc))
+        version, rows = None, corpus.rows
+        if corpus.version is None:
+            try:  # a store from before versions, taken over as it is when whole
+                version = await store.write(None, rows, corpus.last_id, _no_rows(svc))
+            except StoreDamaged as exc:
+                log.warning("vector store from before versions not whole", reason=str(exc))
+        if version is None:
+            writer = await _rebuild(svc, conn, user_id, store, corpus.rows)
+            version, rows = await _finished(writer), writer.rows
+        await _publish(svc, conn, user_id, rows, version)
+        repaired = await conn.corpus(user_id)
+    await store.published(version)
+    return repaired
+
+
+async def _publish(svc: Services, conn: Conn, user_id: uuid.UUID, rows: int, version: str) -> None:
+    embedder = svc.embedder
+    await conn.publish_corpus(user_id, rows, embedder.name, embedder.dimension, version)
+
+
+async def _finished(writer: StoreWriter) -> str:
+    try:
+        return await writer.finish()
+    except BaseException:
+        await writer.abandon()
+        raise
+
+
+def _no_rows(svc: Services) -> Rows:
+    return Rows([], [], np.zeros((0, svc.embedder.dimension), dtype=np.float32), [])
+
+
+async def _rebuild(
+    svc: Services, conn: Conn, user_id: uuid.UUID, store: ChunkStore, expected: int
+) -> StoreWriter:
+    log.warning("rebuilding the vector store from the catalog", chunks=expected)
+    writer = await store.begin_empty()
+    try:
+        after = 0
+        while page := await conn.chunk_page(user_id, after, REBUILD_PAGE):
+            texts = [c.text for c in page]
+            await writer.append(
+                Rows(
+                    [c.id for c in page],
+                    texts,
+                    await svc.embedder.embed(texts),
+                    [_metadata(c.document_id, c.title, c.position) for c in page],
+                )
+            )
+            after = page[-1].id
+        if writer.rows != expected:
+            # the chunks are the truth; the count beside them is made to agree
+            log.warning("catalog count set to its chunks", count=expected, chunks=writer.rows)
+    except BaseException:
+        await writer.abandon()
+        raise
+    log.info("vector store rebuilt from the catalog", chunks=writer.rows)
+    return writer

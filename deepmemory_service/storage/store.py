@@ -1,0 +1,432 @@
+"""A user's chunk vectors in deeplake 3.9, in versions that the catalog publishes.
+
+The catalog in PostgreSQL is the truth: it names the store's published version and its row
+count, and changes both in the transaction that adds the chunks. A write never changes a
+published version: it makes the next one, appends there and returns its name; the catalog
+then publishes it, or it is garbage. A crash or a full disk at any moment leaves the
+published versions as they were, and readers, here or on another instance, read the
+version the catalog names: never a half-written one.
+
+Where versions live: a local store keeps each version as a folder (`store_local.py`); a
+cloud (hub://) store as a deeplake commit (`store_cloud.py`). Both hold the layout
+deeplake's `VectorStore` writes (tensors `id`, `text`, `embedding`, `metadata`).
+
+deeplake is blocking and not safe to share across threads: every call runs in the default
+executor, one at a time per dataset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol, TypeVar
+
+import attrs
+import numpy as np
+import numpy.typing as npt
+
+from deepmemory_service.errors import ServiceError
+from deepmemory_service.platform.config import is_cloud_path
+from deepmemory_service.storage import cpu_pool
+from deepmemory_service.storage.embedders import Matrix
+
+T = TypeVar("T")
+
+TENSORS = ("id", "text", "embedding", "metadata")
+NO_SPACE = "No space left on the disk of this user's vector store; nothing was stored"
+
+
+class StoreError(ServiceError):
+    """The vector store cannot do what was asked; the detail is fit for the client (it
+    names no server path)."""
+
+    status = 409
+
+
+class EmbedderMismatch(StoreError):
+    """The store holds vectors of another embedder than the configured one."""
+
+
+class StoreFull(StoreError):
+    """The disk under the store is full: the write was not made."""
+
+    status = 507
+
+
+class StoreDamaged(Exception):
+    """The version the catalog names is missing or unreadable, or a store from before
+    versions is not whole: it is rebuilt from the catalog. The message is for the log."""
+
+
+def check_embedder(holds: str, holds_dimension: int, name: str, dimension: int) -> None:
+    """The one check that a store's vectors and the configured embedder agree."""
+    if holds != name or holds_dimension != dimension:
+        raise EmbedderMismatch(
+            f"this user's vector store holds {holds} vectors of dimension {holds_dimension}, "
+            f"but the configured embedder is {name} ({dimension}); re-ingest or configure "
+            "the same embedder"
+        )
+
+
+@attrs.frozen
+class Rows:
+    """Chunks to append: ids (the catalog's), texts, vectors and metadata, row for row."""
+
+    ids: Sequence[int]
+    texts: Sequence[str]
+    vectors: Matrix
+    metadata: Sequence[dict[str, Any]]
+
+
+@attrs.frozen
+class Snapshot:
+    """One version of a store, read whole: row i is chunk `ids[i]`."""
+
+    version: str | None
+    ids: npt.NDArray[np.int64]
+    vectors: Matrix
+    texts: Sequence[str]
+
+    @property
+    def rows(self) -> int:
+        return len(self.ids)
+
+
+# the store at the catalog's version, read when wanted
+CorpusReader = Callable[[], Awaitable[Snapshot]]
+
+
+# ------------------------------------------------------------------ one dataset, any storage
+
+_BARE = {"create_id_tensor": False, "create_sample_info_tensor": False}
+_TENSOR_ARGS: dict[str, dict[str, Any]] = {
+    "id": {"htype": "text", "create_shape_tensor": False, **_BARE},
+    "text": {"htype": "text", "create_shape_tensor": False, **_BARE},
+    "embedding": {
+        "htype": "embedding",
+        "dtype": np.float32,
+        "max_chunk_size": 64 * 1024 * 1024,
+        **_BARE,
+    },
+    "metadata": {"htype": "json", "create_shape_tensor": False, **_BARE},
+}
+
+
+def create_tensors(ds: Any, embedder: str, dimension: int) -> None:
+    with ds:
+        for name in TENSORS:
+            ds.create_tensor(name, **_TENSOR_ARGS[name])
+        ds.info.update(embedder=embedder, dimension=dimension)
+
+
+def check_info(ds: Any, embedder: str, dimension: int) -> None:
+    info = dict(ds.info)
+    check_embedder(str(info.get("embedder")), int(info.get("dimension", 0)), embedder, dimension)
+
+
+def lengths(ds: Any) -> set[int]:
+    return {len(ds[name]) for name in TENSORS}
+
+
+def extend(ds: Any, rows: Rows) -> None:
+    """Each tensor extended whole: `Dataset.extend` goes sample by sample, three to five
+    times slower. A write that fails between two tensors leaves them of unequal length in
+    a version no one publishes."""
+    with ds:
+        ds.id.extend([str(i) for i in rows.ids])
+        ds.text.extend(list(rows.texts))
+        ds.embedding.extend(rows.vectors.astype(np.float32, copy=False))
+        ds.metadata.extend(list(rows.metadata))
+
+
+def _ids(part: Any) -> npt.NDArray[np.int64]:
+    raw = np.asarray(part.id.numpy(aslist=True, fetch_chunks=True), dtype=object)
+    ids: npt.NDArray[np.int64] = raw.reshape(-1).astype(np.int64)
+    return ids
+
+
+def check_whole(ds: Any, rows: int, last_id: int | None) -> None:
+    """A store from before versions is taken over only when it is whole: every tensor
+    `rows` long, every id and vector readable, the ids ascending up to the catalog's last."""
+    try:
+        if lengths(ds) != {rows}:
+            raise StoreDamaged(f"tensors of length {lengths(ds)}, the catalog {rows}")
+        if rows:
+            ids = _ids(ds)
+            ds.embedding.numpy(fetch_chunks=True)
+            if np.any(np.diff(ids) <= 0) or int(ids[-1]) != last_id:
+                raise StoreDamaged("its ids are not the catalog's")
+    except (StoreDamaged, StoreError):
+        raise
+    except Exception as exc:
+        raise StoreDamaged(f"the store cannot be read: {exc!r}") from exc
+
+
+def read_rows(ds: Any, version: str, rows: int, cached: Snapshot | None) -> Snapshot:
+    """`ds` (at `version`, `rows` long) as a snapshot; from `cached`'s last row on when
+    `cached` is an earlier version of the same rows (a version only appends to the one it
+    was made from, so its first rows are those of any version before it)."""
+    try:
+        if lengths(ds) != {rows}:
+            raise StoreDamaged(f"version {version} has {lengths(ds)} rows, the catalog {rows}")
+        start = 0
+        if (
+            cached is not None
+            and 0 < cached.rows <= rows
+            and int(_ids(ds[cached.rows - 1 : cached.rows])[0]) == int(cached.ids[-1])
+        ):
+            start = cached.rows
+        part = ds[start:rows]
+        ids = _ids(part)
+        vectors = part.embedding.numpy(fetch_chunks=True).astype(np.float32, copy=False)
+        texts = [str(t) for t in part.text.data()["value"]] if rows > start else []
+    except StoreDamaged:
+        raise
+    except Exception as exc:
+        raise StoreDamaged(f"version {version} cannot be read: {exc!r}") from exc
+    if start and cached is not None:
+        ids = np.concatenate([cached.ids, ids])
+        vectors = np.concatenate([cached.vectors, vectors])
+        texts = [*cached.texts, *texts]
+    return Snapshot(version, ids, vectors, texts)
+
+
+def disk_full(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+@attrs.define
+class DatasetWriter:
+    """Appends rows to a dataset and counts them; each storage adds how a version is made
+    whole (`finish`) and given up (`abandon`)."""
+
+    ds: Any
+    rows: int
+
+    def append(self, rows: Rows) -> None:
+        extend(self.ds, rows)
+        self.rows += len(rows.ids)
+
+    def flush(self) -> None:
+        self.ds.flush()
+        if lengths(self.ds) != {self.rows}:
+            raise StoreDamaged(f"tensors of unequal length after a write: {lengths(self.ds)}")
+
+
+# ------------------------------------------------------------------ where versions live
+
+
+class Writer(Protocol):
+    """A version being written (blocking): appended to, then finished (made whole and
+    named: the name to publish) or abandoned."""
+
+    rows: int
+
+    def append(self, rows: Rows) -> None: ...
+
+    def finish(self) -> str: ...
+
+    def abandon(self) -> None: ...
+
+
+class Versions(Protocol):
+    """How one kind of storage keeps a store's versions (blocking)."""
+
+    def open(self, version: str) -> Any:
+        """The dataset at `version`, read-only; `StoreDamaged` when it is not there."""
+        ...
+
+    def begin(self, base: str | None, base_rows: int, last_id: int | None) -> Writer:
+        """A writer of the version after `base`, which the catalog says holds `base_rows`
+        chunks up to id `last_id`; `StoreDamaged` when `base` cannot be built on."""
+        ...
+
+    def begin_empty(self) -> Writer: ...
+
+    def published(self, version: str) -> None: ...
+
+    def newest(self) -> str | None:
+        """The newest version as far as the storage knows (for a store without a catalog)."""
+        ...
+
+
+@attrs.define
+class StoreWriter:
+    """The next version of a store. `append` rows, then `finish()` for the version's name
+    (publish it in the catalog), or `abandon()`. A full disk raises `StoreFull`."""
+
+    _writer: Writer
+    _store: ChunkStore
+
+    @property
+    def rows(self) -> int:
+        return self._writer.rows
+
+    async def append(self, rows: Rows) -> None:
+        if rows.vectors.shape != (len(rows.ids), self._store.dimension):
+            raise StoreError(
+                f"expected vectors of shape ({len(rows.ids)}, {self._store.dimension}), "
+                f"got {rows.vectors.shape}"
+            )
+        await self._store.blocking(self._writer.append, rows)
+
+    async def finish(self) -> str:
+        return await self._store.blocking(self._writer.finish)
+
+    async def abandon(self) -> None:
+        # no lock and no data to write: this works on a full disk and after a failed write
+        await asyncio.get_running_loop().run_in_executor(None, self._writer.abandon)
+
+
+def _versions(path: str, token: str | None, embedder: str, dimension: int) -> Versions:
+    if is_cloud_path(path):
+        from deepmemory_service.storage.cloud_versions import CloudVersions
+
+        return CloudVersions(path, token, embedder, dimension)
+    from deepmemory_service.storage.local_versions import LocalVersions
+
+    return LocalVersions(path, embedder, dimension)
+
+
+@attrs.define
+class ChunkStore:
+    """One user's store. `embedder` and `dimension` are recorded in each version's info."""
+
+    path: str
+    embedder: str
+    dimension: int
+    token: str | None = attrs.field(default=None, repr=False)
+    _lock: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
+    _snapshot: Snapshot | None = attrs.field(default=None, init=False)
+    _kept: Versions = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._kept = _versions(self.path, self.token, self.embedder, self.dimension)
+
+    @property
+    def is_cloud(self) -> bool:
+        return is_cloud_path(self.path)
+
+    async def blocking(self, call: Callable[..., T], *args: Any) -> T:
+        """`call(*args)` in the executor; a full disk becomes `StoreFull`."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, call, *args)
+        except StoreError:
+            raise
+        except Exception as exc:
+            if disk_full(exc):
+                raise StoreFull(NO_SPACE) from exc
+            raise
+
+    async def read(self, version: str | None, rows: int) -> Snapshot:
+        """The store at `version`, which the catalog says holds `rows` chunks; from memory
+        while that is the version read last. Raises `StoreDamaged` when it cannot be read."""
+        if rows == 0:
+            return Snapshot(
+                None,
+                np.zeros(0, dtype=np.int64),
+                np.zeros((0, self.dimension), dtype=np.float32),
+                (),
+            )
+        if version is None:
+            raise StoreDamaged("the catalog has chunks but names no published version")
+        async with self._lock:
+            cached = self._snapshot
+            if cached is not None and cached.version == version:
+                return cached
+            snapshot = await self.blocking(self._read, version, rows, cached)
+            self._snapshot = snapshot
+            return snapshot
+
+    def _read(self, version: str, rows: int, cached: Snapshot | None) -> Snapshot:
+        ds = self._kept.open(version)
+        check_info(ds, self.embedder, self.dimension)
+        return read_rows(ds, version, rows, cached)
+
+    async def write(self, base: str | None, base_rows: int, last_id: int | None, rows: Rows) -> str:
+        """The version after the catalog's `base` (`base_rows` chunks, up to id `last_id`)
+        with `rows` appended, made whole; its name, to publish. Under the user's lock.
+        `StoreDamaged`: rebuild with `begin_empty`. A local store's is written by the
+        upload worker process (`cpu_pool`)."""
+        if rows.vectors.shape != (len(rows.ids), self.dimension):
+            raise StoreError(
+                f"expected vectors of shape ({len(rows.ids)}, {self.dimension}), "
+                f"got {rows.vectors.shape}"
+            )
+        if not self.is_cloud:
+            from deepmemory_service.storage.local_versions import write_version
+
+            return await cpu_pool.run(
+                write_version,
+                self.path,
+                self.embedder,
+                self.dimension,
+                base,
+                base_rows,
+                last_id,
+                rows,
+            )
+        writer = await self.begin(base, base_rows, last_id)
+        try:
+            await writer.append(rows)
+            return await writer.finish()
+        except BaseException:
+            await writer.abandon()
+            raise
+
+    async def begin(self, base: str | None, base_rows: int, last_id: int | None) -> StoreWriter:
+        """The next version after the catalog's `base` (`base_rows` chunks, up to id
+        `last_id`). Under the user's lock. `StoreDamaged`: rebuild with `begin_empty`."""
+        return StoreWriter(await self.blocking(self._kept.begin, base, base_rows, last_id), self)
+
+    async def begin_empty(self) -> StoreWriter:
+        """A version that starts empty (a rebuild from the catalog). Under the user's lock."""
+        return StoreWriter(await self.blocking(self._kept.begin_empty), self)
+
+    async def published(self, version: str) -> None:
+        """After the catalog published `version` (tidying; a failure only costs space)."""
+        await asyncio.get_running_loop().run_in_executor(None, self._kept.published, version)
+
+    # for a store's only writer, without a catalog (tests, benchmarks)
+
+    def _newest(self) -> tuple[str | None, int]:
+        version = self._kept.newest()
+        return version, len(self._kept.open(version)) if version else 0
+
+    async def latest(self) -> Snapshot:
+        """The newest version as far as the storage knows. The service reads the
+        catalog's version with `read`."""
+        version, rows = await self.blocking(self._newest)
+        return await self.read(version, rows)
+
+    async def append(self, rows: Rows) -> str:
+        """A version after the newest with `rows` appended, published; returns it."""
+        base, base_rows = await self.blocking(self._newest)
+        version = await self.write(base, base_rows, None, rows)
+        await self.published(version)
+        return version
+
+
+@attrs.define
+class StoreRegistry:
+    """One `ChunkStore` per user, made on first use, for the configured path and embedder."""
+
+    path_for: Callable[[object], str]
+    embedder: str
+    dimension: int
+    token: str | None = attrs.field(default=None, repr=False)
+    _stores: dict[str, ChunkStore] = attrs.field(factory=dict, init=False)
+
+    def for_user(self, user_id: object) -> ChunkStore:
+        key = str(user_id)
+        store = self._stores.get(key)
+        if store is None:
+            store = ChunkStore(self.path_for(key), self.embedder, self.dimension, self.token)
+            self._stores[key] = store
+        return store

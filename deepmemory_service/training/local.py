@@ -1,0 +1,374 @@
+"""The local trainer: Deep Memory's idea on this machine, in numpy.
+
+It learns a residual transform of query embeddings (`adapter.py`), starting at the
+identity and pulled toward it (measured lesson: a free full map over-fits synthetic
+questions and makes human queries worse), with InfoNCE over hard negatives mined from the
+corpus itself (`optimiser.py`).
+
+The pairs are split three ways by the run's seed: test questions are held out first and
+only measure the chosen model (the reported figures); validation questions, held out of the
+rest, help pick the epoch, the shrink toward the identity and the model's shape
+(`fitting.py`). Chunks keep a question for training where they have two or more; with one
+question per chunk, whole chunks' questions are held out.
+
+Measured on 1,110 questions people wrote: held-out generated questions can improve while
+people's searches get worse, so the trainer also judges queries like people's, cut from the
+chunks' own text and never a question it trained on (`query_sets.plain_queries`). Half the
+chunks' such queries take part in choosing the model (no kept epoch may lose more of them
+than it wins at recall@1 or @10); the other half's, with the test questions, decide whether
+it may be enabled (`refusal`): the reason, when not, is a sentence with the figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from typing import Any
+
+import attrs
+import numpy as np
+
+from deepmemory_service.platform.config import TrainSettings
+from deepmemory_service.storage.embedders import Embedder, Matrix
+from deepmemory_service.storage.nearest import SearchResult, nearest_chunks
+from deepmemory_service.storage.store import ChunkStore, CorpusReader, StoreError
+from deepmemory_service.training.adapter import (
+    Adapter,
+    AdapterCache,
+    Weights,
+    model_path,
+    save_adapter,
+)
+from deepmemory_service.training.blas import limit_blas
+from deepmemory_service.training.fitting import SHAPES, Fit, TrainingData, fit
+from deepmemory_service.training.query_sets import (
+    MINING_POOL,
+    QuerySet,
+    at_most,
+    eval_view,
+    plain_queries,
+    split_three,
+)
+from deepmemory_service.training.ranking import Evaluation, Ranks, Recalls, ranks_of
+from deepmemory_service.training.trainer import (
+    Reporter,
+    TrainingError,
+    TrainingOutcome,
+    TrainingProgress,
+    TrainingRequest,
+)
+
+MIN_PAIRS = 10
+
+
+@attrs.frozen
+class Bounds:
+    """What keeps a large run in bounded memory and time: question sets (and the chunks
+    guards are made of) are seeded samples where they are larger than these; hard negatives
+    are mined from, and epochs are chosen against, a sample of a larger corpus (the
+    reported test figures rank against all of it)."""
+
+    train_queries: int = 10_000
+    eval_queries: int = 1_000
+    mining_pool: int = MINING_POOL
+
+
+@attrs.define
+class _ProgressBridge:
+    """Carries the fitting thread's progress to the event loop, at most five reports a
+    second (and every shape's last epoch)."""
+
+    loop: asyncio.AbstractEventLoop
+    epochs: int
+    queue: asyncio.Queue[TrainingProgress | None] = attrs.field(factory=asyncio.Queue)
+    last: float = 0.0
+
+    def post(self, model: int, epoch: int, loss: float, evaluated: Recalls) -> None:
+        """Called in the fitting thread."""
+        now = time.monotonic()
+        if now - self.last < 0.2 and epoch < self.epochs:
+            return
+        self.last = now
+        # each shape may stop early: the bar moves on to the next shape's share
+        step = model * self.epochs + epoch
+        update = TrainingProgress(
+            f"Model {model + 1}/{len(SHAPES)}, epoch {epoch}/{self.epochs}: loss {loss:.3f}, "
+            f"validation recall@10 {evaluated['recall@10']:.2f}",
+            step / (len(SHAPES) * self.epochs),
+            {"model": model + 1, "epoch": epoch, "step": step, "loss": round(loss, 4)} | evaluated,
+        )
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, update)
+
+    def close(self) -> None:
+        self.queue.put_nowait(None)
+
+    async def forward(self, report: Reporter) -> None:
+        while (update := await self.queue.get()) is not None:
+            await report(update)
+
+
+@attrs.frozen
+class Evaluations:
+    """The chosen model on what chose nothing: the held-out test questions, and queries
+    like people's (`plain_queries`) about the chunks set aside for the final check."""
+
+    test: Evaluation
+    plain: Evaluation | None
+
+    def as_json(self) -> dict[str, Any]:
+        metrics: dict[str, Any] = {
+            "without_model": self.test.without,
+            "with_model": self.test.with_model,
+            "changes": self.test.changes_json(),
+        }
+        if self.plain is not None:
+            metrics["plain_queries"] = self.plain.queries
+            metrics["plain_without_model"] = self.plain.without
+            metrics["plain_with_model"] = self.plain.with_model
+            metrics["plain_changes"] = self.plain.changes_json()
+        return metrics
+
+
+def _evaluate(weights: Weights | None, queries: QuerySet, corpus: Matrix) -> Evaluation:
+    without = ranks_of(queries.q, queries.pos, corpus)
+    with_model = (
+        without if weights is None else ranks_of(weights.apply(queries.q), queries.pos, corpus)
+    )
+    return Evaluation.of(without, with_model)
+
+
+def _evaluate_all(
+    weights: Weights | None, test: QuerySet, plain: QuerySet, corpus: Matrix
+) -> Evaluations:
+    return Evaluations(
+        _evaluate(weights, test, corpus),
+        _evaluate(weights, plain, corpus) if len(plain) else None,
+    )
+
+
+def _figures(evaluation: Evaluation) -> str:
+    w, wo = evaluation.with_model, evaluation.without
+    return (
+        f"recall@1 {wo['recall@1']:.2f} → {w['recall@1']:.2f} and recall@10 "
+        f"{wo['recall@10']:.2f} → {w['recall@10']:.2f}"
+    )
+
+
+def _lost_won(evaluation: Evaluation) -> str:
+    return "; ".join(f"recall@{c.k}: {c.won} won, {c.lost} lost" for c in evaluation.changes)
+
+
+def refusal(fitted: Fit, evaluations: Evaluations) -> str | None:
+    """Why this model may not be enabled, or None. A model is enabled only when, on queries
+    that chose nothing, it loses no more queries than it wins at recall@1 and at @10, both
+    on the held-out generated questions and on queries like people's (sentences and key
+    terms of the chunks), and finds more at some recall@k of either: a model that only breaks
+    even changes results without improving them."""
+    if fitted.weights is None:
+        blocked = (
+            ": every epoch that did better on the generated questions did worse on "
+            "queries like people's"
+            if any(r.guard_blocked for r in fitted.tried)
+            else ""
+        )
+        return (
+            "No model was better than search without Deep Memory on the validation "
+            f"questions{blocked}."
+        )
+    checks = [(evaluations.test, "held-out generated questions")]
+    if evaluations.plain is not None:
+        checks.append((evaluations.plain, "held-out queries like people's"))
+    for evaluation, what in checks:
+        if evaluation.hurts:
+            worse = " and @".join(str(c.k) for c in evaluation.changes if c.lost > c.won)
+            return (
+                f"It lost more searches than it won at recall@{worse} on "
+                f"{evaluation.queries} {what} ({_lost_won(evaluation)}): "
+                f"{_figures(evaluation)} with it."
+            )
+    if not any(
+        evaluation.with_model[k] > evaluation.without[k]
+        for evaluation, _ in checks
+        for k in evaluation.without
+    ):
+        evaluation, what = checks[-1]
+        return (
+            f"It was no better than search without it on {evaluation.queries} {what}: "
+            f"{_figures(evaluation)} with it ({_lost_won(evaluation)})."
+        )
+    return None
+
+
+@attrs.frozen
+class Trained:
+    """A local training's result: the chosen weights (None when no shape beat no model),
+    kept even when the verdict refuses them, so a benchmark can measure what was refused."""
+
+    weights: Weights | None
+    outcome: TrainingOutcome
+
+
+class LocalTrainer:
+    name = "local"
+
+    def __init__(self, settings: TrainSettings, bounds: Bounds = Bounds()) -> None:
+        self.settings = settings
+        self.blas_threads = limit_blas(settings.blas_threads)
+        self.bounds = bounds
+        self.models = AdapterCache()
+
+    async def train(self, request: TrainingRequest, report: Reporter) -> TrainingOutcome:
+        """Train, judge, and save the model beside the store when it may be enabled."""
+        trained = await self.train_model(request, report)
+        if trained.weights is not None and trained.outcome.can_enable:
+            adapter = Adapter(trained.weights, request.store.embedder, str(request.run_id))
+            await asyncio.get_running_loop().run_in_executor(
+                None, save_adapter, model_path(request.store), adapter, trained.outcome.metrics
+            )
+        return trained.outcome
+
+    async def train_model(self, request: TrainingRequest, report: Reporter) -> Trained:
+        """Train and judge a model; nothing is saved."""
+        store = request.store
+        if store.is_cloud:
+            raise TrainingError("the local trainer needs a local vector store, not a hub:// one")
+        if len(request.questions) < MIN_PAIRS:
+            raise TrainingError(
+                f"too few pairs to train on: {len(request.questions)} (at least {MIN_PAIRS})"
+            )
+        try:
+            snapshot = await request.read_corpus()
+        except StoreError as exc:
+            raise TrainingError(str(exc)) from None
+        ids, corpus, texts = snapshot.ids, snapshot.vectors, list(snapshot.texts)
+        if len(ids) == 0:
+            raise TrainingError("the vector store holds no chunks")
+        row_of = {int(c): i for i, c in enumerate(ids)}
+        keep = [i for i, c in enumerate(request.chunk_ids) if c in row_of]
+        if len(keep) < MIN_PAIRS:
+            raise TrainingError(
+                f"only {len(keep)} of {len(request.chunk_ids)} pairs refer to chunks in the "
+                "vector store"
+            )
+        rows = np.array([row_of[request.chunk_ids[i]] for i in keep], dtype=np.int64)
+        seed = self.settings.seed or uuid.UUID(str(request.run_id)).int % 2**32
+        test, valid = split_three(rows, self.settings.holdout, seed)
+        # a large run trains and measures on seeded samples; only those are embedded
+        rng = np.random.default_rng(seed + 3)
+        bounds = self.bounds
+        train_i = at_most(np.flatnonzero(~(test | valid)), bounds.train_queries, rng)
+        valid_i = at_most(np.flatnonzero(valid), bounds.eval_queries, rng)
+        test_i = at_most(np.flatnonzero(test), bounds.eval_queries, rng)
+        embedded = await request.embedder.embed(
+            [request.questions[keep[i]] for i in np.concatenate([train_i, valid_i, test_i])]
+        )
+        if embedded.shape[1] != corpus.shape[1]:
+            raise TrainingError(
+                f"query vectors have dimension {embedded.shape[1]} but the store holds "
+                f"{corpus.shape[1]}: the embedder changed since ingestion"
+            )
+        train_q, valid_q, test_q = np.split(embedded, [len(train_i), len(train_i) + len(valid_i)])
+        loop = asyncio.get_running_loop()
+        embedder = request.embedder
+
+        # queries like people's, none of them a question trained on, about the chunks
+        # (people ask about the chunks the questions were written for): half the chunks
+        # choose epochs and shapes, the other half only judge the chosen model. The order
+        # is random, so a large run's first `cap` of each half are its seeded sample (each
+        # chunk gives a query or more), and only those chunks are read
+        chunk_rows = rng.permutation(np.unique(rows))
+        half, cap = len(chunk_rows) // 2, bounds.eval_queries
+        trained_on = set(request.questions)
+        valid_plain = await _plain(
+            embedder, texts, np.sort(chunk_rows[:half][:cap]), seed + 2, trained_on, cap
+        )
+        test_plain = await _plain(
+            embedder, texts, np.sort(chunk_rows[half:][:cap]), seed, trained_on, cap
+        )
+        train_rows = rows[train_i]
+        eval_corpus, (valid_set, valid_plain) = await loop.run_in_executor(
+            None,
+            eval_view,
+            corpus,
+            [QuerySet(valid_q, rows[valid_i]), valid_plain],
+            rng,
+            bounds.mining_pool,
+        )
+        data = TrainingData(
+            QuerySet(train_q, train_rows),
+            corpus,
+            eval_corpus,
+            valid_set,
+            (valid_plain,),
+            bounds.mining_pool,
+        )
+
+        bridge = _ProgressBridge(loop, self.settings.epochs)
+        stop = threading.Event()
+        forwarder = asyncio.create_task(bridge.forward(report))
+        try:
+            fitted = await loop.run_in_executor(
+                None, fit, data, self.settings.epochs, seed, stop, bridge.post
+            )
+        finally:
+            # a timeout cancels this coroutine; the numpy thread stops at its next epoch
+            stop.set()
+            bridge.close()
+            await forwarder
+        # the reported figures: test questions and guards, which chose nothing
+        evaluations = await loop.run_in_executor(
+            None,
+            _evaluate_all,
+            fitted.weights,
+            QuerySet(test_q, rows[test_i]),
+            test_plain,
+            corpus,
+        )
+        metrics = fitted.as_json() | evaluations.as_json()
+        metrics.update(
+            train_pairs=len(data.train),
+            eval_queries=len(test_q),
+            eval_chunks=len(np.unique(rows[test_i])),
+            corpus_chunks=len(ids),
+            embedder=store.embedder,
+        )
+        reason = refusal(fitted, evaluations)
+        enabled = fitted.weights is not None and reason is None
+        return Trained(fitted.weights, TrainingOutcome(metrics, enabled, reason))
+
+    async def query_model(self, store: ChunkStore) -> LocalQueryModel | None:
+        if store.is_cloud:
+            return None
+        adapter = await self.models.load(store)
+        return None if adapter is None else LocalQueryModel(adapter, store)
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def _plain(
+    embedder: Embedder,
+    texts: list[str],
+    chunk_rows: Ranks,
+    seed: int,
+    exclude: set[str],
+    cap: int,
+) -> QuerySet:
+    chunk_texts = [texts[int(r)] for r in chunk_rows]
+    queries, positives = plain_queries(chunk_texts, chunk_rows, seed, exclude, cap)
+    if not queries:
+        return QuerySet(np.zeros((0, embedder.dimension), dtype=np.float32), positives)
+    return QuerySet(await embedder.embed(queries), positives)
+
+
+@attrs.frozen
+class LocalQueryModel:
+    """The adapter in front of the store's own nearest-chunk search."""
+
+    adapter: Adapter
+    store: ChunkStore
+
+    async def search(self, query: Matrix, k: int, corpus: CorpusReader) -> list[SearchResult]:
+        return await nearest_chunks(corpus, self.adapter.apply(query), k)
