@@ -27,6 +27,7 @@ from deepmemory_service.runs.events import JobEvents
 from deepmemory_service.runs.services import Services
 from deepmemory_service.runs.supervisor import RunSupervisor, SupervisorRegistry
 from deepmemory_service.storage import cpu_pool
+from deepmemory_service.storage.corpus import Corpora
 from deepmemory_service.storage.embedders import Embedder
 from deepmemory_service.storage.store import StoreRegistry
 from deepmemory_service.storage.upload_gate import UploadGate
@@ -86,21 +87,25 @@ async def open_backend(
     embedder = overrides.embedder or parts.build_embedder(settings)
     svc = Services(
         settings=settings,
-        db=db,
+        corpora=Corpora(
+            db=db,
+            stores=StoreRegistry(
+                settings.store_path,
+                embedder.name,
+                embedder.dimension,
+                settings.activeloop.token or None,
+            ),
+            embedder=embedder,
+            uploads=UploadGate(settings.uploads.per_user),
+            chunking=settings.store,
+            limits=settings.uploads,
+        ),
         broadcaster=broadcaster,
         events=JobEvents(db, broadcaster, settings.instance_id),
         generator=overrides.generator or parts.build_generator(settings),
-        embedder=embedder,
         trainer=overrides.trainer or parts.build_trainer(settings),
-        stores=StoreRegistry(
-            settings.store_path,
-            embedder.name,
-            embedder.dimension,
-            settings.activeloop.token or None,
-        ),
         metrics=Metrics(Cached(lambda: db.read(lambda c: c.run_counts()), RUN_COUNTS_TTL_S)),
         budget=parts.build_budget(settings, db),
-        uploads=UploadGate(settings.uploads.per_user),
     )
 
     def subscribers_for(sup: RunSupervisor) -> int:

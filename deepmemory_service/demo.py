@@ -11,8 +11,8 @@ import structlog
 from aiohttp import web
 
 from deepmemory_service.api.keys import BACKEND, SERVICES, SETTINGS
-from deepmemory_service.api.payloads import DocumentIn, Text
 from deepmemory_service.storage import documents
+from deepmemory_service.storage.documents import DocumentText
 
 log = structlog.get_logger(__name__)
 
@@ -29,7 +29,7 @@ async def ensure_corpus(app: web.Application) -> int:
     if total:
         return total
     text = resources.files("deepmemory_service").joinpath(f"data/{CORPUS}").read_text()
-    result = await documents.ingest(svc, DEMO_USER, [DocumentIn(text=Text(text), title=CORPUS)])
+    result = await documents.ingest(svc.corpora, DEMO_USER, [DocumentText(text, CORPUS)])
     return result.total_chunks
 
 

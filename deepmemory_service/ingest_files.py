@@ -11,10 +11,11 @@ from pathlib import Path
 import attrs
 from tqdm import tqdm
 
-from deepmemory_service.api.payloads import DocumentIn, Text, clean_text
+from deepmemory_service.api.payloads import clean_text
 from deepmemory_service.app import Overrides, open_backend
 from deepmemory_service.platform.config import Settings
 from deepmemory_service.storage import documents
+from deepmemory_service.storage.documents import DocumentText
 from deepmemory_service.text.chunking import TEXT_SUFFIXES as SUFFIXES
 
 # names listed in a summary line before "and N more"
@@ -124,9 +125,9 @@ async def ingest(settings: Settings, user_id: uuid.UUID, files: Plan, *, force: 
                 outcome.empty.append(path)
                 continue
             result = await documents.ingest(
-                backend.svc,
+                backend.svc.corpora,
                 user_id,
-                [DocumentIn(text=Text(text), title=path.name)],
+                [DocumentText(text, path.name)],
                 skip_unchanged=not force,
             )
             outcome.total_chunks = result.total_chunks

@@ -32,12 +32,14 @@ import numpy.typing as npt
 from deepmemory_service.llm.generators import OfflineQuestionGenerator, QuestionGenerator
 from deepmemory_service.models import Chunk
 from deepmemory_service.platform.config import Settings
-from deepmemory_service.storage.embedders import Embedder, Matrix
-from deepmemory_service.storage.store import ChunkStore, Rows
+from deepmemory_service.storage.dataset import Rows
+from deepmemory_service.storage.embedders import Embedder
+from deepmemory_service.storage.store import ChunkStore
 from deepmemory_service.text import chunking
 from deepmemory_service.text.queries import STOPWORDS
 from deepmemory_service.training.local import LocalTrainer
 from deepmemory_service.training.trainer import TrainingProgress, TrainingRequest
+from deepmemory_service.vectors import Matrix
 
 BOOTSTRAP = 2000
 

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from deepmemory_service.api.search import search_chunks
+from deepmemory_service.storage.dataset import Rows, Snapshot
 from deepmemory_service.storage.embedders import HashingEmbedder
-from deepmemory_service.storage.store import ChunkStore, Rows, Snapshot
+from deepmemory_service.storage.store import ChunkStore
 from tests.conftest import paragraph
 
 

@@ -16,8 +16,9 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from deepmemory_service.storage import deeplake_compat
+from deepmemory_service.storage.dataset import Rows, StoreDamaged
 from deepmemory_service.storage.embedders import HashingEmbedder
-from deepmemory_service.storage.store import ChunkStore, Rows, StoreDamaged
+from deepmemory_service.storage.store import ChunkStore
 from deepmemory_service.testing.standin_activeloop import ActiveloopStandin, make_app
 from deepmemory_service.training.activeloop import use_endpoint
 from tests.conftest import Api
@@ -67,7 +68,7 @@ async def test_a_local_version_never_changes_and_unpublished_ones_are_cleared(
 async def test_a_store_from_before_versions_is_taken_over_when_whole(tmp_path: Path) -> None:
     path = tmp_path / "user"
     legacy = deeplake_compat.load().empty(str(path), verbose=False, lock_enabled=False)
-    from deepmemory_service.storage.store import create_tensors, extend
+    from deepmemory_service.storage.dataset import create_tensors, extend
 
     create_tensors(legacy, EMBEDDER.name, EMBEDDER.dimension)
     extend(legacy, await rows(1, 4))

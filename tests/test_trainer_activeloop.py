@@ -19,8 +19,9 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from deepmemory_service.platform.config import load_settings
+from deepmemory_service.storage.dataset import Rows
 from deepmemory_service.storage.embedders import HashingEmbedder
-from deepmemory_service.storage.store import ChunkStore, Rows
+from deepmemory_service.storage.store import ChunkStore
 from deepmemory_service.testing.standin_activeloop import ActiveloopStandin, make_app
 from deepmemory_service.training.activeloop import (
     ActiveloopTrainer,

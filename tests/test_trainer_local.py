@@ -13,8 +13,9 @@ import pytest
 
 from deepmemory_service.api.search import NoModelError, search_chunks
 from deepmemory_service.platform.config import load_settings
+from deepmemory_service.storage.dataset import Rows
 from deepmemory_service.storage.embedders import HashingEmbedder
-from deepmemory_service.storage.store import ChunkStore, Rows
+from deepmemory_service.storage.store import ChunkStore
 from deepmemory_service.training import ranking
 from deepmemory_service.training.adapter import (
     Adapter,

@@ -12,8 +12,9 @@ from typing import Any
 import attrs
 
 from deepmemory_service.platform.config import Settings
-from deepmemory_service.storage.embedders import HashingEmbedder, Matrix
+from deepmemory_service.storage.embedders import HashingEmbedder
 from deepmemory_service.storage.store import ChunkStore
+from deepmemory_service.vectors import Matrix
 from tests.conftest import Api, poll
 
 

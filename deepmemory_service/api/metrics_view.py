@@ -13,6 +13,7 @@ from deepmemory_service.api.keys import SERVICES, SETTINGS, SUPERVISORS
 from deepmemory_service.api.middlewares import has_bearer
 from deepmemory_service.errors import Unauthorized
 from deepmemory_service.llm.budget_report import budget_samples
+from deepmemory_service.llm.usage import Prices
 from deepmemory_service.models import RunStatus
 from deepmemory_service.platform.metrics import render
 
@@ -52,7 +53,7 @@ def metrics_handler(backend: web.Application) -> Callable[[web.Request], Awaitab
         if stats is not None:
             for name, value in _numbers(stats):
                 samples.append((f"deepmemory_llm_{name}_total", "counter", {}, value))
-            cost = svc.settings.llm_prices.cost(stats.prompt_tokens, stats.completion_tokens)
+            cost = Prices.of(svc.settings.llm).cost(stats.prompt_tokens, stats.completion_tokens)
             if cost is not None:
                 samples.append(("deepmemory_llm_cost_usd_total", "counter", {}, cost))
         samples += budget_samples(svc.budget)

@@ -17,9 +17,10 @@ from deepmemory_service.api.payloads import query_bool, query_int, query_uuid
 from deepmemory_service.api.replies import SearchReply, to_json
 from deepmemory_service.errors import Conflict, InvalidInput
 from deepmemory_service.storage import corpus
+from deepmemory_service.storage.dataset import CorpusReader
 from deepmemory_service.storage.embedders import Embedder
 from deepmemory_service.storage.nearest import SearchResult, nearest_chunks
-from deepmemory_service.storage.store import ChunkStore, CorpusReader
+from deepmemory_service.storage.store import ChunkStore
 from deepmemory_service.training.trainer import NoModel, Trainer
 
 routes = web.RouteTableDef()
@@ -75,7 +76,7 @@ async def search(request: web.Request) -> web.Response:
         if deep_memory is None:
             row = await conn.get_settings(user_id)
             deep_memory = bool(row and row.enabled)
-    corpus.check_corpus_embedder(svc, in_catalog)
+    svc.corpora.check_embedder(in_catalog)
     try:
         found = await search_chunks(
             svc.stores.for_user(user_id),
@@ -83,7 +84,7 @@ async def search(request: web.Request) -> web.Response:
             query,
             k,
             trainer=svc.trainer if deep_memory else None,
-            read=lambda: corpus.snapshot(svc, user_id, in_catalog),
+            read=lambda: corpus.snapshot(svc.corpora, user_id, in_catalog),
         )
     except NoModelError:
         async with svc.db.conn() as conn:

@@ -39,11 +39,13 @@ from deepmemory_service.api.replies import (
 from deepmemory_service.db.database import Conn, UserSettingsRow
 from deepmemory_service.errors import Conflict, NotFound, Unauthorized, run_not_found
 from deepmemory_service.llm.budget_report import budget_view
+from deepmemory_service.llm.usage import Prices
 from deepmemory_service.models import JobAccepted, Run
 from deepmemory_service.runs import commands, estimates
 from deepmemory_service.runs.services import Services
 from deepmemory_service.runs.supervisor import RunSupervisor
 from deepmemory_service.storage import documents
+from deepmemory_service.storage.documents import DocumentText
 
 routes = web.RouteTableDef()
 P = ParamSpec("P")
@@ -151,7 +153,7 @@ async def list_runs(request: web.Request) -> web.Response:
     user_id = query_uuid(request, "user_id")
     limit = query_int(request, "limit", 50, 1, 500)
     listing = await request.app[SERVICES].db.read(lambda conn: conn.list_runs(user_id, limit))
-    prices = request.app[SETTINGS].llm_prices
+    prices = Prices.of(request.app[SETTINGS].llm)
     return web.json_response({"runs": [run_json(r.run, r.latest_job_id, prices) for r in listing]})
 
 
@@ -167,7 +169,7 @@ async def get_run(request: web.Request) -> web.Response:
     run, latest = await request.app[SERVICES].db.read(read)
     if run is None:
         raise run_not_found()
-    return web.json_response(run_json(run, latest, request.app[SETTINGS].llm_prices))
+    return web.json_response(run_json(run, latest, Prices.of(request.app[SETTINGS].llm)))
 
 
 async def _settings(request: web.Request, user_id: uuid.UUID) -> SettingsReply:
@@ -238,8 +240,9 @@ async def add_documents(request: web.Request) -> web.Response:
             svc.uploads.check(uuid.UUID(claimed))
     body = structure(data, DocumentsIn)
     _bind(user_id=str(body.user_id))
+    texts = [DocumentText(d.text, d.title) for d in body.documents]
     result = await documents.ingest(
-        svc, body.user_id, body.documents, skip_unchanged=body.skip_unchanged
+        svc.corpora, body.user_id, texts, skip_unchanged=body.skip_unchanged
     )
     return _reply(result, 201)
 

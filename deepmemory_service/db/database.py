@@ -18,8 +18,6 @@ import attrs
 import structlog
 import yarl
 
-from deepmemory_service.llm.budget_math import SharedState
-from deepmemory_service.llm.budget_sharing import Claim
 from deepmemory_service.models import (
     CatalogChunk,
     Chunk,
@@ -186,6 +184,10 @@ async def retrying(
     return await retry(
         step, DB_RETRY, retry_on=lambda exc: isinstance(exc, errors), on_retry=logged
     )
+
+
+# the columns of an LLM rate budget's shared state, in the order `budget_save` takes them
+BUDGET_STATE = ("factor", "adjusted_at", "hold_until", "paused_until", "rate_limited")
 
 
 class LeaseLost(Exception):
@@ -531,42 +533,36 @@ class Conn:
 
     # the shared LLM rate budget
 
-    async def budget_lock(self, key: str) -> tuple[SharedState, float]:
-        """The budget's state, locked until commit, and the server's clock (epoch s)."""
+    async def budget_lock(self, key: str) -> tuple[dict[str, Any], float]:
+        """The budget's shared state as stored (factor, adjusted_at, hold_until,
+        paused_until, rate_limited), locked until commit, and the server's clock (epoch s)."""
         row = await self._fetchrow("budget_lock", key)
         assert row is not None
-        state = SharedState(
-            row["factor"],
-            row["adjusted_at"],
-            row["hold_until"],
-            row["paused_until"],
-            row["rate_limited"],
-        )
+        state = {name: row[name] for name in BUDGET_STATE}
         return state, float(row["now"])
 
-    async def budget_save(self, key: str, state: SharedState) -> None:
-        await self.raw.execute(
-            queries()["budget_save"],
-            key,
-            state.factor,
-            state.adjusted_at,
-            state.hold_until,
-            state.paused_until,
-            state.rate_limited,
-        )
+    async def budget_save(self, key: str, state: dict[str, Any]) -> None:
+        """Stores the budget's shared state (the columns `budget_lock` reads)."""
+        await self.raw.execute(queries()["budget_save"], key, *(state[n] for n in BUDGET_STATE))
 
     async def budget_claim(
-        self, key: str, instance_id: str, claims: Sequence[Claim], ttl_s: float
-    ) -> list[Claim]:
+        self,
+        key: str,
+        instance_id: str,
+        claims: Sequence[tuple[uuid.UUID, float]],
+        ttl_s: float,
+    ) -> list[tuple[str, uuid.UUID, float]]:
+        """Replaces this instance's claims, (user, demand) each; returns every other
+        instance's live ones as (instance, user, demand)."""
         rows = await self._fetch(
             "budget_claim",
             key,
             instance_id,
-            [c.user_id for c in claims],
-            [c.demand for c in claims],
+            [user for user, _ in claims],
+            [demand for _, demand in claims],
             ttl_s,
         )
-        return [Claim(r["instance_id"], r["user_id"], r["demand"]) for r in rows]
+        return [(r["instance_id"], r["user_id"], r["demand"]) for r in rows]
 
     # health and schema
 

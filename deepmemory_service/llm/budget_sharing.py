@@ -90,8 +90,10 @@ class PostgresBudgetStore:
         self, key: str, instance_id: str, claims: list[Claim], report: Report
     ) -> Exchanged:
         async with self.db.tx() as conn:
-            state, now = await conn.budget_lock(key)
-            state = advance(state, now, report)
-            await conn.budget_save(key, state)
-            others = await conn.budget_claim(key, instance_id, claims, CLAIM_TTL_S)
-        return Exchanged(state, now, others)
+            stored, now = await conn.budget_lock(key)
+            state = advance(SharedState(**stored), now, report)
+            await conn.budget_save(key, attrs.asdict(state))
+            others = await conn.budget_claim(
+                key, instance_id, [(c.user_id, c.demand) for c in claims], CLAIM_TTL_S
+            )
+        return Exchanged(state, now, [Claim(*other) for other in others])

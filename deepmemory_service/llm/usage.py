@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from attrs import frozen
 
+from deepmemory_service.platform.config import LLMSettings
+
 
 @frozen
 class Usage:
@@ -32,6 +34,11 @@ class Prices:
 
     input_per_mtok: float
     output_per_mtok: float
+
+    @classmethod
+    def of(cls, llm: LLMSettings) -> Prices:
+        """The configured provider's prices."""
+        return cls(llm.price_input_per_mtok, llm.price_output_per_mtok)
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float | None:
         if self.input_per_mtok <= 0 and self.output_per_mtok <= 0:

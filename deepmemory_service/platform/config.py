@@ -22,7 +22,6 @@ import cattrs
 import platformdirs
 from attrs import frozen
 
-from deepmemory_service.llm.usage import Prices
 from deepmemory_service.platform.validation import problems
 
 ENV_PREFIX = "DEEPMEMORY_"
@@ -171,10 +170,6 @@ class Settings:
     def store_path(self, user_id: object) -> str:
         """A user's vector store: the configured template, filled in."""
         return self.store.path.format(data_dir=self.data_dir, user_id=user_id)
-
-    @property
-    def llm_prices(self) -> Prices:
-        return Prices(self.llm.price_input_per_mtok, self.llm.price_output_per_mtok)
 
     @property
     def is_cloud(self) -> bool:

@@ -8,6 +8,7 @@ import uuid
 from attrs import frozen
 
 from deepmemory_service.llm.client import SYSTEM_PROMPT, user_prompt
+from deepmemory_service.llm.usage import Prices
 from deepmemory_service.models import Chunk
 from deepmemory_service.platform.config import GeneratorName
 from deepmemory_service.runs.services import Services
@@ -61,6 +62,8 @@ async def estimate(
         expected_calls=calls,
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
-        cost_usd=settings.llm_prices.cost(prompt_tokens, completion_tokens) if uses_llm else None,
+        cost_usd=Prices.of(settings.llm).cost(prompt_tokens, completion_tokens)
+        if uses_llm
+        else None,
         minutes_at_rate_limit=round(calls / rpm, 1) if uses_llm and rpm > 0 else None,
     )

@@ -29,6 +29,7 @@ from deepmemory_service.db.database import (
 )
 from deepmemory_service.llm.generators import GenerationError
 from deepmemory_service.llm.rate_budget import Lane
+from deepmemory_service.llm.usage import Prices
 from deepmemory_service.models import Chunk, Job, Pair, Run, RunStatus, question_problem
 from deepmemory_service.runs import jobs, train
 from deepmemory_service.runs.events import Progress
@@ -253,7 +254,7 @@ class Pipeline:
             llm_calls=spent.calls,
             prompt_tokens=spent.prompt_tokens,
             completion_tokens=spent.completion_tokens,
-            cost_usd=self.svc.settings.llm_prices.cost(
+            cost_usd=Prices.of(self.svc.settings.llm).cost(
                 spent.prompt_tokens, spent.completion_tokens
             ),
         )

@@ -11,6 +11,7 @@ from deepmemory_service.platform.config import Settings
 from deepmemory_service.platform.metrics import Metrics
 from deepmemory_service.runs.broadcaster import Broadcaster
 from deepmemory_service.runs.events import JobEvents
+from deepmemory_service.storage.corpus import Corpora
 from deepmemory_service.storage.embedders import Embedder
 from deepmemory_service.storage.store import StoreRegistry
 from deepmemory_service.storage.upload_gate import UploadGate
@@ -20,18 +21,32 @@ from deepmemory_service.training.trainer import Trainer
 @attrs.frozen
 class Services:
     settings: Settings
-    db: Database
+    # the users' corpora: the database, vector stores, embedder and upload gate
+    corpora: Corpora
     broadcaster: Broadcaster
     events: JobEvents
     generator: QuestionGenerator
-    embedder: Embedder
     trainer: Trainer
-    stores: StoreRegistry
     metrics: Metrics
     budget: RateBudget
-    uploads: UploadGate
 
     @property
     def instance_id(self) -> str:
         """This instance's name: the owner of the runs it leases, the origin of its events."""
         return self.settings.instance_id
+
+    @property
+    def db(self) -> Database:
+        return self.corpora.db
+
+    @property
+    def embedder(self) -> Embedder:
+        return self.corpora.embedder
+
+    @property
+    def stores(self) -> StoreRegistry:
+        return self.corpora.stores
+
+    @property
+    def uploads(self) -> UploadGate:
+        return self.corpora.uploads

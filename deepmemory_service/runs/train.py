@@ -19,7 +19,7 @@ from deepmemory_service.runs import jobs
 from deepmemory_service.runs.services import Services
 from deepmemory_service.runs.supervisor import WorkStatus
 from deepmemory_service.storage import corpus
-from deepmemory_service.storage.store import StoreError
+from deepmemory_service.storage.dataset import StoreError
 from deepmemory_service.training.trainer import TrainingError, TrainingProgress, TrainingRequest
 
 log = structlog.get_logger(__name__)
@@ -78,7 +78,7 @@ async def training_job(svc: Services, work: WorkStatus, run: Run, job: Job) -> N
             pairs = await conn.run_pairs(run.id)
             trained_chunks = await conn.distinct_pair_chunks(run.id)
             in_catalog = await conn.corpus(run.user_id)
-        corpus.check_corpus_embedder(svc, in_catalog)
+        svc.corpora.check_embedder(in_catalog)
         await events.emit(
             job.id,
             "status",
@@ -95,7 +95,7 @@ async def training_job(svc: Services, work: WorkStatus, run: Run, job: Job) -> N
             chunk_ids=[c for c, _ in pairs],
             store=svc.stores.for_user(run.user_id),
             embedder=svc.embedder,
-            read_corpus=lambda: corpus.snapshot(svc, run.user_id, in_catalog),
+            read_corpus=lambda: corpus.snapshot(svc.corpora, run.user_id, in_catalog),
         )
         del pairs
 

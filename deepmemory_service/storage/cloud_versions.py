@@ -11,7 +11,7 @@ version the catalog never published are dropped (`Dataset.reset()`).
 
 Each upload adds a commit, and deeplake's reads walk the commit chain per chunk: a cloud
 store with many uploads reads more slowly (local stores keep versions as folders instead,
-see `store_local.py`). Activeloop's Deep Memory trains on the dataset's HEAD: the
+see `local_versions.py`). Activeloop's Deep Memory trains on the dataset's HEAD: the
 published version.
 """
 
@@ -22,11 +22,11 @@ from typing import Any
 
 import attrs
 
-from deepmemory_service.storage import deeplake_compat, store
-from deepmemory_service.storage.store import StoreDamaged
+from deepmemory_service.storage import dataset, deeplake_compat
+from deepmemory_service.storage.dataset import StoreDamaged
 
 
-class CommitWriter(store.DatasetWriter):
+class CommitWriter(dataset.DatasetWriter):
     def finish(self) -> str:
         self.flush()
         version: str = self.ds.pending_commit_id
@@ -71,15 +71,15 @@ class CloudVersions:
             ds = self._load()
             if ds.commit_id is not None:
                 raise StoreDamaged("the store has commits the catalog does not know")
-            store.check_info(ds, self.embedder, self.dimension)
-            store.check_whole(ds, base_rows, last_id)
+            dataset.check_info(ds, self.embedder, self.dimension)
+            dataset.check_whole(ds, base_rows, last_id)
             return CommitWriter(ds, base_rows)
         try:
             ds = self._load(reset=True)
             if ds.pending_commit_id == base:
                 # the published version, still the HEAD: committed before anything is added
-                if store.lengths(ds) != {base_rows}:
-                    raise StoreDamaged(f"{store.lengths(ds)} rows, the catalog {base_rows}")
+                if dataset.lengths(ds) != {base_rows}:
+                    raise StoreDamaged(f"{dataset.lengths(ds)} rows, the catalog {base_rows}")
                 ds.commit("upload", allow_empty=True)
             elif ds.has_head_changes:
                 ds.reset()  # a write the catalog never published
@@ -89,9 +89,9 @@ class CloudVersions:
             raise StoreDamaged(f"the store cannot be loaded: {exc!r}") from exc
         if ds.commit_id != base:
             raise StoreDamaged(f"the published version {base} is not the store's last")
-        store.check_info(ds, self.embedder, self.dimension)
-        if store.lengths(ds) != {base_rows}:
-            raise StoreDamaged(f"{store.lengths(ds)} rows, the catalog {base_rows}")
+        dataset.check_info(ds, self.embedder, self.dimension)
+        if dataset.lengths(ds) != {base_rows}:
+            raise StoreDamaged(f"{dataset.lengths(ds)} rows, the catalog {base_rows}")
         return CommitWriter(ds, base_rows)
 
     def begin_empty(self) -> CommitWriter:
@@ -101,7 +101,7 @@ class CloudVersions:
         ds = deeplake_compat.load().empty(
             self.path, overwrite=True, verbose=False, lock_enabled=False, **self._creds
         )
-        store.create_tensors(ds, self.embedder, self.dimension)
+        dataset.create_tensors(ds, self.embedder, self.dimension)
         return CommitWriter(ds, 0)
 
     def published(self, version: str) -> None:

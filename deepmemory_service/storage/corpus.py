@@ -23,19 +23,20 @@ import numpy as np
 import structlog
 from attrs import frozen
 
-from deepmemory_service.db.database import Conn
+from deepmemory_service.db.database import Conn, Database
 from deepmemory_service.models import Corpus
-from deepmemory_service.runs.services import Services
-from deepmemory_service.storage.embedders import Matrix
-from deepmemory_service.storage.store import (
-    ChunkStore,
+from deepmemory_service.platform.config import StoreSettings, UploadSettings
+from deepmemory_service.storage.dataset import (
     Rows,
     Snapshot,
     StoreDamaged,
     StoreError,
-    StoreWriter,
     check_embedder,
 )
+from deepmemory_service.storage.embedders import Embedder
+from deepmemory_service.storage.store import ChunkStore, StoreRegistry, StoreWriter
+from deepmemory_service.storage.upload_gate import UploadGate
+from deepmemory_service.vectors import Matrix
 
 log = structlog.get_logger(__name__)
 
@@ -49,6 +50,26 @@ class StoreUnavailable(StoreError):
 
     status = 503
     headers = MappingProxyType({"Retry-After": "1"})
+
+
+@frozen
+class Corpora:
+    """Where every user's corpus is kept and how documents enter it: the catalog's
+    database, the vector stores, the embedder, the upload gate, and their settings."""
+
+    db: Database
+    stores: StoreRegistry
+    embedder: Embedder
+    uploads: UploadGate
+    chunking: StoreSettings
+    limits: UploadSettings
+
+    def check_embedder(self, corpus: Corpus | None) -> None:
+        """A catalog made with another embedder than the configured one is `EmbedderMismatch`."""
+        if corpus is not None:
+            check_embedder(
+                corpus.embedder, corpus.dimension, self.embedder.name, self.embedder.dimension
+            )
 
 
 @frozen
@@ -73,13 +94,8 @@ def _metadata(document_id: uuid.UUID, title: str | None, position: int) -> dict[
     return {"document_id": str(document_id), "title": title, "position": position}
 
 
-def check_corpus_embedder(svc: Services, corpus: Corpus | None) -> None:
-    if corpus is not None:
-        check_embedder(corpus.embedder, corpus.dimension, svc.embedder.name, svc.embedder.dimension)
-
-
 async def add(
-    svc: Services,
+    corpora: Corpora,
     user_id: uuid.UUID,
     documents: Sequence[NewDocument],
     vectors: Matrix,
@@ -89,10 +105,10 @@ async def add(
     """Adds documents already chunked and embedded (`vectors`: one row per chunk, in order)
     to the catalog and the store, both or neither; with `skip_known`, not those whose
     digest the user already has."""
-    store = svc.stores.for_user(user_id)
-    async with svc.db.tx(lock_user=user_id) as conn:
+    store = corpora.stores.for_user(user_id)
+    async with corpora.db.tx(lock_user=user_id) as conn:
         corpus = await conn.corpus(user_id)
-        check_corpus_embedder(svc, corpus)
+        corpora.check_embedder(corpus)
         skipped: list[int] = []
         if skip_known:
             documents, vectors, skipped = _without_known(
@@ -120,9 +136,9 @@ async def add(
         except StoreDamaged as exc:
             # the catalog, this upload's chunks included (same transaction), rebuilt
             log.warning("vector store out of line with the catalog", reason=str(exc))
-            writer = await _rebuild(svc, conn, user_id, store, base_rows + len(ids))
+            writer = await _rebuild(corpora, conn, user_id, store, base_rows + len(ids))
             version, total = await _finished(writer), writer.rows
-        await _publish(svc, conn, user_id, total, version)
+        await _publish(corpora, conn, user_id, total, version)
     # after the commit; a crash before it leaves only the link and the clean-up to redo
     await store.published(version)
     return Added(document_ids, len(ids), total, skipped)
@@ -149,37 +165,37 @@ def _without_known(
     return kept, vectors[rows], skipped
 
 
-async def snapshot(svc: Services, user_id: uuid.UUID, corpus: Corpus | None) -> Snapshot:
+async def snapshot(corpora: Corpora, user_id: uuid.UUID, corpus: Corpus | None) -> Snapshot:
     """The store at the catalog's version (`corpus`, just read from the catalog). A version
     cleared away meanwhile (two uploads published during the read) is read again at the
     catalog's newer one; a store that cannot serve the catalog is repaired first."""
-    check_corpus_embedder(svc, corpus)
-    store = svc.stores.for_user(user_id)
+    corpora.check_embedder(corpus)
+    store = corpora.stores.for_user(user_id)
     for _ in range(3):
         if corpus is None:
             return await store.read(None, 0)
         try:
             return await store.read(corpus.version, corpus.rows)
         except StoreDamaged as exc:
-            async with svc.db.conn() as conn:
+            async with corpora.db.conn() as conn:
                 fresh = await conn.corpus(user_id)
             if fresh != corpus:
                 corpus = fresh
                 continue
             log.warning("vector store cannot serve the catalog; repairing it", reason=str(exc))
-            corpus = await repair(svc, user_id)
+            corpus = await repair(corpora, user_id)
     raise StoreUnavailable(STORE_UNAVAILABLE)
 
 
-async def repair(svc: Services, user_id: uuid.UUID) -> Corpus | None:
+async def repair(corpora: Corpora, user_id: uuid.UUID) -> Corpus | None:
     """Under the user's lock: the catalog's version read in full, and when it cannot be,
     a store from before versions taken over or the store rebuilt from the catalog."""
-    store = svc.stores.for_user(user_id)
-    async with svc.db.tx(lock_user=user_id) as conn:
+    store = corpora.stores.for_user(user_id)
+    async with corpora.db.tx(lock_user=user_id) as conn:
         corpus = await conn.corpus(user_id)
         if corpus is None or (corpus.rows == 0 and corpus.version is not None):
             return corpus
-        check_corpus_embedder(svc, corpus)
+        corpora.check_embedder(corpus)
         if corpus.version is not None:
             try:
                 await store.read(corpus.version, corpus.rows)
@@ -189,20 +205,22 @@ async def repair(svc: Services, user_id: uuid.UUID) -> Corpus | None:
         version, rows = None, corpus.rows
         if corpus.version is None:
             try:  # a store from before versions, taken over as it is when whole
-                version = await store.write(None, rows, corpus.last_id, _no_rows(svc))
+                version = await store.write(None, rows, corpus.last_id, _no_rows(corpora))
             except StoreDamaged as exc:
                 log.warning("vector store from before versions not whole", reason=str(exc))
         if version is None:
-            writer = await _rebuild(svc, conn, user_id, store, corpus.rows)
+            writer = await _rebuild(corpora, conn, user_id, store, corpus.rows)
             version, rows = await _finished(writer), writer.rows
-        await _publish(svc, conn, user_id, rows, version)
+        await _publish(corpora, conn, user_id, rows, version)
         repaired = await conn.corpus(user_id)
     await store.published(version)
     return repaired
 
 
-async def _publish(svc: Services, conn: Conn, user_id: uuid.UUID, rows: int, version: str) -> None:
-    embedder = svc.embedder
+async def _publish(
+    corpora: Corpora, conn: Conn, user_id: uuid.UUID, rows: int, version: str
+) -> None:
+    embedder = corpora.embedder
     await conn.publish_corpus(user_id, rows, embedder.name, embedder.dimension, version)
 
 
@@ -214,12 +232,12 @@ async def _finished(writer: StoreWriter) -> str:
         raise
 
 
-def _no_rows(svc: Services) -> Rows:
-    return Rows([], [], np.zeros((0, svc.embedder.dimension), dtype=np.float32), [])
+def _no_rows(corpora: Corpora) -> Rows:
+    return Rows([], [], np.zeros((0, corpora.embedder.dimension), dtype=np.float32), [])
 
 
 async def _rebuild(
-    svc: Services, conn: Conn, user_id: uuid.UUID, store: ChunkStore, expected: int
+    corpora: Corpora, conn: Conn, user_id: uuid.UUID, store: ChunkStore, expected: int
 ) -> StoreWriter:
     log.warning("rebuilding the vector store from the catalog", chunks=expected)
     writer = await store.begin_empty()
@@ -231,7 +249,7 @@ async def _rebuild(
                 Rows(
                     [c.id for c in page],
                     texts,
-                    await svc.embedder.embed(texts),
+                    await corpora.embedder.embed(texts),
                     [_metadata(c.document_id, c.title, c.position) for c in page],
                 )
             )

@@ -14,12 +14,11 @@ import uuid
 from collections.abc import Sequence
 
 import structlog
+from attrs import frozen
 
-from deepmemory_service.api.payloads import DocumentIn
 from deepmemory_service.errors import InvalidInput
-from deepmemory_service.runs.services import Services
 from deepmemory_service.storage import corpus
-from deepmemory_service.storage.corpus import Added, NewDocument
+from deepmemory_service.storage.corpus import Added, Corpora, NewDocument
 from deepmemory_service.text import chunking
 
 log = structlog.get_logger(__name__)
@@ -28,12 +27,20 @@ log = structlog.get_logger(__name__)
 CHUNK_INLINE = 64
 
 
+@frozen
+class DocumentText:
+    """A document as a user gives it: its text, and a title if it has one."""
+
+    text: str
+    title: str | None = None
+
+
 def digest(title: str | None, text: str) -> bytes:
     """What makes two documents the same: their title and their text."""
     return hashlib.sha256((title or "").encode() + b"\0" + text.encode()).digest()
 
 
-def _split(documents: Sequence[DocumentIn], size: int, overlap: int) -> list[NewDocument]:
+def _split(documents: Sequence[DocumentText], size: int, overlap: int) -> list[NewDocument]:
     split = []
     for i, doc in enumerate(documents):
         texts = chunking.split(doc.text, size, overlap)
@@ -56,9 +63,9 @@ def _unknown(split: Sequence[NewDocument], known: set[bytes]) -> tuple[list[int]
 
 
 async def ingest(
-    svc: Services,
+    corpora: Corpora,
     user_id: uuid.UUID,
-    documents: Sequence[DocumentIn],
+    documents: Sequence[DocumentText],
     *,
     skip_unchanged: bool = False,
 ) -> Added:
@@ -66,11 +73,11 @@ async def ingest(
     those the user already has with the same title and text (`Added.skipped` lists them)."""
     if not documents:
         raise InvalidInput("documents: at least one document is required")
-    most = svc.settings.uploads.max_documents
+    most = corpora.limits.max_documents
     if len(documents) > most:
         raise InvalidInput(f"documents: at most {most} per request, got {len(documents)}")
-    async with svc.uploads.admit(user_id):
-        added, skipped = await _ingest(svc, user_id, documents, skip_unchanged)
+    async with corpora.uploads.admit(user_id):
+        added, skipped = await _ingest(corpora, user_id, documents, skip_unchanged)
     log.info(
         "documents ingested",
         documents=len(added.document_ids),
@@ -82,9 +89,9 @@ async def ingest(
 
 
 async def _ingest(
-    svc: Services, user_id: uuid.UUID, documents: Sequence[DocumentIn], skip_unchanged: bool
+    corpora: Corpora, user_id: uuid.UUID, documents: Sequence[DocumentText], skip_unchanged: bool
 ) -> tuple[Added, list[int]]:
-    cfg = svc.settings.store
+    cfg = corpora.chunking
     if len(documents) <= CHUNK_INLINE:
         split = _split(documents, cfg.chunk_chars, cfg.chunk_overlap)
     else:
@@ -96,13 +103,13 @@ async def _ingest(
     if skip_unchanged:
         # a read before embedding, so unchanged documents cost no embedding; corpus.add
         # looks again under the user's lock, for an upload of the same ones meanwhile
-        known = await svc.db.read(lambda c: c.known_digests(user_id, [d.digest for d in split]))
+        known = await corpora.db.read(lambda c: c.known_digests(user_id, [d.digest for d in split]))
         kept, skipped = _unknown(split, known)
         if not kept:
-            total = await svc.db.read(lambda c: c.total_chunks(user_id))
+            total = await corpora.db.read(lambda c: c.total_chunks(user_id))
             return Added([], 0, total, []), skipped
     new = [split[i] for i in kept]
-    vectors = await svc.embedder.embed([t for d in new for t in d.chunks])
-    async with svc.uploads.turn(user_id):
-        added = await corpus.add(svc, user_id, new, vectors, skip_known=skip_unchanged)
+    vectors = await corpora.embedder.embed([t for d in new for t in d.chunks])
+    async with corpora.uploads.turn(user_id):
+        added = await corpus.add(corpora, user_id, new, vectors, skip_known=skip_unchanged)
     return added, sorted(skipped + [kept[i] for i in added.skipped])

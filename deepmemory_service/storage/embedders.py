@@ -1,7 +1,5 @@
-"""Embedders: one interface, an offline default, and a factory for the configured one.
-
-Vectors are float32 and L2-normalised, so a dot product is the cosine similarity.
-"""
+"""Embedders: one interface, the offline default (feature hashing), MiniLM (an optional
+extra) and an OpenAI-compatible embeddings client; vectors as `vectors.py` says."""
 
 from __future__ import annotations
 
@@ -21,8 +19,7 @@ from deepmemory_service.platform.config import OpenAIEmbeddingSettings
 from deepmemory_service.platform.retry import RetryPolicy, retry, retry_after
 from deepmemory_service.storage import cpu_pool
 from deepmemory_service.text.queries import STOPWORDS
-
-Matrix = npt.NDArray[np.float32]
+from deepmemory_service.vectors import Matrix, normalise
 
 
 class EmbeddingError(Exception):
@@ -41,13 +38,6 @@ class Embedder(Protocol):
 
 
 _TOKEN = re.compile(r"[a-z0-9][a-z0-9_\-]+")
-
-
-def normalise(matrix: Matrix) -> Matrix:
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    norms[norms == 0.0] = 1.0
-    normalised: Matrix = (matrix / norms).astype(np.float32, copy=False)
-    return normalised
 
 
 class HashingEmbedder:

@@ -31,7 +31,7 @@ import attrs
 import structlog
 
 from deepmemory_service.storage import deeplake_compat
-from deepmemory_service.storage.store import (
+from deepmemory_service.storage.dataset import (
     NO_SPACE,
     DatasetWriter,
     Rows,

@@ -10,8 +10,8 @@ import asyncio
 import numpy as np
 from attrs import frozen
 
-from deepmemory_service.storage.embedders import Matrix
-from deepmemory_service.storage.store import CorpusReader
+from deepmemory_service.storage.dataset import CorpusReader
+from deepmemory_service.vectors import Matrix
 
 
 @frozen

@@ -27,15 +27,15 @@ import structlog
 from deepmemory_service.errors import BadGateway
 from deepmemory_service.platform.config import TrainSettings
 from deepmemory_service.storage import deeplake_compat
+from deepmemory_service.storage.dataset import CorpusReader
 from deepmemory_service.storage.deeplake_compat import (
     ActiveloopUnreachable,
     in_daemon_thread,
     install_request_guard,
     use_endpoint,
 )
-from deepmemory_service.storage.embedders import Matrix
 from deepmemory_service.storage.nearest import SearchResult
-from deepmemory_service.storage.store import ChunkStore, CorpusReader
+from deepmemory_service.storage.store import ChunkStore
 from deepmemory_service.training.trainer import (
     NoModel,
     Reporter,
@@ -44,6 +44,7 @@ from deepmemory_service.training.trainer import (
     TrainingProgress,
     TrainingRequest,
 )
+from deepmemory_service.vectors import Matrix
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")

@@ -19,8 +19,8 @@ import attrs
 import numpy as np
 import numpy.typing as npt
 
-from deepmemory_service.storage.embedders import Matrix, normalise
 from deepmemory_service.storage.store import ChunkStore
+from deepmemory_service.vectors import Matrix, normalise
 
 Floats = npt.NDArray[np.float32]
 

@@ -17,7 +17,6 @@ from typing import Any
 import attrs
 import numpy as np
 
-from deepmemory_service.storage.embedders import Matrix
 from deepmemory_service.training.adapter import Weights
 from deepmemory_service.training.optimiser import Adam, infonce
 from deepmemory_service.training.query_sets import QuerySet
@@ -32,6 +31,7 @@ from deepmemory_service.training.ranking import (
     recalls,
     score,
 )
+from deepmemory_service.vectors import Matrix
 
 RANK = 32
 L2 = 1e-3

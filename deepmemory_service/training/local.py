@@ -31,9 +31,10 @@ import attrs
 import numpy as np
 
 from deepmemory_service.platform.config import TrainSettings
-from deepmemory_service.storage.embedders import Embedder, Matrix
+from deepmemory_service.storage.dataset import CorpusReader, StoreError
+from deepmemory_service.storage.embedders import Embedder
 from deepmemory_service.storage.nearest import SearchResult, nearest_chunks
-from deepmemory_service.storage.store import ChunkStore, CorpusReader, StoreError
+from deepmemory_service.storage.store import ChunkStore
 from deepmemory_service.training.adapter import (
     Adapter,
     AdapterCache,
@@ -59,6 +60,7 @@ from deepmemory_service.training.trainer import (
     TrainingProgress,
     TrainingRequest,
 )
+from deepmemory_service.vectors import Matrix
 
 MIN_PAIRS = 10
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import attrs
 import numpy as np
 
-from deepmemory_service.storage.embedders import Matrix
 from deepmemory_service.training.adapter import Floats, Weights
 from deepmemory_service.training.ranking import Ranks
+from deepmemory_service.vectors import Matrix
 
 TEMPERATURE = 0.05
 

@@ -11,10 +11,10 @@ import attrs
 import numpy as np
 import numpy.typing as npt
 
-from deepmemory_service.storage.embedders import Matrix
 from deepmemory_service.text.queries import held_out_queries
 from deepmemory_service.training.ranking import Ranks, nearest_rows
 from deepmemory_service.training.trainer import TrainingError
+from deepmemory_service.vectors import Matrix
 
 Mask = npt.NDArray[np.bool_]
 

@@ -10,7 +10,7 @@ import attrs
 import numpy as np
 import numpy.typing as npt
 
-from deepmemory_service.storage.embedders import Matrix
+from deepmemory_service.vectors import Matrix
 
 Ranks = npt.NDArray[np.int64]
 # {"recall@1": 0.5, ...}: the shape the API, the page and the benchmarks read

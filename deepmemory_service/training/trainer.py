@@ -17,9 +17,11 @@ from typing import Any, Protocol
 import attrs
 from attrs import frozen
 
-from deepmemory_service.storage.embedders import Embedder, Matrix
+from deepmemory_service.storage.dataset import CorpusReader
+from deepmemory_service.storage.embedders import Embedder
 from deepmemory_service.storage.nearest import SearchResult
-from deepmemory_service.storage.store import ChunkStore, CorpusReader
+from deepmemory_service.storage.store import ChunkStore
+from deepmemory_service.vectors import Matrix
 
 
 class TrainingError(Exception):
