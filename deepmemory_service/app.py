@@ -12,9 +12,10 @@ import structlog
 from aiohttp import web
 
 from deepmemory_service import parts
-from deepmemory_service.api import metrics_view, openapi, search, sse, views
+from deepmemory_service.api import metrics_view, views
 from deepmemory_service.api.keys import BACKEND, DRAIN, SERVICES, SETTINGS, SUPERVISORS
 from deepmemory_service.api.middlewares import json_errors, request_context, service_auth
+from deepmemory_service.api.routes import setup_routes
 from deepmemory_service.db import migrations
 from deepmemory_service.db.database import CONNECTION_ERRORS, Database
 from deepmemory_service.llm.generators import QuestionGenerator
@@ -164,10 +165,7 @@ def create_backend(settings: Settings, overrides: Overrides) -> web.Application:
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_resources(overrides))
     app.on_shutdown.append(_drain)
-    app.add_routes(views.routes)
-    app.add_routes(sse.routes)
-    app.add_routes(search.routes)
-    app.add_routes(openapi.routes)
+    setup_routes(app)
     return app
 
 

@@ -18,9 +18,20 @@ import schemathesis
 from deepmemory_service.api import payloads, replies
 from deepmemory_service.api.keys import BACKEND
 from deepmemory_service.api.openapi import document, schema_of
+from deepmemory_service.api.routes import ENDPOINTS
 from deepmemory_service.models import Run
+from deepmemory_service.platform.config import load_settings
+from deepmemory_service.runs.settings import DeepMemorySettings
 from tests.conftest import SERVICE_TOKEN, Api, paragraph
 from tests.test_runs_api import force_status
+
+# the bounds the document is made with: 10 questions per chunk, 1,000 documents an upload
+SETTINGS_10_1000 = load_settings(
+    {
+        "DEEPMEMORY_GENERATION_MAX_QUESTIONS_PER_CHUNK": "10",
+        "DEEPMEMORY_UPLOADS_MAX_DOCUMENTS": "1000",
+    }
+)
 
 METHODS = {"get", "post", "put", "delete", "patch"}
 # every reply is checked against the document: its status is listed, its content type, its
@@ -53,7 +64,7 @@ async def test_every_route_is_described_and_every_description_routed(api: Api) -
 
 
 def test_request_bodies_are_the_payload_classes() -> None:
-    doc = document(10, 1000)
+    doc = document(ENDPOINTS, SETTINGS_10_1000)
     generate = doc["paths"]["/deep-memory/generate"]["post"]["requestBody"]
     schema = generate["content"]["application/json"]["schema"]
     assert schema["required"] == ["user_id"]
@@ -120,7 +131,7 @@ async def test_openapi_needs_no_token(api: Any) -> None:
 async def test_every_kind_of_reply_matches_the_document(api: Api, user_id: uuid.UUID) -> None:
     """Each reply body the service gives in a user's loop, checked against the document's
     schema for its route and status (schemathesis, with random ids, rarely reaches them)."""
-    schema = schemathesis.openapi.from_dict(document(10, 1000))
+    schema = schemathesis.openapi.from_dict(document(ENDPOINTS, SETTINGS_10_1000))
     base = str(api.client.make_url("/v1/api"))
     user = str(user_id)
     checked: list[tuple[str, str, int]] = []
@@ -196,13 +207,13 @@ async def test_every_kind_of_reply_matches_the_document(api: Api, user_id: uuid.
 
 
 def test_reply_schemas_are_the_classes_the_views_use() -> None:
-    doc = document(10, 1000)
+    doc = document(ENDPOINTS, SETTINGS_10_1000)
     schemas = doc["components"]["schemas"]
     run = schemas["Run"]
     shown = {f.name for f in attrs.fields(Run)} - replies.RUN_HIDDEN | set(replies.RUN_EXTRA)
     assert set(run["properties"]) == set(run["required"]) == shown
     settings = schemas["Settings"]
-    assert set(settings["properties"]) == {f.name for f in attrs.fields(replies.SettingsReply)}
+    assert set(settings["properties"]) == {f.name for f in attrs.fields(DeepMemorySettings)}
     for name, schema in schemas.items():
         assert schema["additionalProperties"] is False, name
     text = schema_of(payloads.DocumentIn)["properties"]["text"]

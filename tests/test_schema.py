@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from importlib import resources
 
@@ -55,3 +56,15 @@ async def test_migrating_twice_applies_nothing(fresh_db: Callable[..., Awaitable
     url = await fresh_db()
     assert await migrations.migrate_url(url)
     assert await migrations.migrate_url(url) == []
+
+
+def test_every_query_says_what_it_does() -> None:
+    text = resources.files("deepmemory_service.db").joinpath("sql/queries.sql").read_text()
+    blocks = re.split(r"^-- name: ", text, flags=re.MULTILINE)[1:]
+    undescribed = [
+        block.partition("\n")[0]
+        for block in blocks
+        if not block.partition("\n")[2].startswith("-- ")
+    ]
+    assert blocks
+    assert undescribed == []

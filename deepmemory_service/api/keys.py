@@ -1,4 +1,4 @@
-"""Every `web.AppKey` of the service, in one place."""
+"""Every `web.AppKey` of the service, in one place: the backend's and the gateway's."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ from aiohttp import web
 
 from deepmemory_service.platform.config import Settings
 
+# named for the type checker only: a gateway running alone uses these keys too, and need not
+# load the run machinery
 if TYPE_CHECKING:
     from deepmemory_service.runs.services import Services
     from deepmemory_service.runs.supervisor import SupervisorRegistry
 
-# annotations name the value types; the modules behind them import this one
 SETTINGS = web.AppKey("settings", Settings)
 SERVICES: web.AppKey[Services] = web.AppKey("services")
 SUPERVISORS: web.AppKey[SupervisorRegistry] = web.AppKey("supervisors")

@@ -11,6 +11,7 @@ import structlog
 from aiohttp import web
 
 from deepmemory_service.api.keys import SETTINGS
+from deepmemory_service.api.routes import OPEN_PATHS
 from deepmemory_service.db.database import UNAVAILABLE
 from deepmemory_service.errors import ServiceError, Unauthorized
 from deepmemory_service.storage.embedders import EmbeddingError
@@ -20,8 +21,6 @@ log = structlog.get_logger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 DATABASE_UNAVAILABLE = "Database unavailable; retry shortly"
-# the backend paths that need no service token
-OPEN_PATHS = frozenset({"/v1/api/healthz", "/v1/api/openapi.json"})
 # headers of an aiohttp HTTP error that the client needs to act on
 _PASSED_HEADERS = frozenset({"allow", "retry-after"})
 _HTTP_DETAILS = {

@@ -18,7 +18,6 @@ from attrs import frozen
 
 from deepmemory_service.llm.usage import Prices
 from deepmemory_service.models import Document, Run, RunStatus
-from deepmemory_service.platform.config import TrainerName
 from deepmemory_service.storage.nearest import SearchResult
 
 # a run as the API shows it: its own fields but these; the job that last worked on it, and
@@ -31,25 +30,6 @@ RUN_EXTRA: dict[str, Any] = {
     "new_chunks": int,
     "reused_from_run_id": uuid.UUID | None,
 }
-
-
-@frozen
-class SettingsReply:
-    """A user's Deep Memory settings (the spec's fields, then `trainer` and the reason a
-    model may not be enabled)."""
-
-    enabled: bool
-    last_trained_at: datetime | None
-    last_training_run_id: uuid.UUID | None
-    can_enable: bool
-    total_chunks: int
-    trained_chunk_count: int
-    has_blocking_run: bool
-    blocking_run_id: uuid.UUID | None
-    blocking_run_status: RunStatus | None
-    is_cloud: bool
-    trainer: TrainerName
-    can_enable_reason: str | None
 
 
 @frozen

@@ -23,8 +23,6 @@ from deepmemory_service.storage.nearest import SearchResult, nearest_chunks
 from deepmemory_service.storage.store import ChunkStore
 from deepmemory_service.training.trainer import NoModel, Trainer
 
-routes = web.RouteTableDef()
-
 NO_MODEL = "No trained Deep Memory model for this user: train a run first"
 KEPT_OUT = "The last trained Deep Memory model was not enabled"
 
@@ -59,7 +57,6 @@ async def search_chunks(
         raise NoModelError(NO_MODEL) from None
 
 
-@routes.get("/search")
 async def search(request: web.Request) -> web.Response:
     user_id: uuid.UUID = query_uuid(request, "user_id")
     raw = request.query.get("q", "")

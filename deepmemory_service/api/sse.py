@@ -24,7 +24,6 @@ from deepmemory_service.runs.broadcaster import Subscription
 from deepmemory_service.runs.services import Services
 
 log = structlog.get_logger(__name__)
-routes = web.RouteTableDef()
 PING_S = 15.0
 
 
@@ -118,7 +117,6 @@ class JobStream:
             gone.cancel()
 
 
-@routes.get("/events/stream/{job_id}")
 async def stream(request: web.Request) -> web.StreamResponse:
     user_id = query_uuid(request, "user_id")
     job_id = path_uuid(request, "job_id")

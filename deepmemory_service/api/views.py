@@ -32,22 +32,20 @@ from deepmemory_service.api.replies import (
     DocumentsReply,
     Health,
     Message,
-    SettingsReply,
     run_json,
     to_json,
 )
-from deepmemory_service.db.database import Conn, UserSettingsRow
-from deepmemory_service.errors import Conflict, NotFound, Unauthorized, run_not_found
+from deepmemory_service.db.database import Conn
+from deepmemory_service.errors import NotFound, Unauthorized, run_not_found
 from deepmemory_service.llm.budget_report import budget_view
 from deepmemory_service.llm.usage import Prices
 from deepmemory_service.models import JobAccepted, Run
-from deepmemory_service.runs import commands, estimates
+from deepmemory_service.runs import commands, estimates, settings
 from deepmemory_service.runs.services import Services
 from deepmemory_service.runs.supervisor import RunSupervisor
 from deepmemory_service.storage import documents
 from deepmemory_service.storage.documents import DocumentText
 
-routes = web.RouteTableDef()
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -82,7 +80,6 @@ async def _ask(
     return await request.app[SUPERVISORS].ask(user_id, name, handle)
 
 
-@routes.post("/deep-memory/generate")
 async def post_generate(request: web.Request) -> web.Response:
     body = await read_json(request, GenerateIn)
     _bind(user_id=str(body.user_id))
@@ -99,7 +96,6 @@ async def post_generate(request: web.Request) -> web.Response:
     )
 
 
-@routes.post("/deep-memory/proceed")
 async def proceed(request: web.Request) -> web.Response:
     body = await read_json(request, ProceedIn)
     _bind(user_id=str(body.user_id), run_id=str(body.training_run_id))
@@ -108,7 +104,6 @@ async def proceed(request: web.Request) -> web.Response:
     )
 
 
-@routes.post("/deep-memory/train")
 async def post_train(request: web.Request) -> web.Response:
     body = await read_json(request, TrainIn)
     _bind(user_id=str(body.user_id), run_id=str(body.training_run_id))
@@ -117,7 +112,6 @@ async def post_train(request: web.Request) -> web.Response:
     )
 
 
-@routes.post("/deep-memory/cancel")
 async def cancel(request: web.Request) -> web.Response:
     """Stops a running run: 200 once it stopped (its status and message), 202 if it has not
     yet within a few seconds (it will)."""
@@ -127,7 +121,6 @@ async def cancel(request: web.Request) -> web.Response:
     return _reply(Cancelled(done.run_id, done.status, done.message), 200 if done.stopped else 202)
 
 
-@routes.delete("/deep-memory/runs/{run_id}")
 async def delete_run(request: web.Request) -> web.Response:
     user_id = query_uuid(request, "user_id")
     run_id = path_uuid(request, "run_id")
@@ -136,7 +129,6 @@ async def delete_run(request: web.Request) -> web.Response:
     return _reply(Message(message))
 
 
-@routes.get("/deep-memory/estimate")
 async def estimate(request: web.Request) -> web.Response:
     """What a generate would send to the LLM now (chunks, calls, tokens, cost)."""
     user_id = query_uuid(request, "user_id")
@@ -148,7 +140,6 @@ async def estimate(request: web.Request) -> web.Response:
     return _reply(await estimates.estimate(request.app[SERVICES], user_id, qpc, regenerate))
 
 
-@routes.get("/deep-memory/runs")
 async def list_runs(request: web.Request) -> web.Response:
     user_id = query_uuid(request, "user_id")
     limit = query_int(request, "limit", 50, 1, 500)
@@ -157,7 +148,6 @@ async def list_runs(request: web.Request) -> web.Response:
     return web.json_response({"runs": [run_json(r.run, r.latest_job_id, prices) for r in listing]})
 
 
-@routes.get("/deep-memory/runs/{run_id}")
 async def get_run(request: web.Request) -> web.Response:
     user_id = query_uuid(request, "user_id")
     run_id = path_uuid(request, "run_id")
@@ -172,64 +162,18 @@ async def get_run(request: web.Request) -> web.Response:
     return web.json_response(run_json(run, latest, Prices.of(request.app[SETTINGS].llm)))
 
 
-async def _settings(request: web.Request, user_id: uuid.UUID) -> SettingsReply:
-    svc = request.app[SERVICES]
-
-    async def read(conn: Conn) -> tuple[UserSettingsRow | None, Any, int]:
-        return (
-            await conn.get_settings(user_id),
-            await conn.blocking_run(user_id),
-            await conn.total_chunks(user_id),
-        )
-
-    row, blocking, total = await svc.db.read(read)
-    return SettingsReply(
-        enabled=row.enabled if row else False,
-        last_trained_at=row.last_trained_at if row else None,
-        last_training_run_id=row.last_training_run_id if row else None,
-        can_enable=row.can_enable if row else False,
-        total_chunks=total,
-        trained_chunk_count=row.trained_chunk_count if row else 0,
-        has_blocking_run=blocking is not None,
-        blocking_run_id=blocking[0] if blocking else None,
-        blocking_run_status=blocking[1] if blocking else None,
-        is_cloud=svc.settings.is_cloud,
-        trainer=svc.settings.trainer,
-        can_enable_reason=row.can_enable_reason if row else None,
-    )
-
-
-@routes.get("/deep-memory/settings")
 async def get_settings(request: web.Request) -> web.Response:
     user_id = query_uuid(request, "user_id")
-    return _reply(await _settings(request, user_id))
+    return _reply(await settings.read(request.app[SERVICES], user_id))
 
 
-@routes.put("/deep-memory/settings")
 async def put_settings(request: web.Request) -> web.Response:
     body = await read_json(request, SettingsIn)
-    svc = request.app[SERVICES]
-
-    async def handle(sup: RunSupervisor) -> None:
-        async with svc.db.tx(lock_user=body.user_id) as conn:
-            row = await conn.get_settings(body.user_id)
-            if body.enabled and (row is None or not row.can_enable):
-                if row and row.can_enable_reason:
-                    # the trainer's verdict, a sentence of its own
-                    raise Conflict(f"Deep Memory cannot be enabled. {row.can_enable_reason}")
-                reason = (
-                    "no trained model yet"
-                    if row is None or row.last_training_run_id is None
-                    else "the trained model may not be enabled"
-                )
-                raise Conflict(f"Deep Memory cannot be enabled: {reason}")
-            await conn.set_enabled(body.user_id, body.enabled)
-
-    await request.app[SUPERVISORS].ask(body.user_id, "settings", handle)
-    return _reply(await _settings(request, body.user_id))
+    _bind(user_id=str(body.user_id))
+    await _ask(request, body.user_id, "settings", settings.set_enabled, body.enabled)
+    return _reply(await settings.read(request.app[SERVICES], body.user_id))
 
 
-@routes.post("/documents")
 async def add_documents(request: web.Request) -> web.Response:
     svc = request.app[SERVICES]
     data = await read_json_object(request)
@@ -247,7 +191,6 @@ async def add_documents(request: web.Request) -> web.Response:
     return _reply(result, 201)
 
 
-@routes.get("/documents")
 async def list_documents(request: web.Request) -> web.Response:
     user_id = query_uuid(request, "user_id")
     limit = query_int(request, "limit", 100, 1, 1000)
@@ -264,7 +207,6 @@ async def list_documents(request: web.Request) -> web.Response:
     return _reply(await svc.db.read(read))
 
 
-@routes.get("/debug/supervisors")
 async def debug_supervisors(request: web.Request) -> web.Response:
     admin = request.app[SETTINGS].admin_token
     given = request.headers.get("X-Admin-Token", "")
@@ -291,7 +233,6 @@ async def health(svc: Services) -> web.Response:
     return _reply(Health("ok"))
 
 
-@routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
     return await health(request.app[SERVICES])
 

@@ -5,6 +5,7 @@ Backend statuses and bodies pass through unchanged. Its pages for people are `lo
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -14,8 +15,10 @@ import structlog
 from aiohttp import web
 from yarl import URL
 
+from deepmemory_service.api.endpoint import Endpoint, Handler
 from deepmemory_service.api.keys import BACKEND_CLIENT, SETTINGS
 from deepmemory_service.api.payloads import last_event_id, parse_uuid, read_json_object
+from deepmemory_service.api.routes import ENDPOINTS
 from deepmemory_service.errors import BadGateway, InvalidInput
 from deepmemory_service.gateway import auth, login
 from deepmemory_service.platform.config import Settings
@@ -26,7 +29,6 @@ CALL_TIMEOUT = aiohttp.ClientTimeout(total=60, sock_connect=5)
 # a stream lasts as long as its job: only connecting is bounded
 STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=None)
 CLIENT_POLL_S = 0.5
-routes = web.RouteTableDef()
 
 
 def _backend_base(request: web.Request) -> URL:
@@ -98,109 +100,37 @@ def _unavailable(exc: BaseException) -> BadGateway:
     return BadGateway(f"Backend unavailable: {reason}")
 
 
-async def _with_query(request: web.Request, method: str, path: str) -> web.Response:
-    """The client's query to `path`, with `user_id` taken from the identity only."""
-    user_id = _user(request)
-    query = {k: v for k, v in request.query.items() if k != "user_id"}
-    query["user_id"] = str(user_id)
-    return await _forward(request, method, path, query=query)
+def _forwarder(endpoint: Endpoint) -> Handler:
+    """The gateway's handler for `endpoint`: the client's query or JSON body (only the
+    fields `public.only` names, when it does), with `user_id` from the identity alone, to
+    the backend path with the client's path parameters (each one a UUID)."""
+    assert endpoint.public is not None
+    public = endpoint.public
+    names = [p.name for p in endpoint.params if p.where == "path"]
+    public_names = re.findall(r"{(\w+)}", public.path)
+
+    async def handler(request: web.Request) -> web.Response:
+        user_id = _user(request)
+        path = endpoint.path
+        for name, public_name in zip(names, public_names, strict=True):
+            value = parse_uuid(public_name, request.match_info[public_name])
+            path = path.replace(f"{{{name}}}", str(value))
+        if endpoint.body is None:
+            query = {k: v for k, v in request.query.items() if k != "user_id"}
+            query["user_id"] = str(user_id)
+            return await _forward(request, endpoint.method, path, query=query)
+        body = await read_json_object(request)
+        if public.only is not None:
+            missing = [name for name in public.only if name not in body]
+            if missing:
+                raise InvalidInput("; ".join(f"{name}: field required" for name in missing))
+            body = {name: body[name] for name in public.only}
+        body["user_id"] = str(user_id)
+        return await _forward(request, endpoint.method, path, body=body)
+
+    return handler
 
 
-async def _with_body(request: web.Request, method: str, path: str) -> web.Response:
-    """The client's JSON object to `path`, as the user the identity names."""
-    user_id = _user(request)
-    body = await read_json_object(request)
-    body["user_id"] = str(user_id)
-    return await _forward(request, method, path, body=body)
-
-
-def _run_id(request: web.Request) -> str:
-    return str(parse_uuid("runId", request.match_info["runId"]))
-
-
-async def _run_command(request: web.Request, path: str) -> web.Response:
-    """A command on one run: `{training_run_id}` from the client, the user from the identity."""
-    user_id = _user(request)
-    body = await read_json_object(request)
-    if "training_run_id" not in body:
-        raise InvalidInput("training_run_id: field required")
-    forwarded = {"training_run_id": body["training_run_id"], "user_id": str(user_id)}
-    return await _forward(request, "POST", path, body=forwarded)
-
-
-@routes.post("/api/deep-memory/proceed")
-async def proceed(request: web.Request) -> web.Response:
-    return await _run_command(request, "/deep-memory/proceed")
-
-
-@routes.post("/api/deep-memory/cancel")
-async def cancel(request: web.Request) -> web.Response:
-    return await _run_command(request, "/deep-memory/cancel")
-
-
-@routes.delete("/api/deep-memory/runs/{runId}")
-async def delete_run(request: web.Request) -> web.Response:
-    user_id = _user(request)
-    return await _forward(
-        request, "DELETE", f"/deep-memory/runs/{_run_id(request)}", query={"user_id": str(user_id)}
-    )
-
-
-@routes.get("/api/deep-memory/runs/{runId}")
-async def get_run(request: web.Request) -> web.Response:
-    user_id = _user(request)
-    return await _forward(
-        request, "GET", f"/deep-memory/runs/{_run_id(request)}", query={"user_id": str(user_id)}
-    )
-
-
-@routes.get("/api/deep-memory/runs")
-async def list_runs(request: web.Request) -> web.Response:
-    return await _with_query(request, "GET", "/deep-memory/runs")
-
-
-@routes.get("/api/deep-memory/settings")
-async def get_settings(request: web.Request) -> web.Response:
-    user_id = _user(request)
-    return await _forward(request, "GET", "/deep-memory/settings", query={"user_id": str(user_id)})
-
-
-@routes.put("/api/deep-memory/settings")
-async def put_settings(request: web.Request) -> web.Response:
-    return await _with_body(request, "PUT", "/deep-memory/settings")
-
-
-@routes.post("/api/deep-memory/generate")
-async def post_generate(request: web.Request) -> web.Response:
-    return await _with_body(request, "POST", "/deep-memory/generate")
-
-
-@routes.get("/api/deep-memory/estimate")
-async def estimate(request: web.Request) -> web.Response:
-    return await _with_query(request, "GET", "/deep-memory/estimate")
-
-
-@routes.post("/api/deep-memory/train")
-async def post_train(request: web.Request) -> web.Response:
-    return await _with_body(request, "POST", "/deep-memory/train")
-
-
-@routes.get("/api/deep-memory/search")
-async def search(request: web.Request) -> web.Response:
-    return await _with_query(request, "GET", "/search")
-
-
-@routes.post("/api/documents")
-async def documents(request: web.Request) -> web.Response:
-    return await _with_body(request, "POST", "/documents")
-
-
-@routes.get("/api/documents")
-async def list_documents(request: web.Request) -> web.Response:
-    return await _with_query(request, "GET", "/documents")
-
-
-@routes.get("/api/events/stream/{job_id}")
 async def stream(request: web.Request) -> web.StreamResponse:
     """Streamed through as it comes, never buffered; Last-Event-ID goes upstream."""
     user_id = _user(request)
@@ -287,6 +217,10 @@ def setup_gateway(app: web.Application, settings: Settings | None = None) -> Non
             raise ValueError("setup_gateway needs settings: app[SETTINGS] is not set")
         app[SETTINGS] = settings
     app.cleanup_ctx.append(_client)
-    app.add_routes(routes)
+    for endpoint in ENDPOINTS:
+        if endpoint.public is None:
+            continue
+        handler = stream if endpoint.streams else _forwarder(endpoint)
+        app.router.add_route(endpoint.method, endpoint.public.path, handler)
     app.add_routes(login.routes)
     app.router.add_static("/static", login.WEB, show_index=False)

@@ -28,7 +28,7 @@ from deepmemory_service.errors import (
 from deepmemory_service.models import Job, JobAccepted, JobKind, Run, RunStatus
 from deepmemory_service.runs import generate, leases, train
 from deepmemory_service.runs.services import Services
-from deepmemory_service.runs.supervisor import RunSupervisor
+from deepmemory_service.runs.supervisor import RunSupervisor, WorkStatus
 
 log = structlog.get_logger(__name__)
 
@@ -42,8 +42,23 @@ async def _locked_run(conn: Conn, user_id: uuid.UUID, run_id: uuid.UUID) -> Run:
 
 
 def _start_job(svc: Services, sup: RunSupervisor, run: Run, job: Job) -> None:
-    work = generate.generation_job if job.kind is JobKind.GENERATE else train.training_job
-    sup.start_work(run.id, job.id, run.status, lambda status: work(svc, status, run, job))
+    job_of = _generate_then_train if job.kind is JobKind.GENERATE else train.training_job
+    sup.start_work(run.id, job.id, run.status, lambda work: job_of(svc, work, run, job))
+
+
+async def _generate_then_train(svc: Services, work: WorkStatus, run: Run, job: Job) -> None:
+    """A generation job: the run's pairs, then, when the run asked for it (`auto_train`),
+    its training in the same job and stream."""
+    generated = await generate.generation_job(svc, work, run, job)
+    if generated is None:
+        return
+    if not generated.auto_train:
+        await generate.end_generated(svc, job, generated)
+        return
+    training = await train.begin_after_generation(svc, job, generated)
+    if training is not None:
+        work.status = RunStatus.TRAINING
+        await train.training_job(svc, work, training, job)
 
 
 async def new_run(

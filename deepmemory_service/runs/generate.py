@@ -31,7 +31,7 @@ from deepmemory_service.llm.generators import GenerationError
 from deepmemory_service.llm.rate_budget import Lane
 from deepmemory_service.llm.usage import Prices
 from deepmemory_service.models import Chunk, Job, Pair, Run, RunStatus, question_problem
-from deepmemory_service.runs import jobs, train
+from deepmemory_service.runs import jobs
 from deepmemory_service.runs.events import Progress
 from deepmemory_service.runs.services import Services
 from deepmemory_service.runs.supervisor import WorkStatus
@@ -371,8 +371,9 @@ async def chunk_position(svc: Services, run: Run, chunk_id: int | None) -> int |
     return None
 
 
-async def generation_job(svc: Services, work: WorkStatus, run: Run, job: Job) -> None:
-    """The whole generation job; on success, a `generated` run (and training if auto_train)."""
+async def generation_job(svc: Services, work: WorkStatus, run: Run, job: Job) -> Run | None:
+    """The generation of a run's pairs: the `generated` run, or None when it failed or was
+    cancelled (the run is then failed with a message saying where, and the job ended)."""
     events = svc.events
     progress = events.progress(job.id, run.id, svc.settings.generation.progress_hz)
     pipeline: Pipeline | None = None
@@ -413,16 +414,13 @@ async def generation_job(svc: Services, work: WorkStatus, run: Run, job: Job) ->
     except LeaseLost as exc:
         log.warning("run lost during generation", error=str(exc))
         await jobs.end_failed(svc, job, run, RunStatus.GENERATING_FAILED, str(exc))
-        return
+        return None
     except GenerationCancelled:
         done = pipeline.done if pipeline else run.generated_chunks
         message = await cancel_message(svc, run, done)
         log.info("generation cancelled", message=message)
-        await progress.flush()
-        await jobs.fail_run_and_job(
-            svc, job, run, RunStatus.GENERATING, RunStatus.GENERATING_FAILED, message
-        )
-        return
+        await jobs.fail(svc, job, run, RunStatus.GENERATING, progress, message)
+        return None
     except Exception as exc:
         failed_chunk = pipeline.failed_chunk if pipeline else None
         done = pipeline.done if pipeline else run.generated_chunks
@@ -430,11 +428,8 @@ async def generation_job(svc: Services, work: WorkStatus, run: Run, job: Job) ->
         message = failure_message(exc, position, done, run.total_chunks)
         log.warning("generation failed", error=message)
         svc.metrics.generation_failures += 1
-        await progress.flush()
-        await jobs.fail_run_and_job(
-            svc, job, run, RunStatus.GENERATING, RunStatus.GENERATING_FAILED, message
-        )
-        return
+        await jobs.fail(svc, job, run, RunStatus.GENERATING, progress, message)
+        return None
 
     await progress.flush()
     async with svc.db.conn() as conn:
@@ -450,42 +445,24 @@ async def generation_job(svc: Services, work: WorkStatus, run: Run, job: Job) ->
             if current is not None
             else "run deleted while generating"
         )
-        await jobs.fail_run_and_job(
-            svc, job, run, RunStatus.GENERATING, RunStatus.GENERATING_FAILED, message
-        )
-        return
-    elapsed = time.monotonic() - started
+        await jobs.fail(svc, job, run, RunStatus.GENERATING, progress, message)
+        return None
     log.info(
         "generation finished",
         chunks=finished.generated_chunks,
         pairs=finished.pair_count,
-        seconds=round(elapsed, 3),
+        seconds=round(time.monotonic() - started, 3),
     )
-    if finished.auto_train:
-        async with svc.db.tx(lock_user=run.user_id) as conn:
-            current = await conn.get_run(run.id, run.user_id, for_update=True)
-            if current is None or current.status is not RunStatus.GENERATED:
-                return
-            training_run = await conn.start_training(
-                current, svc.instance_id, svc.settings.lease.ttl_s
-            )
-        await events.emit(
-            job.id,
-            "status",
-            {
-                "run_id": str(run.id),
-                "status": RunStatus.GENERATED,
-                "message": f"Generated {finished.pair_count} pairs; training next",
-            },
-        )
-        work.status = RunStatus.TRAINING
-        await train.training_job(svc, work, training_run, job)
-        return
+    return finished
+
+
+async def end_generated(svc: Services, job: Job, run: Run) -> None:
+    """A generation job's end when no training follows: `done` with the pairs made."""
     await jobs.end_done(
         svc,
         job,
         run,
         RunStatus.GENERATED,
-        pairs=finished.pair_count,
-        **({"reused_chunks": finished.reused_chunks} if finished.reused_chunks else {}),
+        pairs=run.pair_count,
+        **({"reused_chunks": run.reused_chunks} if run.reused_chunks else {}),
     )

@@ -8,9 +8,26 @@ import structlog
 
 from deepmemory_service.db.database import retrying
 from deepmemory_service.models import Job, Run, RunStatus
+from deepmemory_service.runs.events import Progress
 from deepmemory_service.runs.services import Services
 
 log = structlog.get_logger(__name__)
+
+
+# the failed status of a run that fails while in each running status
+FAILED_FROM = {
+    RunStatus.GENERATING: RunStatus.GENERATING_FAILED,
+    RunStatus.TRAINING: RunStatus.TRAINING_FAILED,
+}
+
+
+async def fail(
+    svc: Services, job: Job, run: Run, running: RunStatus, progress: Progress, message: str
+) -> None:
+    """A job's work failed (or was cancelled) while its run was `running`: the progress in
+    hand is sent, the run goes to the failed status with `message`, and the job ends."""
+    await progress.flush()
+    await fail_run_and_job(svc, job, run, running, FAILED_FROM[running], message)
 
 
 async def fail_run_and_job(

@@ -46,6 +46,7 @@ class WorkStatus:
 
     run_id: uuid.UUID
     job_id: uuid.UUID
+    # the run's status while this work runs (generating, then training for an auto_train run)
     status: str
     workers_busy: int = 0
     # the run's seat at the LLM rate budget, while it generates
@@ -122,17 +123,16 @@ class RunSupervisor:
         self,
         run_id: uuid.UUID,
         job_id: uuid.UUID,
-        status: str,
+        run_status: str,
         work: Callable[[WorkStatus], Coroutine[Any, Any, None]],
     ) -> WorkStatus:
-        """Runs `work(status)` as this user's current task; `status` is what the work reports
-        through while it runs. A user's work never overlaps: the run rule lets a command
-        start a run as soon as the last run's status is written, which its work does before
-        its last event and its job's end, so the new work waits for that tail. (It raised
-        here instead, after the command had committed: a proceed right after a failure was a
-        500 and left its run `generating` until its lease ran out.)"""
+        """Runs `work(reported)` as this user's current task, where `reported` is the
+        `WorkStatus` the work reports through (its run in `run_status` to begin with). A
+        user's work never overlaps: the run rule lets a command start a run as soon as the
+        last run's status is written, which its work does before its last event and its
+        job's end, so the new work waits for that tail."""
         previous = self._work if self.working else None
-        self.work = WorkStatus(run_id, job_id, status)
+        self.work = WorkStatus(run_id, job_id, run_status)
         self._work = asyncio.create_task(
             self._guard(self._after(previous, work, self.work), self.work), name=f"run:{run_id}"
         )

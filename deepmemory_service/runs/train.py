@@ -68,6 +68,26 @@ async def _within(call: Awaitable[T], seconds: float) -> T:
         return await call
 
 
+async def begin_after_generation(svc: Services, job: Job, generated: Run) -> Run | None:
+    """A run generated with `auto_train`, moved on to training within the same job (and
+    its stream told so); None when the run is no longer `generated`."""
+    async with svc.db.tx(lock_user=generated.user_id) as conn:
+        current = await conn.get_run(generated.id, generated.user_id, for_update=True)
+        if current is None or current.status is not RunStatus.GENERATED:
+            return None
+        training = await conn.start_training(current, svc.instance_id, svc.settings.lease.ttl_s)
+    await svc.events.emit(
+        job.id,
+        "status",
+        {
+            "run_id": str(generated.id),
+            "status": RunStatus.GENERATED,
+            "message": f"Generated {generated.pair_count} pairs; training next",
+        },
+    )
+    return training
+
+
 async def training_job(svc: Services, work: WorkStatus, run: Run, job: Job) -> None:
     events = svc.events
     progress = events.progress(job.id, run.id, svc.settings.generation.progress_hz)
@@ -120,10 +140,7 @@ async def training_job(svc: Services, work: WorkStatus, run: Run, job: Job) -> N
         message = _reason(exc, timeout_s, svc.settings.data_dir)
         log.warning("training failed", error=message)
         svc.metrics.training_failures += 1
-        await progress.flush()
-        await jobs.fail_run_and_job(
-            svc, job, run, RunStatus.TRAINING, RunStatus.TRAINING_FAILED, message
-        )
+        await jobs.fail(svc, job, run, RunStatus.TRAINING, progress, message)
         return
 
     await progress.flush()

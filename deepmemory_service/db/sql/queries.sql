@@ -1,15 +1,19 @@
--- Named queries; each starts with a `-- name: <name>` line. Loaded by db.py.
+-- Named queries; each starts with a `-- name: <name>` line and a line saying what it does.
+-- Loaded by database.py.
 
 -- name: user_lock
 -- Serialises a user's state-changing commands across every instance (released at commit).
 SELECT pg_advisory_xact_lock(hashtextextended('deepmemory:' || ($1::uuid)::text, 0));
 
 -- name: blocking_run
+-- The user's newest unfinished run (any status but completed): what blocks a new generate.
 SELECT id, status FROM training_runs
 WHERE user_id = $1 AND status <> 'completed'
 ORDER BY created_at DESC LIMIT 1;
 
 -- name: create_run
+-- A new generating run, leased to this instance, with a snapshot of the user's chunks (their
+-- count and highest id) and the completed run it may reuse questions from.
 INSERT INTO training_runs (id, user_id, status, questions_per_chunk, auto_train,
                            chunk_id_max, total_chunks, lease_owner, lease_expires_at,
                            reused_from)
@@ -75,18 +79,22 @@ WHERE user_id = $1 AND llm_calls > 0 AND generated_chunks > reused_chunks
 ORDER BY created_at DESC LIMIT 1;
 
 -- name: get_run
+-- One run of the user (another user's run is not found).
 SELECT * FROM training_runs WHERE id = $1 AND user_id = $2;
 
 -- name: get_run_for_update
+-- One run of the user, locked until the transaction ends.
 SELECT * FROM training_runs WHERE id = $1 AND user_id = $2 FOR UPDATE;
 
 -- name: list_runs
+-- The user's runs, newest first, each with the job that last worked on it.
 SELECT r.*, (SELECT j.id FROM jobs j WHERE j.run_id = r.id
              ORDER BY j.created_at DESC LIMIT 1) AS latest_job_id
 FROM training_runs r WHERE r.user_id = $1
 ORDER BY r.created_at DESC LIMIT $2;
 
 -- name: latest_job_id
+-- The job that last worked on a run.
 SELECT id FROM jobs WHERE run_id = $1 ORDER BY created_at DESC LIMIT 1;
 
 -- name: resume_run
@@ -98,6 +106,7 @@ WHERE id = $1 AND user_id = $2 AND status = $6
 RETURNING *;
 
 -- name: start_training
+-- A generated run moves to training, leased to this instance.
 UPDATE training_runs
 SET status = 'training', error_message = NULL, cancel_requested_at = NULL, lease_owner = $3,
     lease_expires_at = now() + make_interval(secs => $4), updated_at = now()
@@ -105,18 +114,23 @@ WHERE id = $1 AND user_id = $2 AND status = 'generated'
 RETURNING *;
 
 -- name: count_pairs
+-- How many pairs a run has.
 SELECT count(*) FROM training_pairs WHERE run_id = $1;
 
 -- name: delete_run
+-- Deletes one of the user's runs; its pairs, jobs and events go with it (ON DELETE CASCADE).
 DELETE FROM training_runs WHERE id = $1 AND user_id = $2;
 
 -- name: create_job
+-- A new running job of a run.
 INSERT INTO jobs (id, run_id, user_id, kind) VALUES ($1, $2, $3, $4) RETURNING *;
 
 -- name: get_job
+-- One job of the user (another user's job is not found).
 SELECT * FROM jobs WHERE id = $1 AND user_id = $2;
 
 -- name: finish_job
+-- A running job ends, succeeded or failed.
 UPDATE jobs SET status = $2, finished_at = now() WHERE id = $1 AND status = 'running';
 
 -- name: insert_event
@@ -129,6 +143,7 @@ SELECT e.id, pg_notify('deepmemory_events', json_build_object(
 FROM e;
 
 -- name: events_after
+-- A job's stored events after an id, in order (the replay of Last-Event-ID).
 SELECT id, job_id, event, data FROM job_events
 WHERE job_id = $1 AND id > $2 ORDER BY id LIMIT $3;
 
@@ -144,6 +159,7 @@ WHERE c.user_id = $1 AND c.id <= $2 AND c.id > $3
 ORDER BY c.id LIMIT $5;
 
 -- name: chunk_position
+-- A chunk's 1-based place among the user's chunks (a run's chunks go in id order).
 SELECT count(*) FROM chunks WHERE user_id = $1 AND id <= $2;
 
 -- name: insert_pairs
@@ -170,6 +186,8 @@ WHERE id = $1 AND status = 'generating' AND lease_owner = $5
 RETURNING generated_chunks, pair_count;
 
 -- name: finish_generation
+-- A generating run this instance holds becomes generated, once every chunk of its snapshot
+-- has pairs.
 UPDATE training_runs
 SET status = 'generated', lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
 WHERE id = $1 AND status = 'generating' AND lease_owner = $2
@@ -177,6 +195,7 @@ WHERE id = $1 AND status = 'generating' AND lease_owner = $2
 RETURNING *;
 
 -- name: fail_run
+-- A running run this instance holds fails with a message (Proceed and Delete then apply).
 UPDATE training_runs
 SET status = $2, error_message = $3, lease_owner = NULL, lease_expires_at = NULL,
     updated_at = now()
@@ -184,6 +203,7 @@ WHERE id = $1 AND status = $4 AND lease_owner = $5
 RETURNING *;
 
 -- name: complete_run
+-- A training run this instance holds completes, with its metrics.
 UPDATE training_runs
 SET status = 'completed', metrics = $3, lease_owner = NULL, lease_expires_at = NULL,
     updated_at = now(), completed_at = now()
@@ -191,9 +211,11 @@ WHERE id = $1 AND status = 'training' AND lease_owner = $2
 RETURNING *;
 
 -- name: run_pairs
+-- A run's pairs (chunk, question) in a stable order, for training.
 SELECT chunk_id, question FROM training_pairs WHERE run_id = $1 ORDER BY chunk_id, question_index;
 
 -- name: distinct_pair_chunks
+-- How many chunks a run's pairs cover.
 SELECT count(DISTINCT chunk_id) FROM training_pairs WHERE run_id = $1;
 
 -- name: renew_leases
@@ -234,17 +256,22 @@ WHERE lease_owner = $1 AND status IN ('generating', 'training')
 RETURNING *;
 
 -- name: running_jobs_of_run
+-- The jobs of a run still running.
 SELECT id FROM jobs WHERE run_id = $1 AND status = 'running';
 
 -- name: get_settings
+-- The user's Deep Memory settings, if any were recorded.
 SELECT s.enabled, s.last_trained_at, s.last_training_run_id, s.can_enable,
        s.can_enable_reason, s.trained_chunk_count, s.metrics
 FROM deep_memory_settings s WHERE s.user_id = $1;
 
 -- name: total_chunks
+-- How many chunks the user's catalog holds.
 SELECT total_chunks FROM corpora WHERE user_id = $1;
 
 -- name: record_training
+-- A completed training recorded in the user's settings: when, which run, how many chunks,
+-- whether its model may be enabled and why not.
 INSERT INTO deep_memory_settings AS s (user_id, last_trained_at, last_training_run_id,
     trained_chunk_count, can_enable, can_enable_reason, metrics, enabled)
 VALUES ($1, now(), $2, $3, $4, $5, $6, false)
@@ -255,6 +282,7 @@ SET last_trained_at = now(), last_training_run_id = $2, trained_chunk_count = $3
     enabled = s.enabled AND $4, updated_at = now();
 
 -- name: set_enabled
+-- Turns the user's Deep Memory on or off.
 INSERT INTO deep_memory_settings AS s (user_id, enabled) VALUES ($1, $2)
 ON CONFLICT (user_id) DO UPDATE SET enabled = $2, updated_at = now();
 
@@ -273,13 +301,16 @@ FROM unnest($2::uuid[], $3::text[], $4::integer[], $5::bytea[]) WITH ORDINALITY
 ORDER BY u.n;
 
 -- name: documents_with_digests
+-- Which of these document digests the user already has.
 SELECT DISTINCT digest FROM documents WHERE user_id = $1 AND digest = ANY($2::bytea[]);
 
 -- name: list_documents
+-- The user's documents, newest first.
 SELECT id, title, chunk_count, created_at FROM documents
 WHERE user_id = $1 ORDER BY created_at DESC, id LIMIT $2;
 
 -- name: document_count
+-- How many documents the user has.
 SELECT count(*) FROM documents WHERE user_id = $1;
 
 -- name: insert_chunks
@@ -303,6 +334,7 @@ FROM chunks c JOIN documents d ON d.id = c.document_id
 WHERE c.user_id = $1 AND c.id > $2 ORDER BY c.id LIMIT $3;
 
 -- name: run_counts
+-- How many runs there are of each status, over every user and instance (for /metrics).
 SELECT status, count(*) FROM training_runs GROUP BY status;
 
 -- name: budget_lock
@@ -315,6 +347,7 @@ RETURNING factor, adjusted_at, hold_until, paused_until, rate_limited,
           extract(epoch FROM clock_timestamp()) AS now;
 
 -- name: budget_save
+-- Stores a rate budget's shared state after an exchange (its row is locked by budget_lock).
 UPDATE llm_budgets
 SET factor = $2, adjusted_at = $3, hold_until = $4, paused_until = $5, rate_limited = $6
 WHERE key = $1;
@@ -337,22 +370,28 @@ SELECT instance_id, user_id, demand FROM llm_budget_claims
 WHERE key = $1 AND instance_id <> $2 AND updated_at > now() - make_interval(secs => $5);
 
 -- name: ping
+-- Whether the database answers.
 SELECT 1;
 
 -- name: migration_lock
+-- Held while migrating: instances that migrate at once take turns.
 SELECT pg_advisory_lock($1);
 
 -- name: migration_unlock
+-- Releases the migration lock.
 SELECT pg_advisory_unlock($1);
 
 -- name: create_migrations_table
+-- The table of applied migrations, made on first use.
 CREATE TABLE IF NOT EXISTS schema_migrations (
     version    integer PRIMARY KEY,
     name       text NOT NULL,
     applied_at timestamptz NOT NULL DEFAULT now());
 
 -- name: applied_migrations
+-- The versions of the migrations applied.
 SELECT version FROM schema_migrations;
 
 -- name: record_migration
+-- Records a migration as applied (in its own transaction).
 INSERT INTO schema_migrations (version, name) VALUES ($1, $2);
