@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import asyncpg
 import attrs
@@ -25,6 +25,8 @@ from deepmemory_service.db import migrations
 from deepmemory_service.db.embedded import EmbeddedPostgres
 from deepmemory_service.platform.config import OpenAIEmbeddingSettings, Settings, load_settings
 from deepmemory_service.runs.services import Services
+from deepmemory_service.testing.checks import pairs_per_chunk
+from deepmemory_service.testing.client import poll
 
 # the `cluster` fixture: real service processes on one database
 pytest_plugins = ("tests.cluster",)
@@ -251,26 +253,6 @@ class RunReader(Protocol):
     async def run(self, user_id: uuid.UUID, run_id: str) -> dict[str, Any]: ...
 
 
-T = TypeVar("T")
-
-
-async def poll(
-    probe: Callable[[], Awaitable[T]],
-    done: Callable[[T], bool],
-    failure: Callable[[T], str],
-    within: float = 30.0,
-) -> T:
-    """Calls `probe` until `done` holds for what it returns, and returns that; fails with
-    `failure(last value)` once `within` seconds have passed."""
-    deadline = time.monotonic() + within
-    while True:
-        value = await probe()
-        if done(value):
-            return value
-        assert time.monotonic() < deadline, failure(value)
-        await asyncio.sleep(0.02)
-
-
 async def wait_generated(
     client: RunReader, user_id: uuid.UUID, run_id: str, at_least: int, within: float = 60.0
 ) -> dict[str, Any]:
@@ -375,19 +357,9 @@ async def read_stream(
 
 async def assert_one_pair_set_per_chunk(db_url: str, run_id: str, qpc: int) -> None:
     """Every chunk of the run's snapshot has exactly `qpc` pairs: none missing, none twice."""
-    conn = await asyncpg.connect(db_url)
-    try:
-        rows = await conn.fetch(
-            "SELECT c.id, count(p.id) AS n FROM training_runs r "
-            "JOIN chunks c ON c.user_id = r.user_id AND c.id <= r.chunk_id_max "
-            "LEFT JOIN training_pairs p ON p.run_id = r.id AND p.chunk_id = c.id "
-            "WHERE r.id = $1 GROUP BY c.id",
-            uuid.UUID(run_id),
-        )
-    finally:
-        await conn.close()
-    assert rows
-    assert {r["n"] for r in rows} == {qpc}, "a chunk has missing or duplicate pairs"
+    counts = await pairs_per_chunk(db_url, run_id)
+    assert counts
+    assert set(counts) == {qpc}, "a chunk has missing or duplicate pairs"
 
 
 async def embeddings_api(

@@ -15,7 +15,7 @@ from deepmemory_service.llm.rate_budget import Lane
 from deepmemory_service.models import Chunk
 from deepmemory_service.testing.fakes import ControlledGenerator, ScriptedTrainer
 from deepmemory_service.testing.standin_llm import CONFIG
-from tests.cluster import ingest, wait_status
+from tests.cluster import ingest
 from tests.conftest import Api, assert_one_pair_set_per_chunk, read_stream, wait_generated
 from tests.test_gateway import gw
 
@@ -224,5 +224,5 @@ async def test_a_run_on_one_instance_is_cancelled_through_another(cluster: Any) 
         "POST", "/deep-memory/proceed", json={"user_id": str(user), "training_run_id": run_id}
     )
     assert code == 202
-    await wait_status(b, user, run_id, "generated")
+    await b.until(user, run_id, "generated")
     await assert_one_pair_set_per_chunk(db_url, run_id, 1)

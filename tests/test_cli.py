@@ -22,7 +22,7 @@ import pytest
 from deepmemory_service.gateway.auth import verify
 from deepmemory_service.gateway.login import PASTE_FORM
 from deepmemory_service.platform.config import CHECKOUT, load_settings
-from tests.cluster import free_port
+from deepmemory_service.testing.client import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 USER = "11111111-1111-4111-8111-111111111111"

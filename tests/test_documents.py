@@ -7,7 +7,8 @@ from typing import Any
 
 from deepmemory_service.storage import deeplake_compat
 from deepmemory_service.storage.embedders import HashingEmbedder
-from tests.conftest import Api, poll
+from deepmemory_service.testing.client import poll
+from tests.conftest import Api
 
 
 async def test_documents_are_chunked_embedded_and_stored(api: Api, user_id: uuid.UUID) -> None:

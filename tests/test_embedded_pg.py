@@ -25,8 +25,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from deepmemory_service.db.embedded import EmbeddedPostgres
-from tests.cluster import free_port
-from tests.conftest import poll
+from deepmemory_service.testing.client import free_port, poll
 
 
 def slow_pg_ctl_start(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:

@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 
 from deepmemory_service.testing.standin_llm import CONFIG, STATS
-from tests.cluster import Instance, ingest, read_events, signal_while_writing, wait_status
+from tests.cluster import Instance, ingest, read_events, signal_while_writing
 from tests.conftest import assert_one_pair_set_per_chunk, wait_generated
 
 KILLS = int(os.environ.get("DEEPMEMORY_TEST_KILLS", "10"))
@@ -87,7 +87,7 @@ async def test_kill_9_during_generation_leaves_every_run_recoverable(cluster: An
         await asyncio.sleep(rng.uniform(0.0, 0.25))
         instance.kill()
         instance = await start()
-        run = await wait_status(instance, user, run_id, "generating_failed", "generated")
+        run = await instance.until(user, run_id, "generating_failed", "generated")
         if run["status"] == "generated":
             break
         assert "The worker running this run was lost" in run["error_message"]
@@ -99,7 +99,7 @@ async def test_kill_9_during_generation_leaves_every_run_recoverable(cluster: An
         assert reply["message"].startswith("Resuming generation from chunk ")
     assert mid_run >= KILLS // 2, f"only {mid_run} kills landed during generation"
     standin.app[CONFIG].latency_ms = 0
-    await wait_status(instance, user, run_id, "generated")
+    await instance.until(user, run_id, "generated")
     await assert_one_pair_set_per_chunk(db_url, run_id, 2)
 
 
@@ -112,7 +112,7 @@ async def test_proceed_and_delete_racing_on_one_failed_run(cluster: Any) -> None
         standin.app[CONFIG].fail_after = standin.app[STATS].calls + 4
         _, body = await a.call("POST", "/deep-memory/generate", json={"user_id": str(user)})
         run_id = body["training_run_id"]
-        await wait_status(a, user, run_id, "generating_failed")
+        await a.until(user, run_id, "generating_failed")
         standin.app[CONFIG].fail_after = None
         (p_code, _), (d_code, d_body) = await asyncio.gather(
             a.call(
@@ -125,7 +125,7 @@ async def test_proceed_and_delete_racing_on_one_failed_run(cluster: Any) -> None
         if p_code == 202:
             # proceed won: the run is resuming, so the delete saw it unfailed or gone
             assert d_code == 400
-            await wait_status(a, user, run_id, "generated")
+            await a.until(user, run_id, "generated")
             await assert_one_pair_set_per_chunk(db_url, run_id, 3)
         else:
             assert d_code == 200, d_body
@@ -191,7 +191,7 @@ async def test_sigterm_mid_run_fails_the_run_cleanly_and_exits(cluster: Any) -> 
     )
     assert code == 202, reply
     assert reply["message"] == f"Resuming generation from chunk {done}/200"
-    await wait_status(b, user, run_id, "generated")
+    await b.until(user, run_id, "generated")
     await assert_one_pair_set_per_chunk(db_url, run_id, 2)
 
 

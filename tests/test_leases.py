@@ -10,8 +10,9 @@ import asyncpg
 import attrs
 
 from deepmemory_service.runs import leases
+from deepmemory_service.testing.client import poll
 from deepmemory_service.testing.fakes import ControlledGenerator
-from tests.conftest import Api, poll, read_stream
+from tests.conftest import Api, read_stream
 
 
 async def held_run(

@@ -12,7 +12,8 @@ import pytest
 from aiohttp import web
 
 from deepmemory_service.api.middlewares import json_errors, request_context
-from tests.conftest import Api, poll
+from deepmemory_service.testing.client import poll
+from tests.conftest import Api
 
 
 async def test_a_handler_that_finds_the_database_down_runs_once(aiohttp_client: Any) -> None:

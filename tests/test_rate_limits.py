@@ -12,6 +12,7 @@ from typing import Any
 import attrs
 
 from deepmemory_service.platform.config import Settings
+from deepmemory_service.testing.client import poll
 from deepmemory_service.testing.standin_llm import (
     CONFIG,
     LIMITS,
@@ -19,8 +20,8 @@ from deepmemory_service.testing.standin_llm import (
     StandinConfig,
     create_standin_app,
 )
-from tests.cluster import Instance, ingest, wait_status
-from tests.conftest import Api, assert_one_pair_set_per_chunk, poll, read_stream
+from tests.cluster import Instance, ingest
+from tests.conftest import Api, assert_one_pair_set_per_chunk, read_stream
 
 
 async def generated(instance: Instance, user: uuid.UUID, run_id: str) -> int:
@@ -83,7 +84,7 @@ async def test_two_instances_share_one_budget_fairly_between_four_users(cluster:
     assert all(abs(s - fair) <= 0.2 * fair for s in shares), f"shares {shares}, fair {fair:.1f}"
 
     for place, user, run_id in zip(places, users, run_ids, strict=True):
-        await wait_status(place, user, run_id, "generated")
+        await place.until(user, run_id, "generated")
         await assert_one_pair_set_per_chunk(db_url, run_id, 1)
     stats = standin.app[STATS]
     assert stats.successes == sum(sizes)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import free_port
+from deepmemory_service.testing.client import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## API walk-through with curl"

@@ -25,8 +25,9 @@ from structlog.testing import capture_logs
 from deepmemory_service.models import JobEvent
 from deepmemory_service.platform.config import Settings
 from deepmemory_service.runs.broadcaster import Subscription
+from deepmemory_service.testing.client import poll
 from deepmemory_service.testing.fakes import ControlledGenerator
-from tests.conftest import Api, SseEvent, poll, read_stream
+from tests.conftest import Api, SseEvent, read_stream
 
 
 async def test_stream_carries_progress_to_done_and_replays_after_last_event_id(

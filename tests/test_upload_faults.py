@@ -26,7 +26,7 @@ import asyncpg
 import pytest
 
 from deepmemory_service.storage.store import ChunkStore
-from tests.cluster import Instance, signal_while_writing, wait_status
+from tests.cluster import Instance, signal_while_writing
 
 KILLS = int(os.environ.get("DEEPMEMORY_TEST_UPLOAD_KILLS", "6"))
 SEED = int(os.environ.get("DEEPMEMORY_TEST_SEED", "11"))
@@ -127,7 +127,7 @@ async def end_with_upload_and_generate(
         "POST", "/deep-memory/generate", json={"user_id": str(user), "questions_per_chunk": 1}
     )
     assert code == 202, body
-    run = await wait_status(instance, user, body["training_run_id"], "generated", within=120)
+    run = await instance.until(user, body["training_run_id"], "generated", within=120)
     assert run["generated_chunks"] == run["total_chunks"] > 0
 
 

@@ -14,8 +14,9 @@ import attrs
 from deepmemory_service.platform.config import Settings
 from deepmemory_service.storage.embedders import HashingEmbedder
 from deepmemory_service.storage.store import ChunkStore
+from deepmemory_service.testing.client import poll
 from deepmemory_service.vectors import Matrix
-from tests.conftest import Api, poll
+from tests.conftest import Api
 
 
 class HeldEmbedder(HashingEmbedder):
