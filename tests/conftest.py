@@ -31,40 +31,29 @@ from deepmemory_service.testing.client import poll
 # the `cluster` fixture: real service processes on one database
 pytest_plugins = ("tests.cluster",)
 
-# The modules whose subject is what the database does (its schema and migrations, locks,
-# transactions, leases, LISTEN/NOTIFY, connections lost, what it can store): CI runs them a
-# second time against the machine's PostgreSQL (`-m database`), a server of another version
-# and over TCP, where a difference would show. The CLI, README, packaging, page, embedder,
-# trainer and pure-logic modules touch it only to set up, and run once, on the embedded one.
-DATABASE_FACING = frozenset(
-    {
-        "test_bad_input",
-        "test_cancel",
-        "test_db_faults",
-        "test_documents",
-        "test_incremental",
-        "test_instances",
-        "test_leases",
-        "test_metrics",
-        "test_middlewares",
-        "test_rate_limits",
-        "test_runs_api",
-        "test_schema",
-        "test_sse",
-        "test_store_versions",
-        "test_upload_faults",
-        "test_upload_limits",
-    }
-)
+# the kinds of test, each a folder of tests/ whose tests it marks (setup.cfg says what each holds)
+KINDS = ("unit", "service", "processes", "browser")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # a module renamed or gone must not silently leave the second pass
-    missing = {m for m in DATABASE_FACING if not (Path(__file__).parent / f"{m}.py").is_file()}
-    if missing:
-        raise pytest.UsageError(f"DATABASE_FACING names no test module: {sorted(missing)}")
+    """Marks each test with its folder's kind, and with `database` when it uses the
+    PostgreSQL under test (its fixtures reach `pg_url`): CI runs those of the kinds that use
+    a database a second time against the machine's PostgreSQL (.ci/run says which)."""
+    tests = Path(__file__).parent
     for item in items:
-        if item.path.stem in DATABASE_FACING:
+        kind = item.path.relative_to(tests).parts[0]
+        if kind not in KINDS:
+            raise pytest.UsageError(
+                f"{item.path.relative_to(tests.parent)} is in no folder of a kind: "
+                f"tests/{{{','.join(KINDS)}}}/"
+            )
+        item.add_marker(kind)
+        fixtures = getattr(item, "fixturenames", ())
+        if kind == "unit" and "pg_url" in fixtures:
+            raise pytest.UsageError(f"{item.nodeid} uses PostgreSQL: it belongs in tests/service/")
+        if kind == "service" and "cluster" in fixtures:
+            raise pytest.UsageError(f"{item.nodeid} starts processes: it goes in tests/processes/")
+        if "pg_url" in fixtures:
             item.add_marker(pytest.mark.database)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # what a checkout holds besides the repository's own files
 NOT_OURS = {".git", ".venv", "var", ".mypy_cache", ".ruff_cache", ".pytest_cache"}
 TEXT = {".md", ".py", ".sh", ".toml", ".cfg", ".sql", ".html", ".js", ".css", ".txt", ""}

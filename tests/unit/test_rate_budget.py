@@ -1,5 +1,5 @@
 """The shared LLM rate budget: its arithmetic, and budgets of several instances meeting in
-one store (in memory here; tests/test_rate_limits.py runs real processes on PostgreSQL)."""
+one store (in memory here; processes/test_shared_budget.py runs real processes on PostgreSQL)."""
 
 from __future__ import annotations
 

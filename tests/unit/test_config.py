@@ -1,4 +1,5 @@
-"""Configuration: TOML defaults, DEEPMEMORY_* overrides, errors that name the setting."""
+"""Configuration: TOML defaults, DEEPMEMORY_* overrides, errors that name the setting; in a
+checkout, the defaults' one copy and the data directory scripts/serve uses."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from deepmemory_service.platform.config import ConfigError, env_names, load_settings
+from deepmemory_service.platform.config import CHECKOUT, ConfigError, env_names, load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_environment_overrides_defaults() -> None:
@@ -100,3 +103,17 @@ def test_every_setting_has_one_environment_name() -> None:
     assert names["DEEPMEMORY_LLM_MAX_RETRIES"] == ("llm", "max_retries")
     assert names["DEEPMEMORY_TRAINER"] == ("trainer",)
     assert len(set(names.values())) == len(names)
+
+
+def test_the_checkouts_config_folder_links_to_the_packaged_defaults() -> None:
+    """One copy of the defaults: the file an operator copies is the one the package reads."""
+    from deepmemory_service.platform.config import DEFAULT_CONFIG
+
+    linked = ROOT / "config" / "default.toml"
+    assert linked.is_symlink()
+    assert linked.resolve() == Path(str(DEFAULT_CONFIG)).resolve()
+
+
+def test_the_data_dir_defaults_to_the_checkouts_var_where_scripts_serve_keeps_it() -> None:
+    assert load_settings({}).data_dir == str(CHECKOUT / "var")
+    assert (ROOT / "scripts" / "serve").read_text().count("use_checkout_instance") == 1

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "deepmemory_service"
+PACKAGE = Path(__file__).resolve().parents[2] / "deepmemory_service"
 NAME = PACKAGE.name
 
 # the modules directly in the package that every layer may use: the domain's words

@@ -1,5 +1,6 @@
 """`GET /metrics`: Prometheus text, runs by status read at most once per interval whatever the
-scrape rate, and a bearer token when one is configured."""
+scrape rate (the cache on its own: unit/test_metrics_cache.py), and a bearer token when one
+is configured."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from typing import Any
 import attrs
 
 from deepmemory_service.platform.config import Settings
-from deepmemory_service.platform.metrics import Cached
 from tests.conftest import Api
 
 
@@ -33,19 +33,6 @@ async def test_runs_by_status_are_read_once_per_interval_not_per_scrape(
     results = await asyncio.gather(*(scrape(api) for _ in range(20)))
     assert {code for code, _ in results} == {200}
     assert api.services.metrics.run_counts.reads == 1, "a GROUP BY over all runs per scrape"
-
-
-async def test_the_count_is_read_again_once_the_interval_is_over() -> None:
-    reads = iter([{"generated": 1}, {"generated": 1, "completed": 1}])
-
-    async def read() -> dict[str, int]:
-        return next(reads)
-
-    fresh = Cached(read, ttl_s=3600)
-    assert await fresh.get() == await fresh.get() == {"generated": 1}
-    assert fresh.reads == 1
-    stale = Cached(read, ttl_s=0)
-    assert await stale.get() == {"generated": 1, "completed": 1}
 
 
 async def test_metrics_need_the_token_when_one_is_set(api_factory: Any, settings: Settings) -> None:

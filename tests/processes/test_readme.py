@@ -15,7 +15,7 @@ import pytest
 
 from deepmemory_service.testing.client import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SECTION = "## API walk-through with curl"
 # the README's ports, swapped for free ones (other servers may hold 8080 and 8900 here)
 PORTS = ("PORT=8080", "LLM_PORT=8900")

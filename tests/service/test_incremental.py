@@ -10,7 +10,7 @@ from typing import Any
 from deepmemory_service.gateway.auth import mint_token
 from deepmemory_service.testing.fakes import ControlledGenerator, ScriptedTrainer
 from tests.conftest import Api, paragraph, read_stream
-from tests.test_gateway import gw
+from tests.service.test_gateway import gw
 
 
 async def generate(api: Api, user: uuid.UUID, **extra: Any) -> dict[str, Any]:

@@ -21,10 +21,10 @@ import pytest
 
 from deepmemory_service.gateway.auth import verify
 from deepmemory_service.gateway.login import PASTE_FORM
-from deepmemory_service.platform.config import CHECKOUT, load_settings
+from deepmemory_service.platform.config import load_settings
 from deepmemory_service.testing.client import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 USER = "11111111-1111-4111-8111-111111111111"
 KEY = "a-key-of-at-least-thirty-two-bytes-for-hs256"
 
@@ -56,11 +56,6 @@ def cli(args: Sequence[str], env: dict[str, str], *, command: Sequence[str] = ()
     )
     assert "Traceback" not in done.stderr, done.stderr
     return Ran(done.returncode, done.stdout, done.stderr)
-
-
-def test_the_data_dir_defaults_to_the_checkouts_var_where_scripts_serve_keeps_it() -> None:
-    assert load_settings({}).data_dir == str(CHECKOUT / "var")
-    assert (ROOT / "scripts" / "serve").read_text().count("use_checkout_instance") == 1
 
 
 def test_token_signs_with_the_key_kept_in_the_data_dir(tmp_path: Path) -> None:
