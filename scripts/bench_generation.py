@@ -39,13 +39,14 @@ from typing import Any
 import aiohttp
 import asyncpg
 from aiohttp import web
-from benchlib import Standin, free_port, fresh_database, standin  # scripts/, beside this file
+from benchlib import Standin, fresh_database, standin  # scripts/, beside this file
 from load_cluster import ADMIN, Cluster
 from load_cluster import TOKEN as LOAD_TOKEN
 
 from deepmemory_service.app import create_app
 from deepmemory_service.platform import logs
 from deepmemory_service.platform.config import Settings, load_settings
+from deepmemory_service.testing.client import free_port
 
 TOKEN = "bench-token"
 

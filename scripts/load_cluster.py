@@ -15,7 +15,9 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 import psutil
-from benchlib import Standin, free_port, stop_process, wait_http  # scripts/, beside this file
+from benchlib import Standin, stop_process, wait_http  # scripts/, beside this file
+
+from deepmemory_service.testing.client import free_port
 
 TOKEN = "bench-load-token"
 ADMIN = "bench-load-admin"
