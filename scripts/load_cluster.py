@@ -32,8 +32,12 @@ class Instance:
     log: Path
 
     @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
     def api(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1/api"
+        return f"{self.url}/v1/api"
 
     def rss(self) -> int:
         return int(psutil.Process(self.proc.pid).memory_info().rss)
