@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Retrieval with and without the local Deep Memory model, on a real public corpus.
 
 The corpus is CPython's own language reference help text (`pydoc_data.topics`, shipped
@@ -26,44 +25,35 @@ documents; see scripts/bench_human.py. `--help` lists its options.
 
 from __future__ import annotations
 
-import os
+import argparse
+import asyncio
+import importlib.util
+import logging
 import sys
+import tempfile
+import time
+import uuid
 from pathlib import Path
+from pydoc_data.topics import topics
+from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
-if Path(sys.prefix).resolve() != (ROOT / ".venv").resolve() and VENV_PYTHON.exists():
-    # the venv's own interpreter, with the same arguments: no shell involved
-    os.execv(str(VENV_PYTHON), [str(VENV_PYTHON), __file__, *sys.argv[1:]])  # noqa: S606
-sys.path.insert(0, str(ROOT))
+import attrs
+import bench_human as human_bench  # scripts/, beside this file
+import numpy as np
+import structlog
 
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import importlib.util  # noqa: E402
-import logging  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-import uuid  # noqa: E402
-from pydoc_data.topics import topics  # noqa: E402
-from typing import Any  # noqa: E402
-
-import attrs  # noqa: E402
-import bench_human as human_bench  # noqa: E402  (scripts/, beside this file)
-import numpy as np  # noqa: E402
-import structlog  # noqa: E402
-
-from deepmemory_service.llm.generators import OfflineQuestionGenerator  # noqa: E402
-from deepmemory_service.models import Chunk  # noqa: E402
-from deepmemory_service.platform.config import load_settings  # noqa: E402
-from deepmemory_service.storage.dataset import Rows  # noqa: E402
-from deepmemory_service.storage.embedders import Embedder, HashingEmbedder  # noqa: E402
-from deepmemory_service.storage.store import ChunkStore  # noqa: E402
-from deepmemory_service.text import chunking  # noqa: E402
-from deepmemory_service.training.adapter import model_path  # noqa: E402
-from deepmemory_service.training.blas import blas_threads, cores  # noqa: E402
-from deepmemory_service.training.local import LocalTrainer  # noqa: E402
-from deepmemory_service.training.ranking import KS  # noqa: E402
-from deepmemory_service.training.trainer import TrainingProgress, TrainingRequest  # noqa: E402
+from deepmemory_service.llm.generators import OfflineQuestionGenerator
+from deepmemory_service.models import Chunk
+from deepmemory_service.platform.config import load_settings
+from deepmemory_service.storage.dataset import Rows
+from deepmemory_service.storage.embedders import Embedder, HashingEmbedder
+from deepmemory_service.storage.store import ChunkStore
+from deepmemory_service.text import chunking
+from deepmemory_service.training.adapter import model_path
+from deepmemory_service.training.blas import blas_threads, cores
+from deepmemory_service.training.local import LocalTrainer
+from deepmemory_service.training.ranking import KS
+from deepmemory_service.training.trainer import TrainingProgress, TrainingRequest
 
 # the run id seeds the trainer's test/validation split; the first is the one tabled
 RUN_IDS = [uuid.UUID(f"00000000-0000-4000-8000-{n:012x}") for n in (0xBEC, 1, 2, 3, 4)]
