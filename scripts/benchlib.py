@@ -1,5 +1,6 @@
-"""What the benchmarks share: a free loopback port, a fresh migrated database, latency
-percentiles, the stand-in LLM process, and starting and stopping processes."""
+"""What the benchmarks share: a fresh migrated database, latency percentiles, the stand-in LLM
+process, and starting and stopping processes (the client of a running instance and a free
+loopback port are the tests' too: `deepmemory_service.testing.client`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,15 +28,9 @@ import yarl
 
 from deepmemory_service.db import migrations
 from deepmemory_service.db.embedded import EmbeddedPostgres
+from deepmemory_service.testing.client import free_port
 
 SYSTEM_PG = "postgresql://postgres@127.0.0.1:5432/test"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @asynccontextmanager

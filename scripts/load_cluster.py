@@ -15,7 +15,9 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 import psutil
-from benchlib import Standin, free_port, stop_process, wait_http  # scripts/, beside this file
+from benchlib import Standin, stop_process, wait_http  # scripts/, beside this file
+
+from deepmemory_service.testing.client import free_port
 
 TOKEN = "bench-load-token"
 ADMIN = "bench-load-admin"
@@ -30,8 +32,12 @@ class Instance:
     log: Path
 
     @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
     def api(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1/api"
+        return f"{self.url}/v1/api"
 
     def rss(self) -> int:
         return int(psutil.Process(self.proc.pid).memory_info().rss)

@@ -1,5 +1,5 @@
 """Real `serve` processes on one fresh database, for the tests that kill, stop or starve
-them: the `cluster` fixture and helpers to call an instance (a pytest plugin of conftest)."""
+them: the `cluster` fixture, each instance an `Api` to call (a pytest plugin of conftest)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,22 +21,16 @@ import attrs
 import psutil
 import pytest
 
+from deepmemory_service.testing.client import Api, free_port
 from deepmemory_service.testing.standin_llm import StandinConfig, create_standin_app
-from tests.conftest import poll
 
 TOKEN = "instances-service-token"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+@attrs.define(kw_only=True)
+class Instance(Api):
+    """A `serve` process, called through its API (`call`, `run`, `until`)."""
 
-
-@attrs.define
-class Instance:
-    url: str
     proc: subprocess.Popen[bytes]
     log: Path
 
@@ -59,21 +52,6 @@ class Instance:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
-
-    async def call(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
-        headers = {"Authorization": f"Bearer {TOKEN}"}
-        async with (
-            aiohttp.ClientSession(headers=headers) as http,
-            http.request(method, f"{self.url}/v1/api{path}", **kwargs) as resp,
-        ):
-            return resp.status, await resp.json()
-
-    async def run(self, user: uuid.UUID, run_id: str) -> dict[str, Any]:
-        code, run = await self.call(
-            "GET", f"/deep-memory/runs/{run_id}", params={"user_id": str(user)}
-        )
-        assert code == 200, run
-        return dict(run)
 
 
 @pytest.fixture
@@ -122,7 +100,7 @@ async def cluster(
                 stderr=stderr,
                 start_new_session=True,
             )
-        instance = Instance(f"http://127.0.0.1:{port}", proc, log)
+        instance = Instance(url=f"http://127.0.0.1:{port}", token=TOKEN, proc=proc, log=log)
         started.append(instance)
         deadline = time.monotonic() + 60
         async with aiohttp.ClientSession() as http:
@@ -180,17 +158,6 @@ async def ingest(instance: Instance, user: uuid.UUID, n: int) -> None:
     assert code == 201, body
 
 
-async def wait_status(
-    instance: Instance, user: uuid.UUID, run_id: str, *statuses: str, within: float = 60
-) -> dict[str, Any]:
-    return await poll(
-        lambda: instance.run(user, run_id),
-        lambda run: run["status"] in statuses,
-        lambda run: f"run stayed {run['status']}",
-        within,
-    )
-
-
 async def read_events(
     instance: Instance, user: uuid.UUID, job_id: str
 ) -> list[tuple[str, str, dict[str, Any]]]:
@@ -201,7 +168,7 @@ async def read_events(
         http.get(
             f"{instance.url}/v1/api/events/stream/{job_id}",
             params={"user_id": str(user)},
-            headers={"Authorization": f"Bearer {TOKEN}"},
+            headers={"Authorization": f"Bearer {instance.token}"},
         ) as resp,
     ):
         assert resp.status == 200

@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import asyncpg
 import attrs
@@ -25,44 +25,35 @@ from deepmemory_service.db import migrations
 from deepmemory_service.db.embedded import EmbeddedPostgres
 from deepmemory_service.platform.config import OpenAIEmbeddingSettings, Settings, load_settings
 from deepmemory_service.runs.services import Services
+from deepmemory_service.testing.checks import pairs_per_chunk
+from deepmemory_service.testing.client import poll
 
 # the `cluster` fixture: real service processes on one database
 pytest_plugins = ("tests.cluster",)
 
-# The modules whose subject is what the database does (its schema and migrations, locks,
-# transactions, leases, LISTEN/NOTIFY, connections lost, what it can store): CI runs them a
-# second time against the machine's PostgreSQL (`-m database`), a server of another version
-# and over TCP, where a difference would show. The CLI, README, packaging, page, embedder,
-# trainer and pure-logic modules touch it only to set up, and run once, on the embedded one.
-DATABASE_FACING = frozenset(
-    {
-        "test_bad_input",
-        "test_cancel",
-        "test_db_faults",
-        "test_documents",
-        "test_incremental",
-        "test_instances",
-        "test_leases",
-        "test_metrics",
-        "test_middlewares",
-        "test_rate_limits",
-        "test_runs_api",
-        "test_schema",
-        "test_sse",
-        "test_store_versions",
-        "test_upload_faults",
-        "test_upload_limits",
-    }
-)
+# the kinds of test, each a folder of tests/ whose tests it marks (setup.cfg says what each holds)
+KINDS = ("unit", "service", "processes", "browser")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # a module renamed or gone must not silently leave the second pass
-    missing = {m for m in DATABASE_FACING if not (Path(__file__).parent / f"{m}.py").is_file()}
-    if missing:
-        raise pytest.UsageError(f"DATABASE_FACING names no test module: {sorted(missing)}")
+    """Marks each test with its folder's kind, and with `database` when it uses the
+    PostgreSQL under test (its fixtures reach `pg_url`): CI runs those of the kinds that use
+    a database a second time against the machine's PostgreSQL (.ci/run says which)."""
+    tests = Path(__file__).parent
     for item in items:
-        if item.path.stem in DATABASE_FACING:
+        kind = item.path.relative_to(tests).parts[0]
+        if kind not in KINDS:
+            raise pytest.UsageError(
+                f"{item.path.relative_to(tests.parent)} is in no folder of a kind: "
+                f"tests/{{{','.join(KINDS)}}}/"
+            )
+        item.add_marker(kind)
+        fixtures = getattr(item, "fixturenames", ())
+        if kind == "unit" and "pg_url" in fixtures:
+            raise pytest.UsageError(f"{item.nodeid} uses PostgreSQL: it belongs in tests/service/")
+        if kind == "service" and "cluster" in fixtures:
+            raise pytest.UsageError(f"{item.nodeid} starts processes: it goes in tests/processes/")
+        if "pg_url" in fixtures:
             item.add_marker(pytest.mark.database)
 
 
@@ -251,26 +242,6 @@ class RunReader(Protocol):
     async def run(self, user_id: uuid.UUID, run_id: str) -> dict[str, Any]: ...
 
 
-T = TypeVar("T")
-
-
-async def poll(
-    probe: Callable[[], Awaitable[T]],
-    done: Callable[[T], bool],
-    failure: Callable[[T], str],
-    within: float = 30.0,
-) -> T:
-    """Calls `probe` until `done` holds for what it returns, and returns that; fails with
-    `failure(last value)` once `within` seconds have passed."""
-    deadline = time.monotonic() + within
-    while True:
-        value = await probe()
-        if done(value):
-            return value
-        assert time.monotonic() < deadline, failure(value)
-        await asyncio.sleep(0.02)
-
-
 async def wait_generated(
     client: RunReader, user_id: uuid.UUID, run_id: str, at_least: int, within: float = 60.0
 ) -> dict[str, Any]:
@@ -375,19 +346,9 @@ async def read_stream(
 
 async def assert_one_pair_set_per_chunk(db_url: str, run_id: str, qpc: int) -> None:
     """Every chunk of the run's snapshot has exactly `qpc` pairs: none missing, none twice."""
-    conn = await asyncpg.connect(db_url)
-    try:
-        rows = await conn.fetch(
-            "SELECT c.id, count(p.id) AS n FROM training_runs r "
-            "JOIN chunks c ON c.user_id = r.user_id AND c.id <= r.chunk_id_max "
-            "LEFT JOIN training_pairs p ON p.run_id = r.id AND p.chunk_id = c.id "
-            "WHERE r.id = $1 GROUP BY c.id",
-            uuid.UUID(run_id),
-        )
-    finally:
-        await conn.close()
-    assert rows
-    assert {r["n"] for r in rows} == {qpc}, "a chunk has missing or duplicate pairs"
+    counts = await pairs_per_chunk(db_url, run_id)
+    assert counts
+    assert set(counts) == {qpc}, "a chunk has missing or duplicate pairs"
 
 
 async def embeddings_api(

@@ -403,6 +403,10 @@ class Conn:
         value: int = await self._fetchval("distinct_pair_chunks", run_id)
         return value
 
+    async def pairs_per_snapshot_chunk(self, run_id: uuid.UUID) -> list[int]:
+        """The pair count of each chunk of the run's snapshot (0 for one without pairs)."""
+        return [r["n"] for r in await self._fetch("pairs_per_snapshot_chunk", run_id)]
+
     async def add_documents(
         self, user_id: uuid.UUID, documents: Sequence[tuple[str | None, Sequence[str], bytes]]
     ) -> tuple[list[uuid.UUID], list[int]]:

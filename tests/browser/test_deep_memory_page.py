@@ -9,17 +9,15 @@ import uuid
 from typing import Any
 
 import attrs
-import pytest
 from playwright.async_api import expect
 
 from deepmemory_service.gateway.auth import mint_token
 from deepmemory_service.testing.fakes import ControlledGenerator, ScriptedTrainer
 from tests.browser.conftest import phone_shot, shot
 from tests.conftest import Api
-from tests.test_runs_api import force_status
-from tests.test_training import NOISE, NoisyGenerator
+from tests.service.test_runs_api import force_status
+from tests.service.test_training import NOISE, NoisyGenerator
 
-pytestmark = pytest.mark.browser
 TIMEOUT = 20_000
 
 

@@ -8,7 +8,6 @@ import uuid
 from typing import Any
 
 import attrs
-import pytest
 from playwright.async_api import expect
 
 from deepmemory_service.testing.fakes import ScriptedTrainer
@@ -16,9 +15,7 @@ from deepmemory_service.testing.standin_llm import STATS, StandinConfig, create_
 from tests.browser.conftest import shot
 from tests.browser.test_deep_memory_page import TIMEOUT, open_page
 from tests.conftest import Api, paragraph
-from tests.test_cancel import SlowGenerator
-
-pytestmark = pytest.mark.browser
+from tests.service.test_cancel import SlowGenerator
 
 
 async def add_texts(api: Api, user: uuid.UUID, texts: list[str]) -> None:

@@ -11,15 +11,12 @@ from importlib import resources
 from typing import Any
 
 import attrs
-import pytest
 from playwright.async_api import expect
 
 from deepmemory_service.testing.fakes import ControlledGenerator, ScriptedTrainer
 from tests.browser.conftest import phone_shot, shot
 from tests.browser.test_deep_memory_page import TIMEOUT, open_page
 from tests.conftest import Api
-
-pytestmark = pytest.mark.browser
 
 DEMO = resources.files("deepmemory_service").joinpath("data/us-founding-documents.md").read_text()
 

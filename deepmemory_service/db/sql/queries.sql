@@ -218,6 +218,15 @@ SELECT chunk_id, question FROM training_pairs WHERE run_id = $1 ORDER BY chunk_i
 -- How many chunks a run's pairs cover.
 SELECT count(DISTINCT chunk_id) FROM training_pairs WHERE run_id = $1;
 
+-- name: pairs_per_snapshot_chunk
+-- How many pairs each chunk of the run's snapshot has, 0 for a chunk without any: a run
+-- with one pair set per chunk has its questions per chunk for each (a check for tests and
+-- benchmarks: none missing, none twice).
+SELECT count(p.id) AS n FROM training_runs r
+JOIN chunks c ON c.user_id = r.user_id AND c.id <= r.chunk_id_max
+LEFT JOIN training_pairs p ON p.run_id = r.id AND p.chunk_id = c.id
+WHERE r.id = $1 GROUP BY c.id;
+
 -- name: renew_leases
 -- Only runs with live work here: a run whose work died unrecorded must expire and be swept.
 -- Says which of them a user asked to cancel (in case the NOTIFY was missed).

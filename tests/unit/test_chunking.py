@@ -1,0 +1,16 @@
+"""The chunker: chunks of at most the size, split at sections, neighbours overlapping."""
+
+from __future__ import annotations
+
+from deepmemory_service.text import chunking
+
+
+def test_chunks_respect_size_sections_and_overlap() -> None:
+    text = "# One\n\n" + " ".join(f"word{i}." for i in range(600)) + "\n\n# Two\n\nShort."
+    chunks = chunking.split(text, size=500, overlap=50)
+    assert all(len(c) <= 500 for c in chunks)
+    assert chunks[-1] == "# Two\n\nShort."
+    assert not any("# Two" in c for c in chunks[:-1])
+    # neighbouring chunks of one section share a little text
+    assert chunks[1].split()[0] in chunks[0]
+    assert chunking.split("   \n\n  ") == []
