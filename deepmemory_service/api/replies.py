@@ -40,13 +40,30 @@ class SearchReply:
 
 @frozen
 class DocumentsReply:
-    """A user's documents, newest first, and the largest body a POST /documents may have
-    (so that a client can split a large upload)."""
+    """A user's documents, newest first, the largest body a POST /documents may have (so
+    that a client can split a large upload), and the largest file POST /documents/file
+    takes."""
 
     documents: list[Document]
     total_documents: int
     total_chunks: int
     max_body_bytes: int
+    # the largest file POST /documents/file takes
+    max_file_bytes: int
+
+
+@frozen
+class FileAdded:
+    """A file added as one document: its id (None when it was skipped as `unchanged`: the
+    user has a document of the same title and text), the encoding its bytes were read in,
+    its chunks and the user's total."""
+
+    title: str
+    encoding: str
+    chunks: int
+    total_chunks: int
+    unchanged: bool
+    document_id: uuid.UUID | None = None
 
 
 @frozen
