@@ -118,6 +118,7 @@ def _run(row: asyncpg.Record) -> Run:
         completion_tokens=row["completion_tokens"],
         reused_from=row["reused_from"],
         reused_chunks=row["reused_chunks"],
+        cancel_requested_at=row["cancel_requested_at"],
     )
 
 
