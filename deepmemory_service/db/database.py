@@ -279,6 +279,10 @@ class Conn:
         value: float | None = await self._fetchval("calls_per_new_chunk", user_id)
         return value
 
+    async def seconds_per_llm_call(self, user_id: uuid.UUID) -> float | None:
+        value: float | None = await self._fetchval("seconds_per_llm_call", user_id)
+        return value
+
     async def get_run(
         self, run_id: uuid.UUID, user_id: uuid.UUID, *, for_update: bool = False
     ) -> Run | None:
