@@ -116,6 +116,14 @@ class Lane:
             self.completion_tokens += usage.completion_tokens
         self.budget.settle(grant, usage, ok=ok)
 
+    def cut_off(self, grant: Grant) -> None:
+        """The call was cut off in flight (a cancel, a shutdown): the provider has its prompt
+        and bills it, so it counts, with its prompt's estimated tokens (no reply says more);
+        the estimates learn nothing from it."""
+        self.calls += 1
+        self.prompt_tokens += round(self.budget.estimate(grant.prompt_chars, 0))
+        self.budget.settle(grant, None, ok=False)
+
     def rate_limited(self, grant: Grant, retry_after_s: float | None) -> None:
         """The provider answered 429: the whole budget slows down and pauses."""
         self.calls += 1
