@@ -73,6 +73,17 @@ async def test_a_run_lost_to_a_restart_shows_as_failed_with_proceed_without_a_re
     run_id = await page.get_by_test_id("run-id").inner_text()
     await wait_generated(backend, user, run_id, 8)
     await expect(page.get_by_test_id("cancel")).to_be_visible()
+    # the history's row moves with the live card: its chunks as the bar's
+    history = page.get_by_test_id("runs").locator("tbody tr").first
+    await expect(history).to_contain_text("Generating")
+    await page.wait_for_function(
+        r"""() => {
+            const text = document.getElementById("progress-text").textContent;
+            const shown = (text.match(/for ([\d,]+)\/120 chunks/) || [])[1];
+            const row = document.querySelector("#runs tbody tr").cells[2].textContent;
+            return shown !== undefined && shown !== "0" && row === `${shown}/120`;
+        }"""
+    )
     await shot(page, "restart-1-generating")
 
     # a real SIGTERM: the backend fails its run and ends its streams, then exits
@@ -82,6 +93,7 @@ async def test_a_run_lost_to_a_restart_shows_as_failed_with_proceed_without_a_re
     await expect(status).to_have_text("Generation failed")
     await expect(page.get_by_test_id("cancel")).to_be_hidden()
     await expect(page.get_by_test_id("run-error")).to_contain_text("the service shut down")
+    await expect(history).to_contain_text("Generation failed")
     connection = page.get_by_test_id("connection")
     await expect(connection).to_be_visible()
     await expect(connection).to_contain_text("The service cannot be reached")

@@ -161,8 +161,7 @@ async def test_a_refused_second_model_turns_deep_memory_off_everywhere_and_the_p
     await expect(toggle).to_be_disabled()
     await expect(toggle).not_to_be_checked()
     await expect(page.get_by_test_id("model-state")).to_have_text(
-        "Search uses no model: the last trained one was not good enough, and an earlier one is "
-        "not used either."
+        "Search uses no model: the last trained one was not good enough to use."
     )
     # the API agrees with the page: no model, not even the first one the trainer still holds
     assert trainer.model_run_id is not None

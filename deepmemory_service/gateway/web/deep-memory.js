@@ -324,7 +324,7 @@ function renderVerdict(s, run) {
   const state = !s.last_training_run_id ? ""
     : s.enabled ? `Search uses the model trained on ${when(s.last_trained_at)}.`
       : s.can_enable ? "Deep Memory is off: search uses no model. Turn it on to use the trained one."
-        : "Search uses no model: the last trained one was not good enough, and an earlier one is not used either.";
+        : "Search uses no model: the last trained one was not good enough to use.";
   $("model-state").textContent = state;
   show("model-state", Boolean(state));
 }
@@ -462,8 +462,9 @@ function trainingText(data) {
 function showTrainingDetails(data) {
   const d = data.details || {};
   $("training-raw").textContent = data.message || "";
-  if (typeof d.step === "number" && typeof d["recall@10"] === "number") {
-    trainingPoints.push([d.step, d["recall@10"], d.model]);
+  if (typeof d["recall@10"] === "number") {
+    // across the whole training: the bar's fraction, each design a line of its own
+    trainingPoints.push([data.fraction, d["recall@10"], d.model]);
     $("training-chart").replaceChildren(learningChart(trainingPoints));
   }
   show("training-details", Boolean(data.message));
@@ -472,7 +473,6 @@ function showTrainingDetails(data) {
 function learningChart(points) {
   const width = 320;
   const height = 90;
-  const last = Math.max(...points.map(([step]) => step), 1);
   const chart = svg("svg", { viewBox: `0 0 ${width} ${height + 16}`, role: "img",
     "aria-label": "How often each model found the right passage in its top 10 on practice questions, as it learned" });
   chart.append(svg("line", { x1: 0, y1: height, x2: width, y2: height, class: "axis-line" }));
@@ -480,11 +480,11 @@ function learningChart(points) {
   models.forEach((model) => {
     const mine = points.filter(([, , m]) => m === model);
     chart.append(svg("polyline", {
-      points: mine.map(([step, value]) => `${(step / last) * width},${height - value * height}`).join(" "),
+      points: mine.map(([at, value]) => `${at * width},${height - value * height}`).join(" "),
       class: `line model-${model % 4}` }));
   });
   const text = svg("text", { x: 0, y: height + 13, class: "axis" });
-  text.textContent = "found in the top 10 on practice questions (0–100%), as training goes on";
+  text.textContent = "right passage in the top 10 on practice questions, as training goes on";
   chart.append(text);
   return chart;
 }
@@ -537,6 +537,9 @@ function follow(jobId) {
     // what the card would show if the service went away now
     if (currentRun && data.run_id === currentRun.id && data.status === "generating") {
       currentRun = { ...currentRun, generated_chunks: data.done };
+      for (const key of ["llm_calls", "prompt_tokens", "completion_tokens", "cost_usd"]) {
+        if (data[key] !== undefined) { currentRun[key] = data[key]; }
+      }
     }
   });
   source.addEventListener("status", (e) => {
