@@ -105,3 +105,14 @@ def test_random_bytes_are_never_read_with_a_replacement_character() -> None:
         assert "\ufffd" not in decoded.text
         # what is decoded is the bytes, exactly
         assert decoded.text.encode(decoded.encoding) == data
+
+
+def test_a_large_file_is_judged_on_slices_from_start_to_end() -> None:
+    # plain ASCII for most of a megabyte; its only Latin-1 letters in the last lines
+    ascii_part = "Leases are renewed by heartbeat every ten seconds.\n" * 20_000
+    text = ascii_part + RECETTE * 3
+    decoded = decode(text.encode("cp1252"))
+    assert (decoded.text, decoded.encoding) == (text, "cp1252")
+    # and a Cyrillic reading of the same bytes is not taken for it
+    russian = ascii_part + "Привет, мир! Это тестовый документ о базах данных.\n" * 3
+    assert decode(russian.encode("cp1251")).text == russian

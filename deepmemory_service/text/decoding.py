@@ -22,6 +22,8 @@ encode it.
 from __future__ import annotations
 
 import codecs
+import functools
+import random
 import re
 import unicodedata
 from collections import Counter
@@ -95,7 +97,10 @@ _MORE_COHERENT = 0.15
 _ASCII_MARKS = "".join(chr(c) for c in range(33, 127) if not chr(c).isalpha())
 _CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x9f]")
 # the most words a reading is judged on: enough for any file's verdict, quick for a large one
-_MOST_WORDS = 5_000
+_MOST_WORDS = 2_000
+# a large file is judged on this many slices of it, each about this long
+_EXCERPTS = 4
+_EXCERPT_BYTES = 1 << 16
 # what a refusal shows of each reading
 _SAMPLE_CHARS = 24
 
@@ -168,25 +173,29 @@ class _Reading:
     coherence: float
 
     @classmethod
-    def of(cls, text: str, encodings: list[str]) -> _Reading:
+    def of(cls, text: str, encodings: list[str], words: list[str], odd: float) -> _Reading:
+        """The reading with the detector's measures added to its `oddness` (`odd`)."""
         from charset_normalizer.cd import coherence_ratio
         from charset_normalizer.md import mess_ratio
 
-        words = _in_words(text)
         sample = " ".join(words)
         languages = coherence_ratio(sample) if sample else []
         return cls(
             text,
             tuple(encodings),
-            oddness(text, words) + mess_ratio(sample),
+            odd + mess_ratio(sample),
             max((ratio for _, ratio in languages), default=0.0),
         )
+
+    def clearly_odder(self, odd: float) -> bool:
+        """A reading this odd (or odder) is clearly worse than this one."""
+        return odd >= max(_CLEARLY_WORSE, _TIMES_WORSE * self.odd)
 
     def clearly_better_than(self, other: _Reading) -> bool:
         """Clean, where `other` is clearly odder, or as clean but much less coherent."""
         if self.odd > _MOST_ODD:
             return False
-        if other.odd >= max(_CLEARLY_WORSE, _TIMES_WORSE * self.odd):
+        if self.clearly_odder(other.odd):
             return True
         return self.coherence >= other.coherence + _MORE_COHERENT
 
@@ -209,11 +218,33 @@ def _detect(data: bytes) -> Decoded:
         encodings.sort(key=lambda e: COMMON.index(e) if e in COMMON else len(COMMON))
     if not readings:
         raise NotText("not UTF-8, and no text encoding reads it: not a text file")
+    # each reading is judged on the same excerpt of a large file (its words are a sample
+    # anyway); the cheap measure first, the detector's slower ones (which only add to it)
+    # for the readings close to the best: one clearly odder already is clearly worse
+    excerpt = _excerpt(data)
+    texts = list(readings)
+    cheap: list[tuple[float, int, str, list[str]]] = []
+    for i, text in enumerate(texts):
+        judged = text if excerpt is data else excerpt.decode(readings[text][0])
+        words = _in_words(judged)
+        cheap.append((oddness(judged, words), i, judged, words))
+    cheap.sort(key=lambda c: (c[0], c[1]))
+    least = cheap[0][0]
+    close = max(_CLEARLY_WORSE, _TIMES_WORSE * least)
+
+    def reading(odd: float, i: int, words: list[str]) -> _Reading:
+        return _Reading.of(texts[i], readings[texts[i]], words, odd)
+
     ranked = sorted(
-        (_Reading.of(text, encodings) for text, encodings in readings.items()),
+        (reading(odd, i, words) for odd, i, _, words in cheap if odd < close or odd == least),
         key=lambda r: (r.odd, -r.coherence),
     )
-    best, others = ranked[0], ranked[1:]
+    best = ranked[0]
+    others = ranked[1:] + [
+        reading(odd, i, words)
+        for odd, i, _, words in cheap
+        if odd >= close and odd != least and not best.clearly_odder(odd)
+    ]
     if all(best.clearly_better_than(other) for other in others):
         return Decoded(best.text, best.encodings[0])
     if best.odd > _MOST_ODD:
@@ -227,6 +258,22 @@ def _detect(data: bytes) -> Decoded:
         f"{_describe(best, rival)} or as {_describe(rival, best)}; save it as UTF-8 "
         "and add it again"
     )
+
+
+def _excerpt(data: bytes) -> bytes:
+    """`data`, or for a large file `_EXCERPTS` slices of it from start to end, each cut at
+    line ends (a line feed byte never falls inside a character of the encodings read here,
+    so every slice decodes as the whole file does)."""
+    if len(data) <= _EXCERPTS * _EXCERPT_BYTES:
+        return data
+    pieces = []
+    for n in range(_EXCERPTS):
+        start = n * (len(data) - _EXCERPT_BYTES) // (_EXCERPTS - 1)
+        if start:
+            start = data.find(b"\n", start) + 1 or len(data)
+        end = data.find(b"\n", start + _EXCERPT_BYTES)
+        pieces.append(data[start : end if end >= 0 else len(data)])
+    return b"\n".join(pieces)
 
 
 def _describe(reading: _Reading, other: _Reading | None = None) -> str:
@@ -244,6 +291,7 @@ def _describe(reading: _Reading, other: _Reading | None = None) -> str:
     return f'"{sample}" in {reading.encodings[0]}'
 
 
+@functools.lru_cache(maxsize=4096)
 def _script(letter: str) -> str:
     if not letter:
         return ""
@@ -253,12 +301,14 @@ def _script(letter: str) -> str:
 
 def _in_words(text: str) -> list[str]:
     """The words (between spaces, without the ASCII marks around them) that hold a
-    non-ASCII character: the only ones a reading's encoding changes. At most `_MOST_WORDS` of them,
-    taken evenly over a long text."""
+    non-ASCII character: the only ones a reading's encoding changes. At most `_MOST_WORDS` of
+    them, drawn from all over a long text."""
     words = [w.strip(_ASCII_MARKS) for w in text.split() if not w.isascii()]
     if len(words) > _MOST_WORDS:
-        step = len(words) / _MOST_WORDS
-        words = [words[int(i * step)] for i in range(_MOST_WORDS)]
+        # a sample, seeded by the text's size (the same for every reading of the same
+        # bytes), drawn at random: an even step can fall in step with a repeated layout
+        picked = random.Random(len(words)).sample(range(len(words)), _MOST_WORDS)  # noqa: S311  # a sample, not a secret
+        words = [words[i] for i in sorted(picked)]
     return words
 
 
