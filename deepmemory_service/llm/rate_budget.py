@@ -117,11 +117,10 @@ class Lane:
         self.budget.settle(grant, usage, ok=ok)
 
     def cut_off(self, grant: Grant) -> None:
-        """The call was cut off in flight (a cancel, a shutdown): the provider has its prompt
-        and bills it, so it counts, with its prompt's estimated tokens (no reply says more);
-        the estimates learn nothing from it."""
+        """The call was cut off in flight (a cancel, a shutdown): it reached the provider, so
+        it counts; its tokens are what no reply said (a guess would count calls the provider
+        answered with an error and billed nothing for), so none are added."""
         self.calls += 1
-        self.prompt_tokens += round(self.budget.estimate(grant.prompt_chars, 0))
         self.budget.settle(grant, None, ok=False)
 
     def rate_limited(self, grant: Grant, retry_after_s: float | None) -> None:

@@ -197,7 +197,7 @@ class Pipeline:
 
     async def keep_what_was_paid_for(self) -> None:
         """At a shutdown, before the run is released: the answers in hand and what the
-        calls cost (those cut off in flight too) are stored, within `KEEP_AT_SHUTDOWN_S`
+        calls spent (those cut off in flight count too) are stored, within `KEEP_AT_SHUTDOWN_S`
         (a database that does not answer must not hold up the exit)."""
         while not self.results.empty():
             item = self.results.get_nowait()
