@@ -327,7 +327,8 @@ async def test_search_compares_results_with_and_without_deep_memory(
     await expect(page.get_by_test_id("last-metrics")).to_have_text(
         re.compile(
             r"^Testing the new model on \d+ searches it had not seen(, Deep Memory put the right "
-            r"passage first \d+% of the time, against \d+% without it\. It can be used for "
+            r"passage first (\d+% of the time, against \d+% without it|as often as without it "
+            r"\(\d+%\)), and in the top 10 \d+% of the time, against \d+%\. It can be used for "
             r"search\.|: .+, so it was not enabled\.)$"
         )
     )

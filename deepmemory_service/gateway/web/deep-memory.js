@@ -300,8 +300,14 @@ function renderVerdict(s, run) {
   if (t && s.last_training_run_id) {
     const on = t.count ? `Testing the new model on ${plural(t.count, "search", "searches")} it had not seen` : "Testing the new model";
     if (s.can_enable && typeof t.withModel["recall@1"] === "number") {
-      sentence = `${on}, Deep Memory put the right passage first ${percent(t.withModel["recall@1"])} of the time, `
-        + `against ${percent(t.without["recall@1"])} without it. It can be used for search.`;
+      const [first, before] = [t.withModel["recall@1"], t.without["recall@1"]];
+      let how = percent(first) === percent(before) ? `as often as without it (${percent(first)})`
+        : `${percent(first)} of the time, against ${percent(before)} without it`;
+      const [top, topBefore] = [t.withModel["recall@10"], t.without["recall@10"]];
+      if (typeof top === "number" && typeof topBefore === "number") {
+        how += `, and in the top 10 ${percent(top)} of the time, against ${percent(topBefore)}`;
+      }
+      sentence = `${on}, Deep Memory put the right passage first ${how}. It can be used for search.`;
     } else if (s.can_enable) {
       sentence = `${on}, Deep Memory found the right passage in the top 10 ${percent(t.withModel["recall@10"])} `
         + `of the time, against ${percent(t.without["recall@10"])} without it. It can be used for search.`;
