@@ -58,6 +58,15 @@ class Busy(ServiceError):
     status = 503
 
 
+class TooLarge(ServiceError):
+    """A body over the limit of its endpoint (an upload's own, larger than other bodies')."""
+
+    status = 413
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"Request body too large: the limit is {limit} bytes")
+
+
 class UnsupportedEncoding(ServiceError):
     """A request body in a Content-Encoding the service cannot decode (RFC 9110 §15.5.16)."""
 

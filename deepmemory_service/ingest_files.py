@@ -11,11 +11,11 @@ from pathlib import Path
 import attrs
 from tqdm import tqdm
 
-from deepmemory_service.api.payloads import clean_text
 from deepmemory_service.app import Overrides, open_backend
 from deepmemory_service.platform.config import Settings
 from deepmemory_service.storage import documents
 from deepmemory_service.storage.documents import DocumentText
+from deepmemory_service.text import decoding
 from deepmemory_service.text.chunking import TEXT_SUFFIXES as SUFFIXES
 
 # names listed in a summary line before "and N more"
@@ -62,20 +62,15 @@ class Outcome:
     empty: list[Path] = attrs.Factory(list)
     unsupported: list[Path] = attrs.Factory(list)
     unreadable: list[tuple[Path, str]] = attrs.Factory(list)
+    # files added from another encoding than UTF-8, and which
+    legacy: list[tuple[Path, str]] = attrs.Factory(list)
     total_chunks: int = 0
 
 
-def read_text(path: Path) -> str:
-    """The file as text, or ValueError saying why it is not a text file."""
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"not UTF-8 text (byte {exc.start})") from None
-    try:
-        return clean_text(text)
-    except ValueError:
-        raise ValueError("contains NUL bytes: not a text file") from None
+def read_text(path: Path) -> decoding.Decoded:
+    """The file as text, decoded as the service decodes a file sent from the page
+    (`text.decoding`), or ValueError (`NotText`) saying why it is not text."""
+    return decoding.decode(path.read_bytes())
 
 
 def names(paths: Sequence[Path]) -> str:
@@ -103,6 +98,13 @@ def summary(outcome: Outcome, user_id: uuid.UUID) -> list[str]:
             f"(accepted: {accepted}; name a file to read it anyway): "
             f"{names(outcome.unsupported)}"
         )
+    if outcome.legacy:
+        read = ", ".join(f"{path} ({encoding})" for path, encoding in outcome.legacy[:LISTED])
+        more = len(outcome.legacy) - LISTED
+        lines.append(
+            f"read {len(outcome.legacy)} file(s) that are not UTF-8 in the encoding that "
+            f"reads them as text: {read}{f' and {more} more' if more > 0 else ''}"
+        )
     for path, why in outcome.unreadable:
         lines.append(f"could not add {path}: {why}")
     return lines
@@ -117,10 +119,11 @@ async def ingest(settings: Settings, user_id: uuid.UUID, files: Plan, *, force: 
         # that follows is the record
         for path in tqdm(files.files, unit="file", desc="ingesting", disable=None):
             try:
-                text = read_text(path)
+                decoded = read_text(path)
             except (OSError, ValueError) as exc:
                 outcome.unreadable.append((path, str(exc)))
                 continue
+            text = decoded.text
             if not text.strip():
                 outcome.empty.append(path)
                 continue
@@ -136,6 +139,8 @@ async def ingest(settings: Settings, user_id: uuid.UUID, files: Plan, *, force: 
             else:
                 outcome.added.append(path)
                 outcome.chunks += result.chunks
+                if decoded.encoding not in ("utf-8", "ascii"):
+                    outcome.legacy.append((path, decoded.encoding))
     return outcome
 
 

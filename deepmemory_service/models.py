@@ -55,6 +55,9 @@ class Run:
     # the completed run whose questions this one copied for its unchanged chunks
     reused_from: uuid.UUID | None = None
     reused_chunks: int = 0
+    # when a user asked the run to stop: on the failed run a cancel made of it (its status
+    # stays `generating_failed` or `training_failed`), cleared when it is resumed
+    cancel_requested_at: datetime | None = None
 
 
 @frozen

@@ -59,14 +59,14 @@ async def cluster(
     fresh_db: Callable[..., Awaitable[str]], template_db: str, tmp_path: Path, aiohttp_server: Any
 ) -> AsyncIterator[Any]:
     """`start(**env)` launches a backend process on a shared fresh database (`env`: more
-    settings, `DEEPMEMORY_LLM_RPM="60"` say); `wrapper` is a command it runs under. All
-    are killed after."""
+    settings, `DEEPMEMORY_LLM_RPM="60"` say); `wrapper` is a command it runs under, `port`
+    the port it listens on (a restart on the port of a stopped one). All are killed after."""
     db_url = await fresh_db(template_db)
     standin = await aiohttp_server(create_standin_app(StandinConfig(latency_ms=15)))
     started: list[Instance] = []
 
-    async def start(wrapper: Sequence[str] = (), **env: str) -> Instance:
-        port = free_port()
+    async def start(wrapper: Sequence[str] = (), port: int | None = None, **env: str) -> Instance:
+        port = port or free_port()
         environ = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": str(tmp_path),

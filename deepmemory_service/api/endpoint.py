@@ -57,7 +57,8 @@ class Endpoint:
     """A backend route: `path` is under /v1/api. `body` is the class a JSON body is read
     into; `bounds` the limits of its fields that the settings decide (for the document).
     `token`: callers need the service token; `database`: it may answer 503 when the
-    database does not."""
+    database does not. An `upload` takes a file's bytes as its body (not JSON), up to
+    `uploads.max_file_bytes`."""
 
     method: str
     path: str
@@ -70,6 +71,7 @@ class Endpoint:
     public: Public | None = None
     token: bool = True
     database: bool = True
+    upload: bool = False
 
     @property
     def streams(self) -> bool:

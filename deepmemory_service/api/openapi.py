@@ -124,6 +124,13 @@ BODY = {
     ),
     "422": error("A field is missing or invalid; the detail names it"),
 }
+# an upload's body is a file's bytes: what may be wrong with them
+UPLOAD = {
+    "400": error("The body's Content-Encoding data cannot be decoded"),
+    "413": error("The file is larger than uploads.max_file_bytes (before or after decoding)"),
+    "415": BODY["415"],
+    "422": error("A parameter is missing or invalid, or the file is not text; the detail says"),
+}
 NOT_FOUND = {"404": error("Training run not found (or another user's)")}
 
 # the named schemas replies refer to
@@ -167,6 +174,7 @@ def operation(endpoint: Endpoint, settings: Settings) -> dict[str, Any]:
         **(DATABASE if endpoint.database else {}),
         **(QUERY if queried else {}),
         **(BODY if endpoint.body else {}),
+        **(UPLOAD if endpoint.upload else {}),
         **endpoint.replies,
     }
     op: dict[str, Any] = {
@@ -183,6 +191,12 @@ def operation(endpoint: Endpoint, settings: Settings) -> dict[str, Any]:
         for name, extra in bounds.items():
             schema["properties"][name] = {**schema["properties"][name], **extra}
         op["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema}}}
+    if endpoint.upload:
+        binary = {"type": "string", "format": "binary"}
+        op["requestBody"] = {
+            "required": True,
+            "content": {"application/octet-stream": {"schema": binary}},
+        }
     return op
 
 

@@ -11,6 +11,7 @@ import json
 import re
 import uuid
 import zlib
+from collections.abc import Callable
 from typing import Any, NewType, TypeVar
 
 import attrs
@@ -20,7 +21,7 @@ from attrs import frozen
 from cattrs.errors import IterableValidationError, IterableValidationNote
 
 from deepmemory_service.api.keys import SETTINGS
-from deepmemory_service.errors import BadRequest, InvalidInput, UnsupportedEncoding
+from deepmemory_service.errors import BadRequest, InvalidInput, TooLarge, UnsupportedEncoding
 from deepmemory_service.models import text_problem
 from deepmemory_service.platform.validation import problems
 
@@ -41,6 +42,8 @@ _INT = re.compile(r"-?[0-9]{1,18}")
 
 # no body of this API nests deeper; json.loads itself fails near 1,000 (a RecursionError)
 MAX_JSON_DEPTH = 32
+# an upload is read from the connection in pieces of this size
+UPLOAD_PIECE = 1 << 16
 # wbits for zlib: gzip's header, or zlib's (RFC 9110's "deflate")
 _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
@@ -187,6 +190,33 @@ async def read_body(request: web.Request) -> bytes:
     """The body as sent before any Content-Encoding, within the size limit before and after
     decoding (a small gzip body may inflate to gigabytes)."""
     raw = await request.read()
+    limit = request.config_dict[SETTINGS].http.max_body_bytes
+
+    def too_large(size: int) -> Exception:
+        return web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size)
+
+    return _decoded(request, raw, limit, too_large)
+
+
+async def read_upload(request: web.Request, limit: int) -> bytes:
+    """The body of an upload (a file's bytes), within its own `limit` before and after
+    decoding: larger than other bodies may be, so it is read here rather than by aiohttp,
+    which holds every body to `http.max_body_bytes`."""
+    if request.content_length is not None and request.content_length > limit:
+        raise TooLarge(limit)
+    pieces: list[bytes] = []
+    size = 0
+    async for piece in request.content.iter_chunked(UPLOAD_PIECE):
+        size += len(piece)
+        if size > limit:
+            raise TooLarge(limit)
+        pieces.append(piece)
+    return _decoded(request, b"".join(pieces), limit, lambda _: TooLarge(limit))
+
+
+def _decoded(
+    request: web.Request, raw: bytes, limit: int, too_large: Callable[[int], Exception]
+) -> bytes:
     coding = request.headers.get("Content-Encoding", "").strip().lower()
     if coding in ("", "identity"):
         return raw
@@ -196,14 +226,13 @@ async def read_body(request: web.Request) -> bytes:
             f"Content-Encoding {coding[:32]!r} is not supported: send gzip, deflate or "
             "an unencoded body"
         )
-    limit = request.config_dict[SETTINGS].http.max_body_bytes
     decoder = zlib.decompressobj(wbits)
     try:
         body = decoder.decompress(raw, limit + 1)
     except zlib.error:
         raise BadRequest(f"body: not valid {coding} data (Content-Encoding: {coding})") from None
     if len(body) > limit or decoder.unconsumed_tail:
-        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body))
+        raise too_large(len(body))
     if not decoder.eof:
         raise BadRequest(f"body: {coding} data ends early (Content-Encoding: {coding})")
     return body

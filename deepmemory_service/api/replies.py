@@ -22,13 +22,15 @@ from deepmemory_service.storage.nearest import SearchResult
 
 # a run as the API shows it: its own fields but these; the job that last worked on it, and
 # (beyond the spec) what it spent at the LLM when prices are configured, and how many of its
-# chunks were asked about afresh and from which run it reused the others
-RUN_HIDDEN = frozenset({"user_id", "chunk_id_max", "reused_from"})
+# chunks were asked about afresh and from which run it reused the others, and when a user
+# asked it to stop (null when nobody did: always there, unlike a field left out when None)
+RUN_HIDDEN = frozenset({"user_id", "chunk_id_max", "reused_from", "cancel_requested_at"})
 RUN_EXTRA: dict[str, Any] = {
     "latest_job_id": uuid.UUID | None,
     "cost_usd": float | None,
     "new_chunks": int,
     "reused_from_run_id": uuid.UUID | None,
+    "cancel_requested_at": datetime | None,
 }
 
 
@@ -40,13 +42,30 @@ class SearchReply:
 
 @frozen
 class DocumentsReply:
-    """A user's documents, newest first, and the largest body a POST /documents may have
-    (so that a client can split a large upload)."""
+    """A user's documents, newest first, the largest body a POST /documents may have (so
+    that a client can split a large upload), and the largest file POST /documents/file
+    takes."""
 
     documents: list[Document]
     total_documents: int
     total_chunks: int
     max_body_bytes: int
+    # the largest file POST /documents/file takes
+    max_file_bytes: int
+
+
+@frozen
+class FileAdded:
+    """A file added as one document: its id (None when it was skipped as `unchanged`: the
+    user has a document of the same title and text), the encoding its bytes were read in,
+    its chunks and the user's total."""
+
+    title: str
+    encoding: str
+    chunks: int
+    total_chunks: int
+    unchanged: bool
+    document_id: uuid.UUID | None = None
 
 
 @frozen
@@ -119,4 +138,5 @@ def run_json(run: Run, latest_job_id: uuid.UUID | None, prices: Prices) -> dict[
     body["cost_usd"] = prices.cost(run.prompt_tokens, run.completion_tokens)
     body["new_chunks"] = run.generated_chunks - run.reused_chunks
     body["reused_from_run_id"] = to_json(run.reused_from)
+    body["cancel_requested_at"] = to_json(run.cancel_requested_at)
     return body

@@ -209,6 +209,33 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         public=Public("/api/documents"),
     ),
     Endpoint(
+        "POST",
+        "/documents/file",
+        views.add_file,
+        "Add a file as one document: its bytes, decoded with certainty, or refused saying why",
+        {
+            "201": json_reply(schema_of(replies.FileAdded, reply=True), "Stored, or unchanged"),
+            "409": error("The vector store cannot take it as configured"),
+            "429": error(
+                "Too many uploads of this user in progress",
+                Retry_After="Seconds to wait before trying again",
+            ),
+            "502": error("The embeddings API failed"),
+            "507": error("No space left for the vector store: nothing was stored"),
+        },
+        params=(
+            USER,
+            Param(
+                "name",
+                "query",
+                {"type": "string", "maxLength": views.MAX_FILE_NAME, "pattern": payloads.NOT_BLANK},
+            ),
+            Param("skip_unchanged", "query", {"type": "boolean"}, required=False),
+        ),
+        upload=True,
+        public=Public("/api/documents/file"),
+    ),
+    Endpoint(
         "GET",
         "/documents",
         views.list_documents,

@@ -1,5 +1,10 @@
 """Search a user's chunks, with or without their trained Deep Memory model.
 
+One rule for which model is used, the same in the settings, on the page and here: the model
+of the user's last training, and only when its verdict let it be enabled. After a training
+whose model was kept out, no model is used, not even one an earlier training left with the
+trainer (a 409 saying so, and why).
+
 With `deep_memory`, the configured trainer hands over the user's model (`query_model`):
 the local trainer's adapter in front of the store's own search, or Activeloop's model,
 which searches in their cloud. Without it, the store's nearest chunks by cosine
@@ -57,6 +62,11 @@ async def search_chunks(
         raise NoModelError(NO_MODEL) from None
 
 
+def _kept_out(reason: str | None) -> str:
+    """The 409 of a search through a model the trainer kept out: so, and the verdict."""
+    return f"{KEPT_OUT}. {reason}" if reason else f"{KEPT_OUT}."
+
+
 async def search(request: web.Request) -> web.Response:
     user_id: uuid.UUID = query_uuid(request, "user_id")
     raw = request.query.get("q", "")
@@ -70,10 +80,14 @@ async def search(request: web.Request) -> web.Response:
     deep_memory = query_bool(request, "deep_memory")
     async with svc.db.conn() as conn:
         in_catalog = await conn.corpus(user_id)
-        if deep_memory is None:
-            row = await conn.get_settings(user_id)
-            deep_memory = bool(row and row.enabled)
+        row = await conn.get_settings(user_id)
+    if deep_memory is None:
+        deep_memory = bool(row and row.enabled)
     svc.corpora.check_embedder(in_catalog)
+    if deep_memory and row is not None and row.last_training_run_id and not row.can_enable:
+        # the last training's model was kept out: no model is used, not even an earlier one
+        # the trainer may still hold (the settings, the page and search say the same)
+        raise NoModelError(_kept_out(row.can_enable_reason))
     try:
         found = await search_chunks(
             svc.stores.for_user(user_id),
@@ -87,9 +101,8 @@ async def search(request: web.Request) -> web.Response:
         async with svc.db.conn() as conn:
             row = await conn.get_settings(user_id)
         if row is not None and row.last_training_run_id and not row.can_enable:
-            # trained, then kept out by the trainer's verdict: say so, and why
-            why = f" {row.can_enable_reason}" if row.can_enable_reason else ""
-            raise NoModelError(f"{KEPT_OUT}.{why}") from None
+            # kept out by a training that ended meanwhile
+            raise NoModelError(_kept_out(row.can_enable_reason)) from None
         raise
     results = [SearchResult(r.chunk_id, r.text, round(r.score, 6)) for r in found]
     return web.json_response(to_json(SearchReply(results, deep_memory)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import uuid
@@ -19,24 +20,27 @@ from deepmemory_service.api.payloads import (
     ProceedIn,
     SettingsIn,
     TrainIn,
+    clean_text,
     path_uuid,
     query_bool,
     query_int,
     query_uuid,
     read_json,
     read_json_object,
+    read_upload,
     structure,
 )
 from deepmemory_service.api.replies import (
     Cancelled,
     DocumentsReply,
+    FileAdded,
     Health,
     Message,
     run_json,
     to_json,
 )
 from deepmemory_service.db.database import Conn
-from deepmemory_service.errors import NotFound, Unauthorized, run_not_found
+from deepmemory_service.errors import InvalidInput, NotFound, Unauthorized, run_not_found
 from deepmemory_service.llm.budget_report import budget_view
 from deepmemory_service.llm.usage import Prices
 from deepmemory_service.models import JobAccepted, Run
@@ -45,7 +49,10 @@ from deepmemory_service.runs.services import Services
 from deepmemory_service.runs.supervisor import RunSupervisor
 from deepmemory_service.storage import documents
 from deepmemory_service.storage.documents import DocumentText
+from deepmemory_service.text import decoding
 
+# a file's name, as a document's title: most file systems stop at 255 bytes
+MAX_FILE_NAME = 1000
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -191,6 +198,49 @@ async def add_documents(request: web.Request) -> web.Response:
     return _reply(result, 201)
 
 
+async def add_file(request: web.Request) -> web.Response:
+    """A file's bytes as one document titled with its name: decoded with certainty
+    (`text.decoding`, as the command line's `ingest` decodes a file) or refused with a 422
+    saying why, never stored with characters the file does not hold."""
+    svc = request.app[SERVICES]
+    user_id = query_uuid(request, "user_id")
+    name = request.query.get("name", "")
+    if not name.strip():
+        raise InvalidInput("name: field required")
+    if len(name) > MAX_FILE_NAME:
+        raise InvalidInput(f"name: at most {MAX_FILE_NAME} characters")
+    try:
+        clean_text(name)
+    except ValueError as exc:
+        raise InvalidInput(f"name: {exc}") from None
+    skip_unchanged = query_bool(request, "skip_unchanged") or False
+    _bind(user_id=str(user_id))
+    # a user already at their bound is refused before a large body is read
+    svc.uploads.check(user_id)
+    data = await read_upload(request, svc.settings.uploads.max_file_bytes)
+    if not data:
+        raise InvalidInput("body: the file is empty")
+    try:
+        # a legacy encoding is weighed in Python: off the event loop
+        decoded = await asyncio.get_running_loop().run_in_executor(None, decoding.decode, data)
+    except decoding.NotText as exc:
+        raise InvalidInput(f"body: not text: {exc}") from None
+    if not decoded.text.strip():
+        raise InvalidInput("body: the file holds only white space")
+    result = await documents.ingest(
+        svc.corpora, user_id, [DocumentText(decoded.text, name)], skip_unchanged=skip_unchanged
+    )
+    added = FileAdded(
+        title=name,
+        encoding=decoded.encoding,
+        chunks=result.chunks,
+        total_chunks=result.total_chunks,
+        unchanged=bool(result.skipped),
+        document_id=result.document_ids[0] if result.document_ids else None,
+    )
+    return _reply(added, 201)
+
+
 async def list_documents(request: web.Request) -> web.Response:
     user_id = query_uuid(request, "user_id")
     limit = query_int(request, "limit", 100, 1, 1000)
@@ -202,6 +252,7 @@ async def list_documents(request: web.Request) -> web.Response:
             await conn.document_count(user_id),
             await conn.total_chunks(user_id),
             svc.settings.http.max_body_bytes,
+            svc.settings.uploads.max_file_bytes,
         )
 
     return _reply(await svc.db.read(read))

@@ -118,6 +118,7 @@ def _run(row: asyncpg.Record) -> Run:
         completion_tokens=row["completion_tokens"],
         reused_from=row["reused_from"],
         reused_chunks=row["reused_chunks"],
+        cancel_requested_at=row["cancel_requested_at"],
     )
 
 
@@ -276,6 +277,10 @@ class Conn:
 
     async def calls_per_new_chunk(self, user_id: uuid.UUID) -> float | None:
         value: float | None = await self._fetchval("calls_per_new_chunk", user_id)
+        return value
+
+    async def seconds_per_llm_call(self, user_id: uuid.UUID) -> float | None:
+        value: float | None = await self._fetchval("seconds_per_llm_call", user_id)
         return value
 
     async def get_run(

@@ -17,7 +17,12 @@ from yarl import URL
 
 from deepmemory_service.api.endpoint import Endpoint, Handler
 from deepmemory_service.api.keys import BACKEND_CLIENT, SETTINGS
-from deepmemory_service.api.payloads import last_event_id, parse_uuid, read_json_object
+from deepmemory_service.api.payloads import (
+    last_event_id,
+    parse_uuid,
+    read_json_object,
+    read_upload,
+)
 from deepmemory_service.api.routes import ENDPOINTS
 from deepmemory_service.errors import BadGateway, InvalidInput
 from deepmemory_service.gateway import auth, login
@@ -67,12 +72,16 @@ async def _forward(
     *,
     body: dict[str, Any] | None = None,
     query: Mapping[str, str] | None = None,
+    data: bytes | None = None,
 ) -> web.Response:
     url = _backend_base(request).with_path(f"/v1/api{path}").with_query(query or {})
     session = request.app[BACKEND_CLIENT]
+    headers = _headers(request)
+    if data is not None:
+        headers["Content-Type"] = "application/octet-stream"
     try:
         async with session.request(
-            method, url, json=body, headers=_headers(request), timeout=CALL_TIMEOUT
+            method, url, json=body, data=data, headers=headers, timeout=CALL_TIMEOUT
         ) as upstream:
             payload = await upstream.read()
             # a busy backend says when to come back; the client should hear it too
@@ -118,7 +127,13 @@ def _forwarder(endpoint: Endpoint) -> Handler:
         if endpoint.body is None:
             query = {k: v for k, v in request.query.items() if k != "user_id"}
             query["user_id"] = str(user_id)
-            return await _forward(request, endpoint.method, path, query=query)
+            # an upload's body is a file's bytes, passed on as they came (decoded)
+            data = (
+                await read_upload(request, request.app[SETTINGS].uploads.max_file_bytes)
+                if endpoint.upload
+                else None
+            )
+            return await _forward(request, endpoint.method, path, query=query, data=data)
         body = await read_json_object(request)
         if public.only is not None:
             missing = [name for name in public.only if name not in body]

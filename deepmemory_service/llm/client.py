@@ -208,6 +208,11 @@ class LLMQuestionGenerator:
             raise UpstreamFault(
                 "timeout", f"chat/completions timed out after {timeout:g}s", True
             ) from None
+        except asyncio.CancelledError:
+            # a cancel or a shutdown cut the call off: it was paid for all the same
+            if lane is not None and grant is not None:
+                lane.cut_off(grant)
+            raise
         except aiohttp.ClientError as exc:
             self._answered(lane, grant, None, ok=False)
             raise UpstreamFault(

@@ -116,6 +116,13 @@ class Lane:
             self.completion_tokens += usage.completion_tokens
         self.budget.settle(grant, usage, ok=ok)
 
+    def cut_off(self, grant: Grant) -> None:
+        """The call was cut off in flight (a cancel, a shutdown): it reached the provider, so
+        it counts; its tokens are what no reply said (a guess would count calls the provider
+        answered with an error and billed nothing for), so none are added."""
+        self.calls += 1
+        self.budget.settle(grant, None, ok=False)
+
     def rate_limited(self, grant: Grant, retry_after_s: float | None) -> None:
         """The provider answered 429: the whole budget slows down and pauses."""
         self.calls += 1

@@ -73,6 +73,8 @@ class StoreSettings:
 class UploadSettings:
     max_documents: int
     per_user: int
+    # the largest file POST /documents/file takes (its body: the file's bytes)
+    max_file_bytes: int
 
 
 @frozen
@@ -323,6 +325,8 @@ def _complete(settings: Settings) -> Settings:
         problems.append("DEEPMEMORY_UPLOADS_MAX_DOCUMENTS must be at least 1")
     if settings.uploads.per_user < 1:
         problems.append("DEEPMEMORY_UPLOADS_PER_USER must be at least 1")
+    if settings.uploads.max_file_bytes < 1:
+        problems.append("DEEPMEMORY_UPLOADS_MAX_FILE_BYTES must be at least 1")
     if "{user_id}" not in settings.store.path:
         problems.append("DEEPMEMORY_STORE_PATH must contain {user_id}")
     if settings.http.role == "gateway" and not settings.http.backend_url:

@@ -29,6 +29,9 @@ class Estimate:
     # how long the calls take at the provider's limit, if one is set (more while other
     # users share it)
     minutes_at_rate_limit: float | None
+    # how long the calls may take: at the rate limit, or at the pace of the user's last runs'
+    # calls if that is slower; None when neither is known (no limit, no call made yet)
+    expected_minutes: float | None
 
 
 async def estimate(
@@ -39,6 +42,7 @@ async def estimate(
         source = None if regenerate else await conn.reuse_source(user_id, questions_per_chunk)
         chunks, reusable, new_chars = await conn.generation_estimate(user_id, source)
         calls_per_chunk = await conn.calls_per_new_chunk(user_id)
+        per_call_s = await conn.seconds_per_llm_call(user_id)
     new = chunks - reusable
     uses_llm = settings.generator == "llm"
     calls = round(new * max(1.0, calls_per_chunk or 1.0)) if uses_llm else 0
@@ -52,6 +56,9 @@ async def estimate(
         prompt_tokens = round(new * per_prompt + new_chars * budget.estimator.per_char)
         completion_tokens = round(new * questions_per_chunk * budget.estimator.per_question)
     rpm = settings.llm.rpm
+    at_limit = calls / rpm if uses_llm and rpm > 0 else None
+    at_pace = calls * per_call_s / 60 if uses_llm and per_call_s is not None else None
+    known = [m for m in (at_limit, at_pace) if m is not None]
     return Estimate(
         total_chunks=chunks,
         reusable_chunks=reusable,
@@ -65,5 +72,6 @@ async def estimate(
         cost_usd=Prices.of(settings.llm).cost(prompt_tokens, completion_tokens)
         if uses_llm
         else None,
-        minutes_at_rate_limit=round(calls / rpm, 1) if uses_llm and rpm > 0 else None,
+        minutes_at_rate_limit=round(at_limit, 1) if at_limit is not None else None,
+        expected_minutes=round(max(known), 2) if known else None,
     )

@@ -46,6 +46,8 @@ FLUSH_S = 0.05
 WAITING_NOTICE_S = 1.0
 # while a run waits on that limit, its progress is re-sent this often (a stored event each)
 WAITING_REFRESH_S = 15.0
+# what a shutdown gives the run's last write (answers in hand, what its calls cost)
+KEEP_AT_SHUTDOWN_S = 2.0
 
 
 class WorkerLost(Exception):
@@ -78,6 +80,8 @@ class Pipeline:
     _calling: set[asyncio.Task[Any]] = attrs.field(factory=set)
     # the last progress sent: the same again is not sent (each is a stored event)
     _reported: tuple[Any, ...] | None = None
+    # the answers the writer holds, not yet stored
+    _batch: list[Pair] = attrs.field(factory=list)
 
     def __attrs_post_init__(self) -> None:
         c = self.svc.settings.concurrency
@@ -154,7 +158,6 @@ class Pipeline:
             await self.results.put(pairs)
 
     async def _writer(self) -> None:
-        batch: list[Pair] = []
         batch_size = self.svc.settings.generation.batch_size
         deadline = 0.0
         ended = False
@@ -164,23 +167,21 @@ class Pipeline:
                     # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the
                     # answer when a cancel lands as it arrives, and a writer that lost the
                     # shutdown's cancel waited for answers forever (the process never exited)
-                    timeout = max(0.0, deadline - time.monotonic()) if batch else None
+                    timeout = max(0.0, deadline - time.monotonic()) if self._batch else None
                     async with asyncio.timeout(timeout):
                         item = await self.results.get()
                 except TimeoutError:
-                    await self._write(batch)
-                    batch = []
+                    await self._write_held()
                     continue
                 if item is _END:
                     ended = True
-                    await self._write(batch)
+                    await self._write_held()
                     return
-                if not batch:
+                if not self._batch:
                     deadline = time.monotonic() + FLUSH_S
-                batch.extend(item)
-                if len(batch) >= batch_size:
-                    await self._write(batch)
-                    batch = []
+                self._batch.extend(item)
+                if len(self._batch) >= batch_size:
+                    await self._write_held()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -188,6 +189,25 @@ class Pipeline:
             # keep draining so no worker blocks on a full queue before it is cancelled
             while not ended:
                 ended = await self.results.get() is _END
+
+    async def _write_held(self) -> None:
+        """Stores the answers the writer holds (they stay held if storing fails)."""
+        await self._write(self._batch)
+        self._batch = []
+
+    async def keep_what_was_paid_for(self) -> None:
+        """At a shutdown, before the run is released: the answers in hand and what the
+        calls spent (those cut off in flight count too) are stored, within `KEEP_AT_SHUTDOWN_S`
+        (a database that does not answer must not hold up the exit)."""
+        while not self.results.empty():
+            item = self.results.get_nowait()
+            if item is not _END:
+                self._batch.extend(item)
+        try:
+            async with asyncio.timeout(KEEP_AT_SHUTDOWN_S):
+                await self._write_held()
+        except Exception as exc:
+            log.warning("could not store what the run spent at shutdown", error=str(exc))
 
     @property
     def spent(self) -> Spent:
@@ -307,6 +327,7 @@ class Pipeline:
             for task in [*self._tasks, writer]:
                 task.cancel()
             await asyncio.gather(*self._tasks, writer, return_exceptions=True)
+            await self.keep_what_was_paid_for()
             raise
         await self.results.put(_END)
         await writer

@@ -8,7 +8,8 @@ import re
 
 from attrs import frozen
 
-# the files read as documents when a folder is given (the page's upload accepts the same)
+# the files read as documents when a folder is given (a file named on its own, or chosen
+# on the page, is read whatever its name: its bytes decide, text/decoding.py)
 TEXT_SUFFIXES = frozenset({".txt", ".md", ".markdown", ".rst", ".text"})
 
 _PARAGRAPH = re.compile(r"\n\s*\n")

@@ -285,7 +285,13 @@ async def test_a_failed_training_proceeds_to_completion_and_can_be_enabled(
     await expect(toggle).to_be_enabled(timeout=TIMEOUT)
     await expect(page.get_by_test_id("run")).to_be_hidden()
     await expect(page.get_by_test_id("trained-chunks")).to_have_text("12")
-    await expect(page.get_by_test_id("last-metrics")).to_contain_text("recall@10 0.50 → 0.90")
+    await expect(page.get_by_test_id("last-metrics")).to_have_text(
+        "Testing the new model, Deep Memory found the right passage in the top 10 90% of the "
+        "time, against 50% without it. It can be used for search."
+    )
+    await expect(page.get_by_test_id("verdict-figures")).to_have_text(
+        "recall@10 0.50 → 0.90 (without → with Deep Memory)"
+    )
 
     await toggle.check()
     await expect(page.get_by_test_id("enabled")).to_have_text("on", timeout=TIMEOUT)
@@ -315,8 +321,14 @@ async def test_search_compares_results_with_and_without_deep_memory(
     await api.wait_status(user, body["training_run_id"], "completed", timeout=120)
     page = await open_page(browser, api, user)
     await expect(page.get_by_test_id("search-card")).to_be_visible()
-    await expect(page.get_by_test_id("last-metrics")).to_contain_text(
-        re.compile(r"Deep Memory put the right passage first \d+% of the time, against \d+%")
+    # enabled or not, the verdict is one sentence in a user's words, with its figures
+    await expect(page.get_by_test_id("last-metrics")).to_have_text(
+        re.compile(
+            r"^Testing the new model on \d+ searches it had not seen(, Deep Memory put the right "
+            r"passage first (\d+% of the time, against \d+% without it|as often as without it "
+            r"\(\d+%\)), and in the top 10 \d+% of the time, against \d+%\. It can be used for "
+            r"search\.|: .+, so it was not enabled\.)$"
+        )
     )
     # each column shows exactly what the backend answers; whether the model beats no model
     # is the trainer's business (the backend's training tests)
@@ -383,7 +395,7 @@ async def test_a_model_kept_out_is_explained_by_the_toggle_and_in_the_search_col
     # the toggle cannot be switched on, and the trainer's verdict stands beside it
     await expect(page.get_by_test_id("enable-toggle")).to_be_disabled(timeout=TIMEOUT)
     await expect(page.get_by_test_id("enable-reason")).to_have_text(
-        "It scored worse than no model."
+        "The trainer's verdict: It scored worse than no model."
     )
     await page.get_by_label("Query").fill("advisory locks")
     await page.get_by_test_id("search-submit").click()

@@ -154,7 +154,8 @@ def _folder(root: Path) -> Path:
     (docs / "sub" / "b.txt").write_text("The sweeper fails runs whose lease expired.\n")
     (docs / "empty.md").write_text("  \n")
     (docs / "binary.txt").write_bytes(b"abc\x00def")
-    (docs / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    (docs / "latin1.txt").write_bytes("Crème brûlée à la vanille.\n".encode("latin-1"))
+    (docs / "cafe.txt").write_bytes("caf\xe9".encode("latin-1"))
     (docs / "picture.png").write_bytes(b"\x89PNG\r\n")
     (docs / ".git" / "config").write_text("[core]\n")
     return docs
@@ -171,18 +172,23 @@ def test_ingest_adds_a_folder_once_and_says_what_it_skipped_and_why(
         f"deepmemory-service: data directory {tmp_path / 'var'}; database postgresql://"
     ), ran.err
     assert ran.out.splitlines() == [
-        f"added 2 file(s), 2 chunks; user {USER} now has 2 chunks",
+        f"added 3 file(s), 3 chunks; user {USER} now has 3 chunks",
         f"skipped 1 empty file(s): {docs}/empty.md",
         "skipped 1 file(s) of other types in the folders (accepted: .markdown .md .rst .text "
         f".txt; name a file to read it anyway): {docs}/picture.png",
-        f"could not add {docs}/binary.txt: contains NUL bytes: not a text file",
-        f"could not add {docs}/latin1.txt: not UTF-8 text (byte 3)",
+        f"read 1 file(s) that are not UTF-8 in the encoding that reads them as text: "
+        f"{docs}/latin1.txt (cp1252)",
+        f"could not add {docs}/binary.txt: it holds NUL bytes: a binary file, or UTF-16 "
+        "without a byte-order mark",
+        f"could not add {docs}/cafe.txt: not UTF-8, and its encoding cannot be told for "
+        'certain: it reads as "café" in cp1252 or as "cafķ" in cp775; save it as UTF-8 and '
+        "add it again",
     ]
 
     again = cli(["ingest", str(docs / "a.md"), str(docs / "sub"), "--user", USER], env)
     assert again.status == 0, again.err
     assert again.out.splitlines() == [
-        f"added 0 file(s), 0 chunks; user {USER} now has 2 chunks",
+        f"added 0 file(s), 0 chunks; user {USER} now has 3 chunks",
         "skipped 2 unchanged file(s), already added with the same name and text (--force adds "
         f"them again): {docs}/a.md, {docs}/sub/b.txt",
     ]
@@ -190,7 +196,7 @@ def test_ingest_adds_a_folder_once_and_says_what_it_skipped_and_why(
     (docs / "a.md").write_text("# Leases\n\nA lease is renewed every ten seconds.\n")
     forced = cli(["ingest", str(docs / "a.md"), str(docs / "sub"), "--user", USER, "--force"], env)
     assert forced.status == 0, forced.err
-    assert forced.out.splitlines() == [f"added 2 file(s), 2 chunks; user {USER} now has 4 chunks"]
+    assert forced.out.splitlines() == [f"added 2 file(s), 2 chunks; user {USER} now has 5 chunks"]
 
 
 def test_ingest_mistakes_are_usage_errors(tmp_path: Path) -> None:

@@ -131,6 +131,8 @@ async def test_cancel_stops_a_training_and_proceed_trains_again(
     assert reply["message"] == "Training cancelled; its 20 pairs are kept (Proceed trains again)"
     run = await api.run(user_id, run_id)
     assert (run["status"], run["pair_count"]) == ("training_failed", 20)
+    # the run says it was cancelled, not only failed (its status stays the contract's)
+    assert run["cancel_requested_at"] is not None
 
     assert trainer.gate is not None
     trainer.gate.set()
@@ -138,7 +140,8 @@ async def test_cancel_stops_a_training_and_proceed_trains_again(
         "POST", "/deep-memory/proceed", json={"user_id": str(user_id), "training_run_id": run_id}
     )
     assert code == 202
-    await api.wait_status(user_id, run_id, "completed")
+    resumed = await api.wait_status(user_id, run_id, "completed")
+    assert resumed["cancel_requested_at"] is None
 
 
 async def test_only_a_running_run_of_ones_own_can_be_cancelled(

@@ -112,6 +112,21 @@ async def test_every_kind_of_reply_matches_the_document(api: Api, user_id: uuid.
 
     docs = {"user_id": user, "documents": [{"title": None, "text": paragraph(i)} for i in range(4)]}
     await check("POST", "/documents", "/documents", json=docs)
+    await check(
+        "POST",
+        "/documents/file",
+        "/documents/file",
+        params={"user_id": user, "name": "crème.txt"},
+        data="Crème brûlée\n".encode("latin-1"),
+    )
+    await check(
+        "POST",
+        "/documents/file",
+        "/documents/file",
+        params={"user_id": user, "name": "picture.png"},
+        data=b"\x89PNG\r\n\x1a\n\x00\x00",
+    )
+    await check("GET", "/documents", "/documents", params={"user_id": user})
     accepted = await check(
         "POST", "/deep-memory/generate", "/deep-memory/generate", json={"user_id": user}
     )
@@ -156,6 +171,9 @@ async def test_every_kind_of_reply_matches_the_document(api: Api, user_id: uuid.
     await check("GET", "/healthz", "/healthz")
     assert [(m, p, s) for m, p, s in checked] == [
         ("POST", "/documents", 201),
+        ("POST", "/documents/file", 201),
+        ("POST", "/documents/file", 422),
+        ("GET", "/documents", 200),
         ("POST", "/deep-memory/generate", 202),
         ("POST", "/deep-memory/generate", 409),
         ("GET", "/deep-memory/runs/{run_id}", 200),

@@ -57,3 +57,9 @@ def test_reply_schemas_are_the_classes_the_views_use() -> None:
     assert text["pattern"] == payloads.NOT_BLANK
     generate = doc["paths"]["/deep-memory/generate"]["post"]["responses"]
     assert {"202", "400", "409", "413", "415", "422", "401", "503"} <= set(generate)
+    # a file's bytes: no JSON schema, the file's own statuses
+    upload = doc["paths"]["/documents/file"]["post"]
+    assert upload["requestBody"]["content"] == {
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+    }
+    assert {"201", "400", "413", "415", "422", "429", "401", "503"} <= set(upload["responses"])

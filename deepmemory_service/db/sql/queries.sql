@@ -78,6 +78,14 @@ SELECT llm_calls::float8 / (generated_chunks - reused_chunks) FROM training_runs
 WHERE user_id = $1 AND llm_calls > 0 AND generated_chunks > reused_chunks
 ORDER BY created_at DESC LIMIT 1;
 
+-- name: seconds_per_llm_call
+-- Wall-clock seconds per LLM call of the user's latest generation jobs that made calls (five
+-- at most, at the concurrency and latency they met): how long a new run's calls may take.
+SELECT sum(extract(epoch FROM j.finished_at - j.created_at))::float8 / sum(j.llm_calls)
+FROM (SELECT created_at, finished_at, llm_calls FROM jobs
+      WHERE user_id = $1 AND kind = 'generate' AND finished_at IS NOT NULL AND llm_calls > 0
+      ORDER BY finished_at DESC LIMIT 5) j;
+
 -- name: get_run
 -- One run of the user (another user's run is not found).
 SELECT * FROM training_runs WHERE id = $1 AND user_id = $2;
