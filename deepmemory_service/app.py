@@ -17,7 +17,7 @@ from deepmemory_service.api.keys import BACKEND, DRAIN, SERVICES, SETTINGS, SUPE
 from deepmemory_service.api.middlewares import json_errors, request_context, service_auth
 from deepmemory_service.api.routes import setup_routes
 from deepmemory_service.db import migrations
-from deepmemory_service.db.database import CONNECTION_ERRORS, Database
+from deepmemory_service.db.database import CONNECTION_ERRORS, Database, Waits
 from deepmemory_service.llm.generators import QuestionGenerator
 from deepmemory_service.platform.config import Settings
 from deepmemory_service.platform.metrics import RUN_COUNTS_TTL_S, Cached, Metrics
@@ -86,26 +86,34 @@ async def open_backend(
     )
     broadcaster = Broadcaster(settings.supervisor.subscriber_queue)
     embedder = overrides.embedder or parts.build_embedder(settings)
+    corpora = Corpora(
+        db=db,
+        stores=StoreRegistry(
+            settings.store_path,
+            embedder.name,
+            embedder.dimension,
+            settings.activeloop.token or None,
+        ),
+        embedder=embedder,
+        uploads=UploadGate(settings.uploads.per_user),
+        chunking=settings.store,
+        limits=settings.uploads,
+    )
+    bounds = settings.database
+    request_db = db.bounded(
+        Waits(bounds.acquire_timeout_s, bounds.statement_timeout_s, bounds.lock_wait_s)
+    )
     svc = Services(
         settings=settings,
-        corpora=Corpora(
-            db=db,
-            stores=StoreRegistry(
-                settings.store_path,
-                embedder.name,
-                embedder.dimension,
-                settings.activeloop.token or None,
-            ),
-            embedder=embedder,
-            uploads=UploadGate(settings.uploads.per_user),
-            chunking=settings.store,
-            limits=settings.uploads,
-        ),
+        corpora=corpora,
+        request_corpora=attrs.evolve(corpora, db=request_db),
         broadcaster=broadcaster,
         events=JobEvents(db, broadcaster, settings.instance_id),
         generator=overrides.generator or parts.build_generator(settings),
         trainer=overrides.trainer or parts.build_trainer(settings),
-        metrics=Metrics(Cached(lambda: db.read(lambda c: c.run_counts()), RUN_COUNTS_TTL_S)),
+        metrics=Metrics(
+            Cached(lambda: request_db.read(lambda c: c.run_counts()), RUN_COUNTS_TTL_S)
+        ),
         budget=parts.build_budget(settings, db),
     )
 

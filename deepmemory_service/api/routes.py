@@ -280,7 +280,14 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "/healthz",
         views.healthz,
         "Liveness and database readiness",
-        {"200": json_reply(schema_of(replies.Health, reply=True), "Healthy")},
+        {
+            "200": json_reply(schema_of(replies.Health, reply=True), "Healthy"),
+            "503": Reply(
+                "The database is down, or did not answer within 1.5 s",
+                schema_of(replies.Unhealthy, reply=True),
+                headers={"Retry-After": "Seconds to wait before asking again"},
+            ),
+        },
         token=False,
     ),
     Endpoint(

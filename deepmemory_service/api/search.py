@@ -68,12 +68,12 @@ async def search(request: web.Request) -> web.Response:
     k = query_int(request, "k", 10, 1, 100)
     svc = request.app[SERVICES]
     deep_memory = query_bool(request, "deep_memory")
-    async with svc.db.conn() as conn:
+    async with svc.request_db.conn() as conn:
         in_catalog = await conn.corpus(user_id)
         if deep_memory is None:
             row = await conn.get_settings(user_id)
             deep_memory = bool(row and row.enabled)
-    svc.corpora.check_embedder(in_catalog)
+    svc.request_corpora.check_embedder(in_catalog)
     try:
         found = await search_chunks(
             svc.stores.for_user(user_id),
@@ -81,10 +81,10 @@ async def search(request: web.Request) -> web.Response:
             query,
             k,
             trainer=svc.trainer if deep_memory else None,
-            read=lambda: corpus.snapshot(svc.corpora, user_id, in_catalog),
+            read=lambda: corpus.snapshot(svc.request_corpora, user_id, in_catalog),
         )
     except NoModelError:
-        async with svc.db.conn() as conn:
+        async with svc.request_db.conn() as conn:
             row = await conn.get_settings(user_id)
         if row is not None and row.last_training_run_id and not row.can_enable:
             # trained, then kept out by the trainer's verdict: say so, and why

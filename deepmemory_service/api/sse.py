@@ -123,7 +123,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
     # checked before the stream starts: afterwards an error could only cut it
     after = last_event_id(request)
     svc = request.app[SERVICES]
-    async with svc.db.conn() as conn:
+    # a request's bounds until the stream starts; then the stream's reads wait an outage out
+    async with svc.request_db.conn() as conn:
         job = await conn.get_job(job_id, user_id)
     if job is None:
         raise NotFound("Job not found")

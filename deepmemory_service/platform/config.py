@@ -49,6 +49,11 @@ class DatabaseSettings:
     url: str
     pool_min: int
     pool_max: int
+    # a request's waits (a run's work waits an outage out): for a free connection, for each
+    # statement (and for a read with its retries in all), for the user's lock
+    acquire_timeout_s: float
+    statement_timeout_s: float
+    lock_wait_s: float
 
 
 @frozen
@@ -303,6 +308,9 @@ def _complete(settings: Settings) -> Settings:
         )
     if settings.http.sse_send_timeout_s <= 0:
         problems.append("DEEPMEMORY_HTTP_SSE_SEND_TIMEOUT_S must be positive")
+    for name in ("acquire_timeout_s", "statement_timeout_s", "lock_wait_s"):
+        if getattr(settings.database, name) <= 0:
+            problems.append(f"DEEPMEMORY_DATABASE_{name.upper()} must be positive")
     if not 0.0 < settings.train.holdout < 1.0:
         problems.append("DEEPMEMORY_TRAIN_HOLDOUT must be between 0 and 1")
     if settings.train.seed < 0:

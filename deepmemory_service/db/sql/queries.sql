@@ -5,6 +5,10 @@
 -- Serialises a user's state-changing commands across every instance (released at commit).
 SELECT pg_advisory_xact_lock(hashtextextended('deepmemory:' || ($1::uuid)::text, 0));
 
+-- name: user_try_lock
+-- The same lock if it is free now (true), else false at once: a request asks again rather than wait blind.
+SELECT pg_try_advisory_xact_lock(hashtextextended('deepmemory:' || ($1::uuid)::text, 0));
+
 -- name: blocking_run
 -- The user's newest unfinished run (any status but completed): what blocks a new generate.
 SELECT id, status FROM training_runs
