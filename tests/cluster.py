@@ -81,13 +81,16 @@ async def cluster(
     fresh_db: Callable[..., Awaitable[str]], template_db: str, tmp_path: Path, aiohttp_server: Any
 ) -> AsyncIterator[Any]:
     """`start(**env)` launches a backend process on a shared fresh database (`env`: more
-    settings, `DEEPMEMORY_LLM_RPM="60"` say); `wrapper` is a command it runs under. All
+    settings, `DEEPMEMORY_LLM_RPM="60"` say); `wrapper` is a command it runs under, and
+    `ready` the path that answers 200 once it serves (a gateway alone has no healthz). All
     are killed after."""
     db_url = await fresh_db(template_db)
     standin = await aiohttp_server(create_standin_app(StandinConfig(latency_ms=15)))
     started: list[Instance] = []
 
-    async def start(wrapper: Sequence[str] = (), **env: str) -> Instance:
+    async def start(
+        wrapper: Sequence[str] = (), ready: str = "/v1/api/healthz", **env: str
+    ) -> Instance:
         port = free_port()
         environ = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -131,7 +134,7 @@ async def cluster(
                     f"the service exited during start-up\n{instance.log_tail()}"
                 )
                 try:
-                    async with http.get(f"{instance.url}/v1/api/healthz") as resp:
+                    async with http.get(f"{instance.url}{ready}") as resp:
                         if resp.status == 200:
                             return instance
                 except aiohttp.ClientError:

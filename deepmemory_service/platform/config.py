@@ -65,6 +65,9 @@ class HttpSettings:
     backend_url: str
     allowed_origins: tuple[str, ...]
     sse_send_timeout_s: float
+    # the gateway's bounds per user: event streams open, other calls in flight
+    sse_streams_per_user: int
+    calls_per_user: int
 
 
 @frozen
@@ -308,6 +311,9 @@ def _complete(settings: Settings) -> Settings:
         )
     if settings.http.sse_send_timeout_s <= 0:
         problems.append("DEEPMEMORY_HTTP_SSE_SEND_TIMEOUT_S must be positive")
+    for name in ("sse_streams_per_user", "calls_per_user"):
+        if getattr(settings.http, name) < 1:
+            problems.append(f"DEEPMEMORY_HTTP_{name.upper()} must be at least 1")
     for name in ("acquire_timeout_s", "statement_timeout_s", "lock_wait_s"):
         if getattr(settings.database, name) <= 0:
             problems.append(f"DEEPMEMORY_DATABASE_{name.upper()} must be positive")
