@@ -46,6 +46,7 @@ DATABASE_FACING = frozenset(
         "test_metrics",
         "test_middlewares",
         "test_rate_limits",
+        "test_request_bounds",
         "test_runs_api",
         "test_schema",
         "test_sse",
