@@ -14,7 +14,12 @@ from aiohttp import web
 from deepmemory_service import parts
 from deepmemory_service.api import metrics_view, views
 from deepmemory_service.api.keys import BACKEND, DRAIN, SERVICES, SETTINGS, SUPERVISORS
-from deepmemory_service.api.middlewares import json_errors, request_context, service_auth
+from deepmemory_service.api.middlewares import (
+    common_headers,
+    json_errors,
+    request_context,
+    service_auth,
+)
 from deepmemory_service.api.routes import setup_routes
 from deepmemory_service.db import migrations
 from deepmemory_service.db.database import CONNECTION_ERRORS, Database, Waits
@@ -199,6 +204,7 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> web.Ap
         handler_args={"auto_decompress": False},
     )
     app[SETTINGS] = settings
+    app.on_response_prepare.append(common_headers)
     if role in ("all", "backend"):
         backend = create_backend(settings, overrides or Overrides())
         app.add_subapp("/v1/api", backend)

@@ -1,5 +1,5 @@
 """The request pipeline: request context for the logs, every error as a JSON `{"detail"}`
-reply, and the backend's service token."""
+reply, the backend's service token, and the headers every reply carries."""
 
 from __future__ import annotations
 
@@ -73,6 +73,14 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except Exception:
         log.exception("unhandled error")
         return web.json_response({"detail": "Internal server error"}, status=500)
+
+
+async def common_headers(_request: web.Request, response: web.StreamResponse) -> None:
+    """Every reply (an `on_response_prepare` signal): its type is never sniffed into another,
+    and a JSON reply, one user's data that changes, is never stored by a cache."""
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    if response.content_type == "application/json":
+        response.headers.setdefault("Cache-Control", "no-store")
 
 
 def has_bearer(request: web.Request, expected: str) -> bool:

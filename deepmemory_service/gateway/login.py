@@ -171,6 +171,21 @@ async def home(_request: web.Request) -> web.StreamResponse:
     return _redirect("/deep-memory")
 
 
+@cache
+def _web_files() -> frozenset[str]:
+    return frozenset(path.name for path in WEB.iterdir() if path.is_file())
+
+
+@routes.get("/static/{name}")
+async def static_file(request: web.Request) -> web.StreamResponse:
+    """The page's own files, by name (aiohttp's static route answers a missing one with an
+    empty body of no type instead of the API's JSON 404)."""
+    name = request.match_info["name"]
+    if name not in _web_files():
+        raise web.HTTPNotFound()
+    return web.FileResponse(WEB / name)
+
+
 @routes.get("/favicon.ico")
 async def favicon(_request: web.Request) -> web.StreamResponse:
     # browsers ask for it on every page, the JSON ones too

@@ -281,4 +281,3 @@ def setup_gateway(app: web.Application, settings: Settings | None = None) -> Non
         handler = stream if endpoint.streams else _forwarder(endpoint)
         app.router.add_route(endpoint.method, endpoint.public.path, handler)
     app.add_routes(login.routes)
-    app.router.add_static("/static", login.WEB, show_index=False)
