@@ -22,6 +22,7 @@ import yarl
 
 from deepmemory_service.errors import Busy
 from deepmemory_service.models import (
+    TITLE_MAX_CHARS,
     CatalogChunk,
     Chunk,
     Corpus,
@@ -519,8 +520,16 @@ class Conn:
         return {bytes(r["digest"]) for r in rows}
 
     async def list_documents(self, user_id: uuid.UUID, limit: int) -> list[Document]:
-        rows = await self._fetch("list_documents", user_id, limit)
-        return [Document(r["id"], r["title"], r["chunk_count"], r["created_at"]) for r in rows]
+        rows = await self._fetch("list_documents", user_id, limit, TITLE_MAX_CHARS)
+        return [
+            Document(
+                r["id"],
+                r["title"][: TITLE_MAX_CHARS - 1] + "…" if r["cut"] else r["title"],
+                r["chunk_count"],
+                r["created_at"],
+            )
+            for r in rows
+        ]
 
     async def document_count(self, user_id: uuid.UUID) -> int:
         value: int = await self._fetchval("document_count", user_id)

@@ -309,8 +309,9 @@ ORDER BY u.n;
 SELECT DISTINCT digest FROM documents WHERE user_id = $1 AND digest = ANY($2::bytea[]);
 
 -- name: list_documents
--- The user's documents, newest first.
-SELECT id, title, chunk_count, created_at FROM documents
+-- The user's documents, newest first; titles cut to $3 characters, saying which were (stored before titles were bounded).
+SELECT id, left(title, $3) AS title, length(title) > $3 AS cut, chunk_count, created_at
+FROM documents
 WHERE user_id = $1 ORDER BY created_at DESC, id LIMIT $2;
 
 -- name: document_count
