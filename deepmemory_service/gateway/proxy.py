@@ -29,6 +29,7 @@ from deepmemory_service.api.sse import CLIENT_LEFT, client_connected
 from deepmemory_service.errors import BadGateway, InvalidInput
 from deepmemory_service.gateway import auth, login
 from deepmemory_service.gateway.fairness import USER_LIMITS, UserLimits
+from deepmemory_service.gateway.forwarded import TRUSTED_PROXIES, forwarded, networks
 from deepmemory_service.platform.config import Settings
 
 log = structlog.get_logger(__name__)
@@ -274,6 +275,9 @@ def setup_gateway(app: web.Application, settings: Settings | None = None) -> Non
             raise ValueError("setup_gateway needs settings: app[SETTINGS] is not set")
         app[SETTINGS] = settings
     app[USER_LIMITS] = UserLimits.of(app[SETTINGS].http)
+    app[TRUSTED_PROXIES] = networks(app[SETTINGS].http.trusted_proxies)
+    # innermost, so that the handlers see the request as the client made it
+    app.middlewares.append(forwarded)
     app.cleanup_ctx.append(_clients)
     for endpoint in ENDPOINTS:
         if endpoint.public is None:

@@ -8,6 +8,7 @@ value stops start-up with a message that names the setting.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import tomllib
@@ -68,6 +69,8 @@ class HttpSettings:
     # the gateway's bounds per user: event streams open, other calls in flight
     sse_streams_per_user: int
     calls_per_user: int
+    # addresses or networks of the proxies whose X-Forwarded-*/Forwarded headers count
+    trusted_proxies: tuple[str, ...]
 
 
 @frozen
@@ -311,6 +314,13 @@ def _complete(settings: Settings) -> Settings:
         )
     if settings.http.sse_send_timeout_s <= 0:
         problems.append("DEEPMEMORY_HTTP_SSE_SEND_TIMEOUT_S must be positive")
+    for entry in settings.http.trusted_proxies:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            problems.append(
+                f"DEEPMEMORY_HTTP_TRUSTED_PROXIES: {entry!r} is not an IP address or network"
+            )
     for name in ("sse_streams_per_user", "calls_per_user"):
         if getattr(settings.http, name) < 1:
             problems.append(f"DEEPMEMORY_HTTP_{name.upper()} must be at least 1")
