@@ -44,6 +44,8 @@ async function api(method, path, body) {
 
 // the job a notice is about ("Resuming generation from chunk 10/21"): it goes when the job ends
 let noticeJob = null;
+// the notice of a settings read that failed for a while (503, 429), while it stands
+let passing = null;
 
 function notice(text, isError = false, jobId = null) {
   const el = $("notice");
@@ -301,7 +303,16 @@ async function fetchRun(runId) {
 
 async function refresh() {
   const r = await api("GET", "/api/deep-memory/settings");
-  if (!r.ok) { notice(r.data.detail || "Could not load the settings", true); return; }
+  if (!r.ok) {
+    const said = r.data.detail || "Could not load the settings";
+    notice(said, true);
+    // a passing condition (a database not answering, too many streams open): look again,
+    // and take the notice back once it passed
+    if (r.status === 503 || r.status === 429 || r.status === 0) { passing = said; scheduleRecheck(); }
+    return;
+  }
+  if (passing !== null && $("notice").textContent === passing) { notice(""); }
+  passing = null;
   const s = r.data;
   show("loading", false);
   const available = s.is_cloud || s.trainer === "local";
