@@ -68,6 +68,8 @@ BACKEND_AUTH = {"Authorization": f"Bearer {TOKEN}"}
 # a call or a stream whose reply takes longer than this is counted as hung
 CLIENT_TIMEOUT_S = 120.0
 CALL_TARGET_S = 1.0
+# how long the backend's streams of departed clients are watched
+LEFT_S = 30.0
 FROZEN_TARGET_S = 10.0
 
 
@@ -272,7 +274,11 @@ class Streams:
     through_gateway: list[Call] = field(default_factory=list)
     direct: list[Call] = field(default_factory=list)
     backend_streams_at_hold: int = 0
-    opened_after_leaving: int = 0  # backend subscribers seen after every A client left
+    # once every A client has left: the backend's subscribers then, the most seen in the
+    # LEFT_S after, and how soon none was left (None: not within LEFT_S)
+    at_leaving: int = 0
+    peak_after_leaving: int = 0
+    gone_after_s: float | None = None
     tracebacks: int = 0
     retry_after: set[str] = field(default_factory=set)
 
@@ -366,14 +372,17 @@ async def bench_streams(
         task.cancel()
     await asyncio.gather(*holding, return_exceptions=True)
     await holders.close()
-    # a gateway that still opens streams for them shows them at the backend now
-    deadline = time.monotonic() + 10
-    seen = []
-    while time.monotonic() < deadline:
-        seen.append(await subscribers(http, svc))
+    # a gateway that still opens streams for them shows them at the backend now (a backend
+    # stream itself notices its client gone at its next ping, within 15 s)
+    left = time.monotonic()
+    out.at_leaving = await subscribers(http, svc)
+    while (since := time.monotonic() - left) < LEFT_S:
+        now = await subscribers(http, svc)
+        out.peak_after_leaving = max(out.peak_after_leaving, now)
+        if now == 0:
+            out.gone_after_s = since
+            break
         await asyncio.sleep(0.05)
-    # the last second's count: streams of clients that left, opened or never closed
-    out.opened_after_leaving = max(seen[len(seen) // 2 :]) if seen else 0
     out.tracebacks = svc.tracebacks()
     async with http.post(
         f"{svc.backend}/deep-memory/cancel",
@@ -532,15 +541,20 @@ def report_streams(s: Streams, sizes: Sizes) -> list[str]:
     )
     say(f"Retry-After on refused streams: {sorted(s.retry_after) or 'none'}")
     say(f"backend streams open while A held its streams: {s.backend_streams_at_hold}")
+    gone = "never" if s.gone_after_s is None else f"{s.gone_after_s:.1f} s"
     say(f"B through the gateway: {call_table(s.through_gateway)}")
     say(f"B straight to the backend: {call_table(s.direct)}")
     for c in s.through_gateway:
         say(f"  {c.what:9} {c.status or c.error:>4} {c.seconds * 1000:9.1f} ms")
     say(
-        f"backend streams open 5-10 s after every A client left: {s.opened_after_leaving}; "
-        f"tracebacks in the service's log: {s.tracebacks}"
+        f"backend streams when every A client had left: {s.at_leaving}, the most after: "
+        f"{s.peak_after_leaving}, none left after: {gone}; tracebacks in the service's log: "
+        f"{s.tracebacks}"
     )
     ok = [c.status == 200 for c in s.through_gateway]
+    fine_after = (
+        s.peak_after_leaving <= s.at_leaving and s.gone_after_s is not None and not s.tracebacks
+    )
     worst = max(c.seconds for c in s.through_gateway)
     return [
         f"| B's {len(ok)} calls while A holds {sizes.streams} streams | {sum(ok)} × 200, "
@@ -549,9 +563,10 @@ def report_streams(s: Streams, sizes: Sizes) -> list[str]:
         f"| A's streams | {', '.join(f'{n} × {k}' for k, n in sorted(s.held.items()))}"
         f"{f', {s.unanswered} unanswered' if s.unanswered else ''} | at most the limit open, "
         f"429 beyond |",
-        f"| after A's clients left | {s.opened_after_leaving} backend streams, "
-        f"{s.tracebacks} tracebacks | 0, 0 "
-        f"{'✓' if s.opened_after_leaving == 0 and s.tracebacks == 0 else '✗'} |",
+        f"| after A's clients left | {s.at_leaving} backend streams, at most "
+        f"{s.peak_after_leaving} after, none after {gone}; {s.tracebacks} tracebacks | none "
+        f"opened, all gone, no traceback "
+        f"{'✓' if fine_after else '✗'} |",
     ]
 
 
@@ -566,12 +581,18 @@ def report_frozen(f: Frozen) -> list[str]:
         say(f"{what}: {len(mine)} asked; statuses {dict(statuses)}; p50 / p90 / p99 / max {lat}")
         for d in details[:3]:
             say(f"   {d}")
+        # answered before SIGCONT (those still waiting then are answered by the database)
+        during = Counter(str(p.status) for p in mine if p.sent_s + p.seconds < f.freeze_s)
+        say(f"   answered while still frozen: {dict(during)}")
         worst = max((p.seconds for p in mine), default=0.0)
         bad = sum(p.status in (0, 500) or p.seconds > FROZEN_TARGET_S for p in mine)
+        bad += sum(n for status, n in during.items() if status != "503")
         rows.append(
-            f"| {what}, frozen {f.freeze_s:g} s {f.name} | "
-            f"{', '.join(f'{n} × {k}' for k, n in sorted(statuses.items()))}; slowest "
-            f"{worst:.1f} s; 200 again {f.recovered_s.get(what, float('nan')):.1f} s after | "
+            f"| {what}, frozen {f.freeze_s:g} s {f.name} | {len(mine)} asked: "
+            f"{', '.join(f'{n} × {k}' for k, n in sorted(statuses.items()))} "
+            f"({', '.join(f'{n} × {k}' for k, n in sorted(during.items())) or 'none'} while "
+            f"frozen); slowest {worst:.1f} s; 200 again "
+            f"{f.recovered_s.get(what, float('nan')):.1f} s after | "
             f"503 within {FROZEN_TARGET_S:g} s, no 500 {'✓' if not bad else '✗'} |"
         )
     if f.run_status:
