@@ -648,9 +648,7 @@ class Conn:
             await self._execute("migration_unlock", MIGRATION_LOCK)
 
     async def applied_migrations(self) -> set[int]:
-        await self._execute(
-            "create_migrations_table",
-        )
+        await self._execute("create_migrations_table")
         return {r["version"] for r in await self._fetch("applied_migrations")}
 
     async def apply_migration(self, version: int, name: str, sql: str) -> None:

@@ -25,7 +25,6 @@ class PerUser:
 
     most: int
     refusal: str
-    refused: int = 0
     _held: dict[uuid.UUID, int] = attrs.field(factory=dict, init=False)
 
     @contextmanager
@@ -33,7 +32,6 @@ class PerUser:
         """One more held by `user_id` while the block runs, or `TooManyRequests`."""
         count = self._held.get(user_id, 0)
         if count >= self.most:
-            self.refused += 1
             raise TooManyRequests(self.refusal.format(most=self.most))
         self._held[user_id] = count + 1
         try:
@@ -42,13 +40,6 @@ class PerUser:
             left = self._held.pop(user_id) - 1
             if left:
                 self._held[user_id] = left
-
-    def held_by(self, user_id: uuid.UUID) -> int:
-        return self._held.get(user_id, 0)
-
-    @property
-    def total(self) -> int:
-        return sum(self._held.values())
 
 
 @attrs.define
