@@ -84,10 +84,20 @@ async def open_backend(
 ) -> AsyncIterator[Backend]:
     """Database, parts and supervisors; with `background`, the lease and event side tasks."""
     await migrations.migrate_url(settings.database.url)
-    db = await Database.connect(
-        settings.database.url,
-        min_size=settings.database.pool_min,
-        max_size=settings.database.pool_max,
+    bounds = settings.database
+    # two pools: a run's work waits an outage out on its connections, and a request that
+    # gives up (cutting its connection) never leaves the work to reconnect to a server
+    # that does not answer; neither's load takes the other's connections
+    db = await Database.connect(bounds.url, min_size=bounds.pool_min, max_size=bounds.pool_max)
+    try:
+        pool = await Database.connect(
+            bounds.url, min_size=bounds.pool_min, max_size=bounds.pool_max
+        )
+    except BaseException:
+        await db.close()
+        raise
+    request_db = pool.bounded(
+        Waits(bounds.acquire_timeout_s, bounds.statement_timeout_s, bounds.lock_wait_s)
     )
     broadcaster = Broadcaster(settings.supervisor.subscriber_queue)
     embedder = overrides.embedder or parts.build_embedder(settings)
@@ -103,10 +113,6 @@ async def open_backend(
         uploads=UploadGate(settings.uploads.per_user),
         chunking=settings.store,
         limits=settings.uploads,
-    )
-    bounds = settings.database
-    request_db = db.bounded(
-        Waits(bounds.acquire_timeout_s, bounds.statement_timeout_s, bounds.lock_wait_s)
     )
     svc = Services(
         settings=settings,
@@ -136,7 +142,7 @@ async def open_backend(
             "lease-heartbeat",
             lambda: leases.heartbeat(svc, supervisors.working_runs, supervisors.cancel_run),
         )
-        side.start("lease-sweeper", lambda: leases.sweeper(svc))
+        side.start("lease-sweeper", lambda: leases.sweeper(svc, supervisors.working_runs))
         side.start(
             "event-listener",
             lambda: listener.listen(svc, supervisors.cancel_run),
@@ -151,6 +157,7 @@ async def open_backend(
         await side.stop()
         for part in (svc.generator, svc.embedder, svc.trainer, svc.budget):
             await part.aclose()
+        await request_db.close()
         await db.close()
 
 

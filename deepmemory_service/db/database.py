@@ -741,8 +741,8 @@ async def _roll_back(raw: asyncpg.Connection, transaction: Any, within_s: float 
 
 @attrs.define
 class Database:
-    """The pool, and how long its users wait on it (`Waits`): `bounded` gives the same pool
-    with a request's bounds."""
+    """A pool, and how long its users wait on it (`Waits`): a run's work waits an outage
+    out; `bounded` gives a request's bounds."""
 
     pool: asyncpg.Pool
     url: str = attrs.field(repr=False)
@@ -765,7 +765,8 @@ class Database:
         return cls(pool, url)
 
     def bounded(self, waits: Waits) -> Database:
-        """The same pool, its users waiting at most `waits` (closing it closes the pool)."""
+        """This database, its users waiting at most `waits` (on the same pool: closing
+        either closes it)."""
         return attrs.evolve(self, waits=waits)
 
     async def close(self) -> None:
