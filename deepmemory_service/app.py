@@ -14,10 +14,15 @@ from aiohttp import web
 from deepmemory_service import parts
 from deepmemory_service.api import metrics_view, views
 from deepmemory_service.api.keys import BACKEND, DRAIN, SERVICES, SETTINGS, SUPERVISORS
-from deepmemory_service.api.middlewares import json_errors, request_context, service_auth
+from deepmemory_service.api.middlewares import (
+    common_headers,
+    json_errors,
+    request_context,
+    service_auth,
+)
 from deepmemory_service.api.routes import setup_routes
 from deepmemory_service.db import migrations
-from deepmemory_service.db.database import CONNECTION_ERRORS, Database
+from deepmemory_service.db.database import CONNECTION_ERRORS, Database, Waits
 from deepmemory_service.llm.generators import QuestionGenerator
 from deepmemory_service.platform.config import Settings
 from deepmemory_service.platform.metrics import RUN_COUNTS_TTL_S, Cached, Metrics
@@ -79,33 +84,47 @@ async def open_backend(
 ) -> AsyncIterator[Backend]:
     """Database, parts and supervisors; with `background`, the lease and event side tasks."""
     await migrations.migrate_url(settings.database.url)
-    db = await Database.connect(
-        settings.database.url,
-        min_size=settings.database.pool_min,
-        max_size=settings.database.pool_max,
+    bounds = settings.database
+    # two pools: a run's work waits an outage out on its connections, and a request that
+    # gives up (cutting its connection) never leaves the work to reconnect to a server
+    # that does not answer; neither's load takes the other's connections
+    db = await Database.connect(bounds.url, min_size=bounds.pool_min, max_size=bounds.pool_max)
+    try:
+        pool = await Database.connect(
+            bounds.url, min_size=bounds.pool_min, max_size=bounds.pool_max
+        )
+    except BaseException:
+        await db.close()
+        raise
+    request_db = pool.bounded(
+        Waits(bounds.acquire_timeout_s, bounds.statement_timeout_s, bounds.lock_wait_s)
     )
     broadcaster = Broadcaster(settings.supervisor.subscriber_queue)
     embedder = overrides.embedder or parts.build_embedder(settings)
+    corpora = Corpora(
+        db=db,
+        stores=StoreRegistry(
+            settings.store_path,
+            embedder.name,
+            embedder.dimension,
+            settings.activeloop.token or None,
+        ),
+        embedder=embedder,
+        uploads=UploadGate(settings.uploads.per_user),
+        chunking=settings.store,
+        limits=settings.uploads,
+    )
     svc = Services(
         settings=settings,
-        corpora=Corpora(
-            db=db,
-            stores=StoreRegistry(
-                settings.store_path,
-                embedder.name,
-                embedder.dimension,
-                settings.activeloop.token or None,
-            ),
-            embedder=embedder,
-            uploads=UploadGate(settings.uploads.per_user),
-            chunking=settings.store,
-            limits=settings.uploads,
-        ),
+        corpora=corpora,
+        request_corpora=attrs.evolve(corpora, db=request_db),
         broadcaster=broadcaster,
         events=JobEvents(db, broadcaster, settings.instance_id),
         generator=overrides.generator or parts.build_generator(settings),
         trainer=overrides.trainer or parts.build_trainer(settings),
-        metrics=Metrics(Cached(lambda: db.read(lambda c: c.run_counts()), RUN_COUNTS_TTL_S)),
+        metrics=Metrics(
+            Cached(lambda: request_db.read(lambda c: c.run_counts()), RUN_COUNTS_TTL_S)
+        ),
         budget=parts.build_budget(settings, db),
     )
 
@@ -123,7 +142,7 @@ async def open_backend(
             "lease-heartbeat",
             lambda: leases.heartbeat(svc, supervisors.working_runs, supervisors.cancel_run),
         )
-        side.start("lease-sweeper", lambda: leases.sweeper(svc))
+        side.start("lease-sweeper", lambda: leases.sweeper(svc, supervisors.working_runs))
         side.start(
             "event-listener",
             lambda: listener.listen(svc, supervisors.cancel_run),
@@ -138,6 +157,7 @@ async def open_backend(
         await side.stop()
         for part in (svc.generator, svc.embedder, svc.trainer, svc.budget):
             await part.aclose()
+        await request_db.close()
         await db.close()
 
 
@@ -191,6 +211,7 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> web.Ap
         handler_args={"auto_decompress": False},
     )
     app[SETTINGS] = settings
+    app.on_response_prepare.append(common_headers)
     if role in ("all", "backend"):
         backend = create_backend(settings, overrides or Overrides())
         app.add_subapp("/v1/api", backend)

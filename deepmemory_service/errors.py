@@ -78,6 +78,13 @@ class BadGateway(ServiceError):
     status = 502
 
 
+class TooManyRequests(ServiceError):
+    """One user holds as many of something at once as it may; one more waits a moment."""
+
+    status = 429
+    headers = MappingProxyType({"Retry-After": "1"})
+
+
 class BlockingRunExists(Conflict):
     def __init__(self, run_id: uuid.UUID, status: RunStatus) -> None:
         super().__init__("Cannot start new generation: an unfinished training run exists")

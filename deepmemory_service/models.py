@@ -114,9 +114,15 @@ class CatalogChunk:
     title: str | None
 
 
+# the longest title a document may be given: a file's name and more (the page's "(part i of
+# n)"), and small enough that a listing of a thousand documents stays small
+TITLE_MAX_CHARS = 500
+
+
 @frozen
 class Document:
-    """A document as the catalog lists it."""
+    """A document as the catalog lists it (a title stored longer than `TITLE_MAX_CHARS`,
+    before that bound, cut to it and ending in "…")."""
 
     id: uuid.UUID
     title: str | None

@@ -17,6 +17,7 @@ import attrs
 import structlog
 from aiohttp import web
 
+from deepmemory_service.api.protocol import JsonErrorsRunner
 from deepmemory_service.app import create_app
 from deepmemory_service.db.database import DatabaseUnreachable, redacted
 from deepmemory_service.db.embedded import EmbeddedPostgres
@@ -153,16 +154,61 @@ def _serve(settings: Settings, sockets: list[socket.socket], on_ready: object) -
             data_dir=settings.data_dir,
             database=describe_database(settings),
         )
-        web.run_app(
-            app,
-            sock=sockets,
-            shutdown_timeout=SHUTDOWN_S,
-            print=None,
-            access_log=None,
-            handle_signals=True,
-            loop=asyncio.new_event_loop(),
-        )
+        run_app(app, sockets)
     return 1 if watchdog is not None and watchdog.gave_up else 0
+
+
+async def _until_stopped(app: web.Application, sockets: list[socket.socket]) -> None:
+    runner = JsonErrorsRunner(
+        app, handle_signals=True, access_log=None, shutdown_timeout=SHUTDOWN_S
+    )
+    await runner.setup()
+    try:
+        for sock in sockets:
+            await web.SockSite(runner, sock).start()
+        # until SIGINT or SIGTERM: the runner's handlers raise GracefulExit here
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+def run_app(app: web.Application, sockets: list[socket.socket]) -> None:
+    """`web.run_app` on `sockets`, step for step, but with `JsonErrorsRunner`: aiohttp's
+    own replies to requests it cannot parse are then JSON like every other 4xx."""
+    loop = asyncio.new_event_loop()
+    main = loop.create_task(_until_stopped(app, sockets))
+    try:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(main)
+    except (web.GracefulExit, KeyboardInterrupt):
+        pass
+    finally:
+        try:
+            if not main.done():
+                main.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    loop.run_until_complete(main)
+        finally:
+            _cancel_all(loop)
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+
+def _cancel_all(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancels what is left running, as asyncio.run does, reporting what failed."""
+    left = asyncio.all_tasks(loop)
+    for task in left:
+        task.cancel()
+    loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+    for task in left:
+        if not task.cancelled() and task.exception() is not None:
+            loop.call_exception_handler(
+                {
+                    "message": "unhandled exception during shutdown",
+                    "exception": task.exception(),
+                    "task": task,
+                }
+            )
 
 
 def describe_database(settings: Settings) -> str:

@@ -60,12 +60,18 @@ async def cluster(
 ) -> AsyncIterator[Any]:
     """`start(**env)` launches a backend process on a shared fresh database (`env`: more
     settings, `DEEPMEMORY_LLM_RPM="60"` say); `wrapper` is a command it runs under, `port`
-    the port it listens on (a restart on the port of a stopped one). All are killed after."""
+    the port it listens on (a restart on the port of a stopped one), and `ready` the path
+    that answers 200 once it serves (a gateway alone has no healthz). All are killed after."""
     db_url = await fresh_db(template_db)
     standin = await aiohttp_server(create_standin_app(StandinConfig(latency_ms=15)))
     started: list[Instance] = []
 
-    async def start(wrapper: Sequence[str] = (), port: int | None = None, **env: str) -> Instance:
+    async def start(
+        wrapper: Sequence[str] = (),
+        port: int | None = None,
+        ready: str = "/v1/api/healthz",
+        **env: str,
+    ) -> Instance:
         port = port or free_port()
         environ = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -109,7 +115,7 @@ async def cluster(
                     f"the service exited during start-up\n{instance.log_tail()}"
                 )
                 try:
-                    async with http.get(f"{instance.url}/v1/api/healthz") as resp:
+                    async with http.get(f"{instance.url}{ready}") as resp:
                         if resp.status == 200:
                             return instance
                 except aiohttp.ClientError:

@@ -23,5 +23,7 @@ SUPERVISORS: web.AppKey[SupervisorRegistry] = web.AppKey("supervisors")
 DRAIN: web.AppKey[Callable[[], Awaitable[None]]] = web.AppKey("drain")
 # the backend sub-application, on the root app
 BACKEND = web.AppKey("backend", web.Application)
-# the gateway's connection pool to the backend
+# the gateway's connection pools to the backend: one for calls, and one of its own for event
+# streams, which hold a connection for a whole job
 BACKEND_CLIENT = web.AppKey("backend_client", aiohttp.ClientSession)
+BACKEND_STREAMS = web.AppKey("backend_streams", aiohttp.ClientSession)

@@ -1,5 +1,5 @@
 """The request pipeline: request context for the logs, every error as a JSON `{"detail"}`
-reply, and the backend's service token."""
+reply, the backend's service token, and the headers every reply carries."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import structlog
 from aiohttp import web
 
 from deepmemory_service.api.keys import SETTINGS
+from deepmemory_service.api.replies import database_trouble
 from deepmemory_service.api.routes import OPEN_PATHS
 from deepmemory_service.db.database import UNAVAILABLE
 from deepmemory_service.errors import ServiceError, Unauthorized
@@ -20,7 +21,6 @@ log = structlog.get_logger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-DATABASE_UNAVAILABLE = "Database unavailable; retry shortly"
 # headers of an aiohttp HTTP error that the client needs to act on
 _PASSED_HEADERS = frozenset({"allow", "retry-after"})
 _HTTP_DETAILS = {
@@ -66,13 +66,21 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except ConnectionResetError:
         raise
     except UNAVAILABLE as exc:
-        log.warning("database unavailable", error=str(exc))
+        log.warning("database unavailable", error=str(exc) or type(exc).__name__)
         return web.json_response(
-            {"detail": DATABASE_UNAVAILABLE}, status=503, headers={"Retry-After": "1"}
+            {"detail": database_trouble(exc)}, status=503, headers={"Retry-After": "1"}
         )
     except Exception:
         log.exception("unhandled error")
         return web.json_response({"detail": "Internal server error"}, status=500)
+
+
+async def common_headers(_request: web.Request, response: web.StreamResponse) -> None:
+    """Every reply (an `on_response_prepare` signal): its type is never sniffed into another,
+    and a JSON reply, one user's data that changes, is never stored by a cache."""
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    if response.content_type == "application/json":
+        response.headers.setdefault("Cache-Control", "no-store")
 
 
 def has_bearer(request: web.Request, expected: str) -> bool:

@@ -22,7 +22,7 @@ import attrs
 from deepmemory_service import __version__
 from deepmemory_service.api import payloads, replies
 from deepmemory_service.api.endpoint import Endpoint, Param, Reply
-from deepmemory_service.models import JobAccepted, Run
+from deepmemory_service.models import TITLE_MAX_CHARS, JobAccepted, Run
 from deepmemory_service.platform.config import Settings
 from deepmemory_service.runs.settings import DeepMemorySettings
 
@@ -71,6 +71,8 @@ def schema_of(
         }
     if tp is payloads.Text:
         return {"type": "string", "pattern": payloads.NOT_BLANK}
+    if tp is payloads.Title:
+        return {"type": "string", "maxLength": TITLE_MAX_CHARS}
     simple: dict[Any, dict[str, Any]] = {
         uuid.UUID: {"type": "string", "format": "uuid"},
         datetime: {"type": "string", "format": "date-time"},

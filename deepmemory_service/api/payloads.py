@@ -22,7 +22,7 @@ from cattrs.errors import IterableValidationError, IterableValidationNote
 
 from deepmemory_service.api.keys import SETTINGS
 from deepmemory_service.errors import BadRequest, InvalidInput, TooLarge, UnsupportedEncoding
-from deepmemory_service.models import text_problem
+from deepmemory_service.models import TITLE_MAX_CHARS, text_problem
 from deepmemory_service.platform.validation import problems
 
 T = TypeVar("T")
@@ -33,6 +33,8 @@ NOT_BLANK = r"[^\t\n\v\f\r \x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202
 _NOT_BLANK = re.compile(NOT_BLANK)
 Text = NewType("Text", str)
 """A string with something in it besides whitespace."""
+Title = NewType("Title", str)
+"""A document's title: at most `TITLE_MAX_CHARS` characters."""
 
 # the canonical form only, as the OpenAPI document's `format: uuid` says (uuid.UUID also
 # takes braces, a urn: prefix and no hyphens)
@@ -84,7 +86,7 @@ class SettingsIn:
 @frozen
 class DocumentIn:
     text: Text
-    title: str | None = None
+    title: Title | None = None
 
 
 @frozen
@@ -156,8 +158,15 @@ def _converter() -> cattrs.Converter:
             raise ValueError("must contain some text")
         return Text(text)
 
+    def to_title(value: Any, _: type) -> Title:
+        text = to_str(value, str)
+        if len(text) > TITLE_MAX_CHARS:
+            raise ValueError(f"at most {TITLE_MAX_CHARS} characters, got {len(text)}")
+        return Title(text)
+
     conv.register_structure_hook(uuid.UUID, to_uuid)
     conv.register_structure_hook(Text, to_text)
+    conv.register_structure_hook(Title, to_title)
     conv.register_structure_hook(int, to_int)
     conv.register_structure_hook(bool, to_bool)
     conv.register_structure_hook(str, to_str)

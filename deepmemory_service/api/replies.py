@@ -16,6 +16,7 @@ import attrs
 import cattrs
 from attrs import frozen
 
+from deepmemory_service.db.database import DatabaseNotAnswering
 from deepmemory_service.llm.usage import Prices
 from deepmemory_service.models import Document, Run, RunStatus
 from deepmemory_service.storage.nearest import SearchResult
@@ -99,6 +100,24 @@ class BlockedReply:
 @frozen
 class Health:
     status: Literal["ok"]
+
+
+@frozen
+class Unhealthy:
+    """The health check's 503: the database is down, or does not answer in time."""
+
+    status: Literal["unavailable"]
+    detail: str
+
+
+DATABASE_UNAVAILABLE = "Database unavailable; retry shortly"
+DATABASE_NOT_ANSWERING = "Database not answering; retry shortly"
+
+
+def database_trouble(exc: BaseException) -> str:
+    """What a client is told of a database that is down (`UNAVAILABLE`): that it is
+    unavailable, or, when it did not answer within a request's bounds, not answering."""
+    return DATABASE_NOT_ANSWERING if isinstance(exc, DatabaseNotAnswering) else DATABASE_UNAVAILABLE
 
 
 def _converter() -> cattrs.Converter:

@@ -19,7 +19,7 @@ from deepmemory_service.api.openapi import (
     ref,
     schema_of,
 )
-from deepmemory_service.models import EventName
+from deepmemory_service.models import TITLE_MAX_CHARS, EventName
 from deepmemory_service.platform.config import Settings
 from deepmemory_service.runs.estimates import Estimate
 from deepmemory_service.storage.corpus import Added
@@ -228,7 +228,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
             Param(
                 "name",
                 "query",
-                {"type": "string", "maxLength": views.MAX_FILE_NAME, "pattern": payloads.NOT_BLANK},
+                {"type": "string", "maxLength": TITLE_MAX_CHARS, "pattern": payloads.NOT_BLANK},
             ),
             Param("skip_unchanged", "query", {"type": "boolean"}, required=False),
         ),
@@ -307,7 +307,14 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "/healthz",
         views.healthz,
         "Liveness and database readiness",
-        {"200": json_reply(schema_of(replies.Health, reply=True), "Healthy")},
+        {
+            "200": json_reply(schema_of(replies.Health, reply=True), "Healthy"),
+            "503": Reply(
+                "The database is down, or did not answer within 1.5 s",
+                schema_of(replies.Unhealthy, reply=True),
+                headers={"Retry-After": "Seconds to wait before asking again"},
+            ),
+        },
         token=False,
     ),
     Endpoint(

@@ -78,12 +78,12 @@ async def search(request: web.Request) -> web.Response:
     k = query_int(request, "k", 10, 1, 100)
     svc = request.app[SERVICES]
     deep_memory = query_bool(request, "deep_memory")
-    async with svc.db.conn() as conn:
+    async with svc.request_db.conn() as conn:
         in_catalog = await conn.corpus(user_id)
         row = await conn.get_settings(user_id)
     if deep_memory is None:
         deep_memory = bool(row and row.enabled)
-    svc.corpora.check_embedder(in_catalog)
+    svc.request_corpora.check_embedder(in_catalog)
     if deep_memory and row is not None and row.last_training_run_id and not row.can_enable:
         # the last training's model was kept out: no model is used, not even an earlier one
         # the trainer may still hold (the settings, the page and search say the same)
@@ -95,10 +95,10 @@ async def search(request: web.Request) -> web.Response:
             query,
             k,
             trainer=svc.trainer if deep_memory else None,
-            read=lambda: corpus.snapshot(svc.corpora, user_id, in_catalog),
+            read=lambda: corpus.snapshot(svc.request_corpora, user_id, in_catalog),
         )
     except NoModelError:
-        async with svc.db.conn() as conn:
+        async with svc.request_db.conn() as conn:
             row = await conn.get_settings(user_id)
         if row is not None and row.last_training_run_id and not row.can_enable:
             # kept out by a training that ended meanwhile

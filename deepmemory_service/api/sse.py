@@ -25,6 +25,16 @@ from deepmemory_service.runs.services import Services
 
 log = structlog.get_logger(__name__)
 PING_S = 15.0
+# nginx's "client closed request": the answer to a request whose client left before its
+# stream began, for the access log's sake (nothing reaches a connection that is gone)
+CLIENT_LEFT = 499
+
+
+def client_connected(request: web.Request) -> bool:
+    """The request's client is still there: aiohttp does not cancel a handler whose client
+    left, and a stream that has sent nothing yet has not found out by writing."""
+    transport = request.transport
+    return transport is not None and not transport.is_closing()
 
 
 class ClientGone(Exception):
@@ -123,22 +133,33 @@ async def stream(request: web.Request) -> web.StreamResponse:
     # checked before the stream starts: afterwards an error could only cut it
     after = last_event_id(request)
     svc = request.app[SERVICES]
-    async with svc.db.conn() as conn:
+    # a request's bounds until the stream starts; then the stream's reads wait an outage out
+    async with svc.request_db.conn() as conn:
         job = await conn.get_job(job_id, user_id)
     if job is None:
         raise NotFound("Job not found")
+    if not client_connected(request):
+        # a gateway that gave up waiting for this stream (its client left) has gone
+        log.info("event stream not begun: the client left")
+        return web.Response(status=CLIENT_LEFT)
 
     # the pings (and the kernel's TCP_USER_TIMEOUT) get the same bound as the events
     send_timeout_s = svc.settings.http.sse_send_timeout_s
     with svc.broadcaster.subscribe(job_id) as sub:
-        async with sse_response(request, ping_interval=PING_S, send_timeout=send_timeout_s) as resp:
-            try:
-                await JobStream(svc, request, job_id, user_id, resp, sub, after).follow()
-            except UNAVAILABLE as exc:
-                # a clean end; the client reconnects with Last-Event-ID and misses nothing
-                log.warning("event stream ended: database unavailable", error=str(exc))
-            except TimeoutError:
-                log.warning("event stream cut: the client accepted nothing for a long time")
-            except ClientGone as exc:
-                log.info("event stream ended: the client's connection was lost", error=str(exc))
+        try:
+            opening = sse_response(request, ping_interval=PING_S, send_timeout=send_timeout_s)
+            async with opening as resp:
+                try:
+                    await JobStream(svc, request, job_id, user_id, resp, sub, after).follow()
+                except UNAVAILABLE as exc:
+                    # a clean end; the client reconnects with Last-Event-ID and misses nothing
+                    log.warning("event stream ended: database unavailable", error=str(exc))
+                except TimeoutError:
+                    log.warning("event stream cut: the client accepted nothing for a long time")
+                except ClientGone as exc:
+                    log.info("event stream ended: the client's connection was lost", error=str(exc))
+        except ConnectionError:
+            # the client left as the stream began: its headers found the connection closed
+            log.info("event stream not begun: the client left")
+            return web.Response(status=CLIENT_LEFT)
     return resp

@@ -36,14 +36,16 @@ from deepmemory_service.api.replies import (
     FileAdded,
     Health,
     Message,
+    Unhealthy,
+    database_trouble,
     run_json,
     to_json,
 )
-from deepmemory_service.db.database import Conn
+from deepmemory_service.db.database import UNAVAILABLE, Conn
 from deepmemory_service.errors import InvalidInput, NotFound, Unauthorized, run_not_found
 from deepmemory_service.llm.budget_report import budget_view
 from deepmemory_service.llm.usage import Prices
-from deepmemory_service.models import JobAccepted, Run
+from deepmemory_service.models import TITLE_MAX_CHARS, JobAccepted, Run
 from deepmemory_service.runs import commands, estimates, settings
 from deepmemory_service.runs.services import Services
 from deepmemory_service.runs.supervisor import RunSupervisor
@@ -51,10 +53,11 @@ from deepmemory_service.storage import documents
 from deepmemory_service.storage.documents import DocumentText
 from deepmemory_service.text import decoding
 
-# a file's name, as a document's title: most file systems stop at 255 bytes
-MAX_FILE_NAME = 1000
 P = ParamSpec("P")
 T = TypeVar("T")
+log = structlog.get_logger(__name__)
+# the health check answers within this, whatever the database does
+HEALTH_S = 1.5
 
 
 def _reply(value: Any, status: int = 200) -> web.Response:
@@ -150,7 +153,9 @@ async def estimate(request: web.Request) -> web.Response:
 async def list_runs(request: web.Request) -> web.Response:
     user_id = query_uuid(request, "user_id")
     limit = query_int(request, "limit", 50, 1, 500)
-    listing = await request.app[SERVICES].db.read(lambda conn: conn.list_runs(user_id, limit))
+    listing = await request.app[SERVICES].request_db.read(
+        lambda conn: conn.list_runs(user_id, limit)
+    )
     prices = Prices.of(request.app[SETTINGS].llm)
     return web.json_response({"runs": [run_json(r.run, r.latest_job_id, prices) for r in listing]})
 
@@ -163,7 +168,7 @@ async def get_run(request: web.Request) -> web.Response:
         run = await conn.get_run(run_id, user_id)
         return run, (await conn.latest_job_id(run.id) if run else None)
 
-    run, latest = await request.app[SERVICES].db.read(read)
+    run, latest = await request.app[SERVICES].request_db.read(read)
     if run is None:
         raise run_not_found()
     return web.json_response(run_json(run, latest, Prices.of(request.app[SETTINGS].llm)))
@@ -193,7 +198,7 @@ async def add_documents(request: web.Request) -> web.Response:
     _bind(user_id=str(body.user_id))
     texts = [DocumentText(d.text, d.title) for d in body.documents]
     result = await documents.ingest(
-        svc.corpora, body.user_id, texts, skip_unchanged=body.skip_unchanged
+        svc.request_corpora, body.user_id, texts, skip_unchanged=body.skip_unchanged
     )
     return _reply(result, 201)
 
@@ -207,8 +212,9 @@ async def add_file(request: web.Request) -> web.Response:
     name = request.query.get("name", "")
     if not name.strip():
         raise InvalidInput("name: field required")
-    if len(name) > MAX_FILE_NAME:
-        raise InvalidInput(f"name: at most {MAX_FILE_NAME} characters")
+    if len(name) > TITLE_MAX_CHARS:
+        # the name becomes the document's title
+        raise InvalidInput(f"name: at most {TITLE_MAX_CHARS} characters, got {len(name)}")
     try:
         clean_text(name)
     except ValueError as exc:
@@ -228,7 +234,10 @@ async def add_file(request: web.Request) -> web.Response:
     if not decoded.text.strip():
         raise InvalidInput("body: the file holds only white space")
     result = await documents.ingest(
-        svc.corpora, user_id, [DocumentText(decoded.text, name)], skip_unchanged=skip_unchanged
+        svc.request_corpora,
+        user_id,
+        [DocumentText(decoded.text, name)],
+        skip_unchanged=skip_unchanged,
     )
     added = FileAdded(
         title=name,
@@ -255,7 +264,7 @@ async def list_documents(request: web.Request) -> web.Response:
             svc.settings.uploads.max_file_bytes,
         )
 
-    return _reply(await svc.db.read(read))
+    return _reply(await svc.request_db.read(read))
 
 
 async def debug_supervisors(request: web.Request) -> web.Response:
@@ -279,8 +288,17 @@ async def debug_supervisors(request: web.Request) -> web.Response:
 
 
 async def health(svc: Services) -> web.Response:
-    async with svc.db.conn() as conn:
-        await conn.ping()
+    """200 once the database answers; 503 saying why within `HEALTH_S` when it does not (a
+    probe's own timeout is often a second or two, and a hung probe tells nothing)."""
+    try:
+        await svc.request_db.ping(HEALTH_S)
+    except UNAVAILABLE as exc:
+        log.warning("health check: database unavailable", error=str(exc) or type(exc).__name__)
+        return web.json_response(
+            to_json(Unhealthy("unavailable", database_trouble(exc))),
+            status=503,
+            headers={"Retry-After": "1"},
+        )
     return _reply(Health("ok"))
 
 

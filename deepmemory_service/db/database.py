@@ -6,11 +6,13 @@ import asyncio
 import contextlib
 import json
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import cache
 from importlib import resources
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 import asyncpg
@@ -18,7 +20,9 @@ import attrs
 import structlog
 import yarl
 
+from deepmemory_service.errors import Busy
 from deepmemory_service.models import (
+    TITLE_MAX_CHARS,
     CatalogChunk,
     Chunk,
     Corpus,
@@ -40,8 +44,24 @@ T = TypeVar("T")
 MIGRATION_LOCK = 0x6D656D6F7279
 
 UniqueViolation = asyncpg.UniqueViolationError
-# the server went away or is restarting: a request may say so (503) instead of crashing
+
+
+class DatabaseNotAnswering(Exception):
+    """The database did not answer within the caller's bound: no free connection, or a
+    statement without a reply (a server stopped or swamped, packets dropped). The
+    connection that waited is cut, so the pool replaces it."""
+
+
+class UserBusy(Busy):
+    """The user's lock stayed taken for longer than a request waits for it."""
+
+    headers = MappingProxyType({"Retry-After": "1"})
+
+
+# the server went away, is restarting or does not answer: a request may say so (503)
+# instead of crashing
 UNAVAILABLE: tuple[type[BaseException], ...] = (
+    DatabaseNotAnswering,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
     asyncpg.CannotConnectNowError,
@@ -170,6 +190,24 @@ class UserSettingsRow:
     metrics: dict[str, Any] | None
 
 
+@attrs.frozen
+class Waits:
+    """How long a use of the database waits on it: for a free connection of the pool, for
+    each statement (BEGIN and COMMIT too), for the user's lock, and for a read in all with
+    its retries (the statement bound). None: as long as the pool's own bounds allow (10 s
+    to connect, 60 s a statement), the patience of a run's work, which waits an outage
+    out and retries; a request bounds them, to answer 503 in seconds instead of hanging."""
+
+    acquire_s: float | None = None
+    statement_s: float | None = None
+    lock_s: float | None = None
+
+
+PATIENT = Waits()
+# how often a bounded wait for the user's lock asks again, at first and at most
+LOCK_POLL_S = (0.01, 0.2)
+
+
 # a brief outage (a dropped connection, a restart): 0.2, 0.4, 0.8, 1.6 s between five tries
 DB_RETRY = RetryPolicy(attempts=5, base_s=0.2, max_s=3.2, jitter=False)
 
@@ -200,20 +238,45 @@ class Conn:
     """Typed queries over one connection (inside a transaction when one was begun)."""
 
     raw: asyncpg.Connection
+    # how long each statement may take (None: the pool's command timeout)
+    timeout: float | None = None
+
+    async def _execute(self, name: str, *args: Any) -> None:
+        await self.raw.execute(queries()[name], *args, timeout=self.timeout)
 
     async def _fetchrow(self, name: str, *args: Any) -> asyncpg.Record | None:
-        row: asyncpg.Record | None = await self.raw.fetchrow(queries()[name], *args)
+        row: asyncpg.Record | None = await self.raw.fetchrow(
+            queries()[name], *args, timeout=self.timeout
+        )
         return row
 
     async def _fetch(self, name: str, *args: Any) -> list[asyncpg.Record]:
-        rows: list[asyncpg.Record] = await self.raw.fetch(queries()[name], *args)
+        rows: list[asyncpg.Record] = await self.raw.fetch(
+            queries()[name], *args, timeout=self.timeout
+        )
         return rows
 
     async def _fetchval(self, name: str, *args: Any) -> Any:
-        return await self.raw.fetchval(queries()[name], *args)
+        return await self.raw.fetchval(queries()[name], *args, timeout=self.timeout)
 
-    async def lock_user(self, user_id: uuid.UUID) -> None:
-        await self.raw.execute(queries()["user_lock"], user_id)
+    async def lock_user(self, user_id: uuid.UUID, wait_s: float | None = None) -> None:
+        """Takes the user's lock until commit. With `wait_s`, it is asked for again and
+        again, each time within the statement bound, rather than waited for in one
+        statement: a database that stops answering is then told from a lock held long by
+        the user's other work (an upload writing its store), which is `UserBusy` after
+        `wait_s`."""
+        if wait_s is None:
+            await self._execute("user_lock", user_id)
+            return
+        deadline = time.monotonic() + wait_s
+        pause, most = LOCK_POLL_S
+        while not await self._fetchval("user_try_lock", user_id):
+            if time.monotonic() >= deadline:
+                raise UserBusy(
+                    "Another change to this user's documents or runs is in progress; retry shortly"
+                )
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, most)
 
     # runs
 
@@ -315,7 +378,7 @@ class Conn:
         return value
 
     async def delete_run(self, run_id: uuid.UUID, user_id: uuid.UUID) -> None:
-        await self.raw.execute(queries()["delete_run"], run_id, user_id)
+        await self._execute("delete_run", run_id, user_id)
 
     async def finish_generation(self, run_id: uuid.UUID, owner: str) -> Run | None:
         row = await self._fetchrow("finish_generation", run_id, owner)
@@ -418,8 +481,8 @@ class Conn:
         """Documents given as (title, chunk texts, digest), in two round trips; returns their
         ids and their chunks' ids, in the order given."""
         document_ids = [uuid.uuid4() for _ in documents]
-        await self.raw.execute(
-            queries()["insert_documents"],
+        await self._execute(
+            "insert_documents",
             user_id,
             document_ids,
             [title for title, _, _ in documents],
@@ -451,9 +514,7 @@ class Conn:
     async def publish_corpus(
         self, user_id: uuid.UUID, rows: int, embedder: str, dimension: int, version: str
     ) -> None:
-        await self.raw.execute(
-            queries()["publish_corpus"], user_id, rows, embedder, dimension, version
-        )
+        await self._execute("publish_corpus", user_id, rows, embedder, dimension, version)
 
     async def chunk_page(self, user_id: uuid.UUID, after_id: int, limit: int) -> list[CatalogChunk]:
         rows = await self._fetch("chunk_page", user_id, after_id, limit)
@@ -468,8 +529,16 @@ class Conn:
         return {bytes(r["digest"]) for r in rows}
 
     async def list_documents(self, user_id: uuid.UUID, limit: int) -> list[Document]:
-        rows = await self._fetch("list_documents", user_id, limit)
-        return [Document(r["id"], r["title"], r["chunk_count"], r["created_at"]) for r in rows]
+        rows = await self._fetch("list_documents", user_id, limit, TITLE_MAX_CHARS)
+        return [
+            Document(
+                r["id"],
+                r["title"][: TITLE_MAX_CHARS - 1] + "…" if r["cut"] else r["title"],
+                r["chunk_count"],
+                r["created_at"],
+            )
+            for r in rows
+        ]
 
     async def document_count(self, user_id: uuid.UUID) -> int:
         value: int = await self._fetchval("document_count", user_id)
@@ -491,7 +560,7 @@ class Conn:
         return None if row is None else _job(row)
 
     async def finish_job(self, job_id: uuid.UUID, status: str) -> None:
-        await self.raw.execute(queries()["finish_job"], job_id, status)
+        await self._execute("finish_job", job_id, status)
 
     async def running_jobs_of_run(self, run_id: uuid.UUID) -> list[uuid.UUID]:
         return [r["id"] for r in await self._fetch("running_jobs_of_run", run_id)]
@@ -527,8 +596,8 @@ class Conn:
         reason: str | None,
         metrics: dict[str, Any],
     ) -> None:
-        await self.raw.execute(
-            queries()["record_training"],
+        await self._execute(
+            "record_training",
             user_id,
             run_id,
             trained_chunks,
@@ -538,7 +607,7 @@ class Conn:
         )
 
     async def set_enabled(self, user_id: uuid.UUID, enabled: bool) -> None:
-        await self.raw.execute(queries()["set_enabled"], user_id, enabled)
+        await self._execute("set_enabled", user_id, enabled)
 
     # the shared LLM rate budget
 
@@ -552,7 +621,7 @@ class Conn:
 
     async def budget_save(self, key: str, state: dict[str, Any]) -> None:
         """Stores the budget's shared state (the columns `budget_lock` reads)."""
-        await self.raw.execute(queries()["budget_save"], key, *(state[n] for n in BUDGET_STATE))
+        await self._execute("budget_save", key, *(state[n] for n in BUDGET_STATE))
 
     async def budget_claim(
         self,
@@ -581,21 +650,21 @@ class Conn:
     @asynccontextmanager
     async def migration_lock(self) -> AsyncIterator[None]:
         """Held while migrating: every instance that migrates at once takes the same lock."""
-        await self.raw.execute(queries()["migration_lock"], MIGRATION_LOCK)
+        await self._execute("migration_lock", MIGRATION_LOCK)
         try:
             yield
         finally:
-            await self.raw.execute(queries()["migration_unlock"], MIGRATION_LOCK)
+            await self._execute("migration_unlock", MIGRATION_LOCK)
 
     async def applied_migrations(self) -> set[int]:
-        await self.raw.execute(queries()["create_migrations_table"])
+        await self._execute("create_migrations_table")
         return {r["version"] for r in await self._fetch("applied_migrations")}
 
     async def apply_migration(self, version: int, name: str, sql: str) -> None:
         """The migration and its record, in one transaction."""
         async with self.raw.transaction():
             await self.raw.execute(sql)
-            await self.raw.execute(queries()["record_migration"], version, name)
+            await self._execute("record_migration", version, name)
 
 
 @asynccontextmanager
@@ -641,23 +710,52 @@ class Notifications:
             return payloads
 
 
+# what leaves a connection unfit to reuse: a loss, a statement without its answer in time,
+# a cancel in the middle of a statement
+_CUT_ON: tuple[type[BaseException], ...] = (*UNAVAILABLE, TimeoutError, asyncio.CancelledError)
+
+
+def _cut(raw: asyncpg.Connection) -> None:
+    """Closes a connection at once, so that the pool replaces it instead of reusing it.
+    asyncpg may have seen it close and given it back to the pool already: then there is
+    nothing left to cut."""
+    with contextlib.suppress(asyncpg.InterfaceError):
+        raw.terminate()
+
+
 @asynccontextmanager
 async def _discarded_if_broken(raw: asyncpg.Connection) -> AsyncIterator[None]:
-    """A connection that failed as if dead is closed, so the pool replaces it, never reuses it."""
+    """A connection that failed as if dead, whose statement ran out of time, or that was
+    cancelled in the middle of one is cut: asyncpg would otherwise wait for a cancel
+    request (sent over a new connection, to a server that may not answer) before reusing
+    it, and a dead one would fail its next user."""
     try:
         yield
-    except UNAVAILABLE:
-        # asyncpg may have seen the connection close and given it back to the pool already;
-        # then there is nothing left to discard, and the loss itself is what to raise
-        with contextlib.suppress(asyncpg.InterfaceError):
-            raw.terminate()
+    except _CUT_ON:
+        _cut(raw)
         raise
+
+
+async def _roll_back(raw: asyncpg.Connection, transaction: Any, within_s: float | None) -> None:
+    """Rolls the transaction back; a connection that cannot (it failed, or does not answer
+    in time) is cut instead, which rolls it back on the server, and the error that ended
+    the transaction is the one raised, not the rollback's."""
+    try:
+        async with asyncio.timeout(within_s):
+            await transaction.rollback()
+    except Exception:
+        # cut already (then asyncpg says so with an InterfaceError), or cut now
+        _cut(raw)
 
 
 @attrs.define
 class Database:
+    """A pool, and how long its users wait on it (`Waits`): a run's work waits an outage
+    out; `bounded` gives a request's bounds."""
+
     pool: asyncpg.Pool
     url: str = attrs.field(repr=False)
+    waits: Waits = PATIENT
 
     @classmethod
     async def connect(cls, url: str, *, min_size: int = 2, max_size: int = 10) -> Database:
@@ -675,6 +773,11 @@ class Database:
             raise _unreachable(url, exc) from exc
         return cls(pool, url)
 
+    def bounded(self, waits: Waits) -> Database:
+        """This database, its users waiting at most `waits` (on the same pool: closing
+        either closes it)."""
+        return attrs.evolve(self, waits=waits)
+
     async def close(self) -> None:
         """Closes the pool; connections still checked out after `CLOSE_S` (work left running
         at shutdown holds them) are cut, not waited for: asyncpg would wait for ever."""
@@ -686,28 +789,70 @@ class Database:
             self.pool.terminate()
 
     @asynccontextmanager
+    async def _checked_out(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection of the pool, for as long as the block runs; a wait beyond the
+        bounds (for the connection, a statement, or the connection's reset on its way
+        back) is `DatabaseNotAnswering`."""
+        waits = self.waits
+        try:
+            async with self.pool.acquire(timeout=waits.acquire_s) as raw, _discarded_if_broken(raw):
+                yield raw
+        except TimeoutError as exc:
+            raise DatabaseNotAnswering(
+                f"no answer within the bounds (a connection {waits.acquire_s} s, "
+                f"a statement {waits.statement_s} s)"
+            ) from exc
+
+    @asynccontextmanager
     async def conn(self) -> AsyncIterator[Conn]:
-        async with self.pool.acquire() as raw, _discarded_if_broken(raw):
-            yield Conn(raw)
+        async with self._checked_out() as raw:
+            yield Conn(raw, self.waits.statement_s)
 
     async def read(self, query: Callable[[Conn], Awaitable[T]]) -> T:
         """`query` on a connection of its own, run again while the database is unavailable
-        (a dropped connection, a restart): for reads only, which are safe to repeat."""
+        (a dropped connection, a restart): for reads only, which are safe to repeat. With
+        bounds, the tries in all take at most the statement bound."""
 
         async def once() -> T:
             async with self.conn() as conn:
                 return await query(conn)
 
-        return await retrying(once, errors=UNAVAILABLE)
+        within_s = self.waits.statement_s
+        try:
+            async with asyncio.timeout(within_s):
+                return await retrying(once, errors=UNAVAILABLE)
+        except TimeoutError as exc:
+            raise DatabaseNotAnswering(f"a read got no answer within {within_s} s") from exc
 
     @asynccontextmanager
     async def tx(self, *, lock_user: uuid.UUID | None = None) -> AsyncIterator[Conn]:
-        """A transaction; with `lock_user`, holding that user's advisory lock until commit."""
-        async with self.pool.acquire() as raw, _discarded_if_broken(raw), raw.transaction():
-            conn = Conn(raw)
-            if lock_user is not None:
-                await conn.lock_user(lock_user)
-            yield conn
+        """A transaction; with `lock_user`, holding that user's advisory lock until commit.
+        BEGIN and COMMIT are statements like the others: within the statement bound."""
+        within_s = self.waits.statement_s
+        async with self._checked_out() as raw:
+            transaction = raw.transaction()
+            async with asyncio.timeout(within_s):
+                await transaction.start()
+            conn = Conn(raw, within_s)
+            try:
+                if lock_user is not None:
+                    await conn.lock_user(lock_user, self.waits.lock_s)
+                yield conn
+            except BaseException:
+                await _roll_back(raw, transaction, within_s)
+                raise
+            async with asyncio.timeout(within_s):
+                await transaction.commit()
+
+    async def ping(self, within_s: float) -> None:
+        """Returns once the database answers a query, within `within_s` in all (a free
+        connection included); else `DatabaseNotAnswering`, or the error of one that is down."""
+        try:
+            async with asyncio.timeout(within_s):
+                async with self.bounded(Waits(within_s, within_s)).conn() as conn:
+                    await conn.ping()
+        except TimeoutError as exc:
+            raise DatabaseNotAnswering(f"no answer to a ping within {within_s:g} s") from exc
 
     @asynccontextmanager
     async def listening(self, channel: str, check_s: float) -> AsyncIterator[Notifications]:

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from urllib.parse import parse_qs
+from urllib.parse import parse_qsl
 
 from aiohttp import web
 
@@ -103,6 +103,17 @@ def _page_template() -> str:
     return (WEB / "deep-memory.html").read_text(encoding="utf-8")
 
 
+def form_token(body: bytes) -> str:
+    """The `token` field of a URL-encoded form (the first, if it comes twice), or "". Any
+    number of fields and any bytes parse (the body is within the size limit): what is not
+    UTF-8 is replaced, and such a token is then refused as malformed, on the form's page."""
+    text = body.decode("utf-8", "replace")
+    for name, value in parse_qsl(text, keep_blank_values=True, errors="replace"):
+        if name == "token":
+            return value.strip()
+    return ""
+
+
 routes = web.RouteTableDef()
 
 
@@ -132,8 +143,7 @@ async def login_post(request: web.Request) -> web.StreamResponse:
     # another site must not log a visitor into its own account (login CSRF)
     settings = request.app[SETTINGS]
     auth.check_origin(request, settings)
-    form = parse_qs((await read_body(request)).decode("utf-8", "replace"), max_num_fields=8)
-    token = (form.get("token") or [""])[0].strip()
+    token = form_token(await read_body(request))
     if not token:
         return _token_form(request, "Paste a token to log in.", 400)
     try:
@@ -169,6 +179,21 @@ async def page(request: web.Request) -> web.StreamResponse:
 @routes.get("/")
 async def home(_request: web.Request) -> web.StreamResponse:
     return _redirect("/deep-memory")
+
+
+@cache
+def _web_files() -> frozenset[str]:
+    return frozenset(path.name for path in WEB.iterdir() if path.is_file())
+
+
+@routes.get("/static/{name}")
+async def static_file(request: web.Request) -> web.StreamResponse:
+    """The page's own files, by name (aiohttp's static route answers a missing one with an
+    empty body of no type instead of the API's JSON 404)."""
+    name = request.match_info["name"]
+    if name not in _web_files():
+        raise web.HTTPNotFound()
+    return web.FileResponse(WEB / name)
 
 
 @routes.get("/favicon.ico")

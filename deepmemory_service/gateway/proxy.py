@@ -1,14 +1,20 @@
 """The gateway (the spec's proxy layer): authenticates the user, injects `user_id` from the
 identity (never from the request), and forwards to the backend with the service token.
-Backend statuses and bodies pass through unchanged. Its pages for people are `login.py`."""
+Backend statuses and bodies pass through unchanged. Its pages for people are `login.py`.
+
+One user's load never delays another's calls: streams and calls have connection pools of
+their own, without a total to fill, and each user's share of them is bounded
+(`fairness.py`). A request whose client has left is dropped quietly: no backend stream is
+opened for it, and nothing is written to a connection that is gone.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import re
 import uuid
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Mapping
+from typing import Any, TypeVar
 
 import aiohttp
 import structlog
@@ -16,7 +22,7 @@ from aiohttp import web
 from yarl import URL
 
 from deepmemory_service.api.endpoint import Endpoint, Handler
-from deepmemory_service.api.keys import BACKEND_CLIENT, SETTINGS
+from deepmemory_service.api.keys import BACKEND_CLIENT, BACKEND_STREAMS, SETTINGS
 from deepmemory_service.api.payloads import (
     last_event_id,
     parse_uuid,
@@ -24,8 +30,11 @@ from deepmemory_service.api.payloads import (
     read_upload,
 )
 from deepmemory_service.api.routes import ENDPOINTS
+from deepmemory_service.api.sse import CLIENT_LEFT, client_connected
 from deepmemory_service.errors import BadGateway, InvalidInput
 from deepmemory_service.gateway import auth, login
+from deepmemory_service.gateway.fairness import USER_LIMITS, UserLimits
+from deepmemory_service.gateway.forwarded import TRUSTED_PROXIES, forwarded, networks
 from deepmemory_service.platform.config import Settings
 
 log = structlog.get_logger(__name__)
@@ -34,6 +43,7 @@ CALL_TIMEOUT = aiohttp.ClientTimeout(total=60, sock_connect=5)
 # a stream lasts as long as its job: only connecting is bounded
 STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=None)
 CLIENT_POLL_S = 0.5
+T = TypeVar("T")
 
 
 def _backend_base(request: web.Request) -> URL:
@@ -76,6 +86,9 @@ async def _forward(
 ) -> web.Response:
     url = _backend_base(request).with_path(f"/v1/api{path}").with_query(query or {})
     session = request.app[BACKEND_CLIENT]
+    if not client_connected(request):
+        log.info("call not forwarded: the client left")
+        return web.Response(status=CLIENT_LEFT)
     headers = _headers(request)
     if data is not None:
         headers["Content-Type"] = "application/octet-stream"
@@ -84,16 +97,18 @@ async def _forward(
             method, url, json=body, data=data, headers=headers, timeout=CALL_TIMEOUT
         ) as upstream:
             payload = await upstream.read()
-            # a busy backend says when to come back; the client should hear it too
-            passed = {k: v for k, v in upstream.headers.items() if k.lower() == "retry-after"}
-            return web.Response(
-                body=payload,
-                status=upstream.status,
-                content_type=upstream.content_type,
-                headers=passed,
-            )
+            return _passed(upstream, payload)
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise _unavailable(exc) from None
+
+
+def _passed(upstream: aiohttp.ClientResponse, payload: bytes) -> web.Response:
+    """The backend's reply as the client gets it: status, body and content type, and when a
+    busy backend says when to come back, that too."""
+    passed = {k: v for k, v in upstream.headers.items() if k.lower() == "retry-after"}
+    return web.Response(
+        body=payload, status=upstream.status, content_type=upstream.content_type, headers=passed
+    )
 
 
 def _unavailable(exc: BaseException) -> BadGateway:
@@ -120,6 +135,10 @@ def _forwarder(endpoint: Endpoint) -> Handler:
 
     async def handler(request: web.Request) -> web.Response:
         user_id = _user(request)
+        with request.app[USER_LIMITS].calls.holding(user_id):
+            return await forward(request, user_id)
+
+    async def forward(request: web.Request, user_id: uuid.UUID) -> web.Response:
         path = endpoint.path
         for name, public_name in zip(names, public_names, strict=True):
             value = parse_uuid(public_name, request.match_info[public_name])
@@ -147,7 +166,8 @@ def _forwarder(endpoint: Endpoint) -> Handler:
 
 
 async def stream(request: web.Request) -> web.StreamResponse:
-    """Streamed through as it comes, never buffered; Last-Event-ID goes upstream."""
+    """Streamed through as it comes, never buffered; Last-Event-ID goes upstream. At most
+    `sse_streams_per_user` at once per user."""
     user_id = _user(request)
     job_id = parse_uuid("job_id", request.match_info["job_id"])
     url = (
@@ -158,36 +178,71 @@ async def stream(request: web.Request) -> web.StreamResponse:
     headers = _headers(request)
     if "Last-Event-ID" in request.headers:
         headers["Last-Event-ID"] = str(last_event_id(request))
-    session = request.app[BACKEND_CLIENT]
-    try:
-        upstream = await session.get(url, headers=headers, timeout=STREAM_TIMEOUT)
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise _unavailable(exc) from None
-    try:
-        if upstream.status != 200:
-            return web.Response(
-                body=await upstream.read(),
-                status=upstream.status,
-                content_type=upstream.content_type,
+    session = request.app[BACKEND_STREAMS]
+
+    async def opened() -> aiohttp.ClientResponse:
+        return await session.get(url, headers=headers, timeout=STREAM_TIMEOUT)
+
+    with request.app[USER_LIMITS].streams.holding(user_id):
+        try:
+            upstream = await _unless_client_leaves(request, opened())
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _unavailable(exc) from None
+        if upstream is None:
+            log.info("event stream not opened: the client left while it waited")
+            return web.Response(status=CLIENT_LEFT)
+        try:
+            if upstream.status != 200:
+                return _passed(upstream, await upstream.read())
+            down = web.StreamResponse(
+                headers={
+                    "Content-Type": "text/event-stream",
+                    "Cache-Control": "no-cache",
+                    "X-Accel-Buffering": "no",
+                }
             )
-        down = web.StreamResponse(
-            headers={
-                "Content-Type": "text/event-stream",
-                "Cache-Control": "no-cache",
-                "X-Accel-Buffering": "no",
-            }
-        )
-        await down.prepare(request)
-        await _pipe(request, upstream, down)
-        return down
+            try:
+                await down.prepare(request)
+            except ConnectionError:
+                log.info("event stream not begun: the client left as it opened")
+                return down
+            await _pipe(request, upstream, down)
+            return down
+        finally:
+            # closing (not releasing) drops the connection, so the backend sees its
+            # subscriber go
+            upstream.close()
+
+
+async def _unless_client_leaves(request: web.Request, call: Awaitable[T]) -> T | None:
+    """`call`'s result, or None as soon as the client has left (the call is cancelled, and
+    a reply that came meanwhile is closed): aiohttp does not cancel a handler whose client
+    left, so what it waits for must."""
+    task: asyncio.Future[T] = asyncio.ensure_future(call)
+    gone: asyncio.Future[None] = asyncio.ensure_future(_client_gone(request))
+    either: list[asyncio.Future[Any]] = [task, gone]
+    try:
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        # closing (not releasing) drops the connection, so the backend sees its subscriber go
-        upstream.close()
+        gone.cancel()
+        if not task.done():
+            task.cancel()
+        await asyncio.gather(task, gone, return_exceptions=True)
+    if client_connected(request):
+        return task.result()
+    if not task.cancelled() and task.exception() is None:
+        reply = task.result()
+        if isinstance(reply, aiohttp.ClientResponse):
+            reply.close()
+    return None
 
 
-def _connected(request: web.Request) -> bool:
-    transport = request.transport
-    return transport is not None and not transport.is_closing()
+async def _client_gone(request: web.Request) -> None:
+    """Returns once the client's connection has closed."""
+    # aiohttp does not cancel a handler whose client left, and a quiet job writes nothing
+    # that would fail, so look at the connection itself
+    while client_connected(request):  # noqa: ASYNC110
+        await asyncio.sleep(CLIENT_POLL_S)
 
 
 async def _pipe(
@@ -202,13 +257,7 @@ async def _pipe(
         except (ConnectionResetError, aiohttp.ClientPayloadError):
             pass  # one side went away: the stream is over
 
-    async def client_gone() -> None:
-        # aiohttp does not cancel a handler whose client left, and a quiet job writes nothing
-        # that would fail, so look at the connection itself
-        while _connected(request):  # noqa: ASYNC110
-            await asyncio.sleep(CLIENT_POLL_S)
-
-    tasks = {asyncio.ensure_future(copy()), asyncio.ensure_future(client_gone())}
+    tasks = {asyncio.ensure_future(copy()), asyncio.ensure_future(_client_gone(request))}
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -217,10 +266,19 @@ async def _pipe(
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _client(app: web.Application) -> AsyncIterator[None]:
-    connector = aiohttp.TCPConnector(limit=200, enable_cleanup_closed=True)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        app[BACKEND_CLIENT] = session
+async def _clients(app: web.Application) -> AsyncIterator[None]:
+    """The pools to the backend: calls, and streams apart (a stream holds its connection as
+    long as its job runs). Neither has a total: with one, a few users' streams or calls
+    made everyone else's wait; each user's share is bounded instead (`fairness.py`)."""
+
+    def pool() -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True)
+        )
+
+    async with pool() as calls, pool() as streams:
+        app[BACKEND_CLIENT] = calls
+        app[BACKEND_STREAMS] = streams
         yield
 
 
@@ -231,11 +289,14 @@ def setup_gateway(app: web.Application, settings: Settings | None = None) -> Non
         if settings is None:
             raise ValueError("setup_gateway needs settings: app[SETTINGS] is not set")
         app[SETTINGS] = settings
-    app.cleanup_ctx.append(_client)
+    app[USER_LIMITS] = UserLimits.of(app[SETTINGS].http)
+    app[TRUSTED_PROXIES] = networks(app[SETTINGS].http.trusted_proxies)
+    # innermost, so that the handlers see the request as the client made it
+    app.middlewares.append(forwarded)
+    app.cleanup_ctx.append(_clients)
     for endpoint in ENDPOINTS:
         if endpoint.public is None:
             continue
         handler = stream if endpoint.streams else _forwarder(endpoint)
         app.router.add_route(endpoint.method, endpoint.public.path, handler)
     app.add_routes(login.routes)
-    app.router.add_static("/static", login.WEB, show_index=False)

@@ -8,6 +8,7 @@ value stops start-up with a message that names the setting.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import tomllib
@@ -49,6 +50,11 @@ class DatabaseSettings:
     url: str
     pool_min: int
     pool_max: int
+    # a request's waits (a run's work waits an outage out): for a free connection, for each
+    # statement (and for a read with its retries in all), for the user's lock
+    acquire_timeout_s: float
+    statement_timeout_s: float
+    lock_wait_s: float
 
 
 @frozen
@@ -60,6 +66,11 @@ class HttpSettings:
     backend_url: str
     allowed_origins: tuple[str, ...]
     sse_send_timeout_s: float
+    # the gateway's bounds per user: event streams open, other calls in flight
+    sse_streams_per_user: int
+    calls_per_user: int
+    # addresses or networks of the proxies whose X-Forwarded-*/Forwarded headers count
+    trusted_proxies: tuple[str, ...]
 
 
 @frozen
@@ -305,6 +316,19 @@ def _complete(settings: Settings) -> Settings:
         )
     if settings.http.sse_send_timeout_s <= 0:
         problems.append("DEEPMEMORY_HTTP_SSE_SEND_TIMEOUT_S must be positive")
+    for entry in settings.http.trusted_proxies:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            problems.append(
+                f"DEEPMEMORY_HTTP_TRUSTED_PROXIES: {entry!r} is not an IP address or network"
+            )
+    for name in ("sse_streams_per_user", "calls_per_user"):
+        if getattr(settings.http, name) < 1:
+            problems.append(f"DEEPMEMORY_HTTP_{name.upper()} must be at least 1")
+    for name in ("acquire_timeout_s", "statement_timeout_s", "lock_wait_s"):
+        if getattr(settings.database, name) <= 0:
+            problems.append(f"DEEPMEMORY_DATABASE_{name.upper()} must be positive")
     if not 0.0 < settings.train.holdout < 1.0:
         problems.append("DEEPMEMORY_TRAIN_HOLDOUT must be between 0 and 1")
     if settings.train.seed < 0:

@@ -3,7 +3,8 @@
 Each runs inside the user's supervisor (one at a time per user in this process) and inside
 a transaction holding the user's advisory lock (one at a time per user across instances).
 Work starts only after the transaction commits, so a crash in between leaves a leased run
-that the sweeper turns into a failed, recoverable one.
+that the sweeper turns into a failed, recoverable one. A client waits for a command: its
+database waits are a request's (`svc.request_db`); the work it starts waits an outage out.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ async def new_run(
             f"questions_per_chunk: must be between 1 and {gen.max_questions_per_chunk}, got {qpc}"
         )
     try:
-        async with svc.db.tx(lock_user=user_id) as conn:
+        async with svc.request_db.tx(lock_user=user_id) as conn:
             blocking = await conn.blocking_run(user_id)
             if blocking is not None:
                 raise BlockingRunExists(*blocking)
@@ -99,7 +100,7 @@ async def new_run(
             job = await conn.create_job(run.id, user_id, JobKind.GENERATE)
     except UniqueViolation:
         # the partial unique index caught a race the lock did not (it should never happen)
-        async with svc.db.conn() as conn:
+        async with svc.request_db.conn() as conn:
             blocking = await conn.blocking_run(user_id)
         if blocking is None:
             raise
@@ -116,7 +117,7 @@ async def new_run(
 
 
 async def proceed(svc: Services, sup: RunSupervisor, run_id: uuid.UUID) -> JobAccepted:
-    async with svc.db.tx(lock_user=sup.user_id) as conn:
+    async with svc.request_db.tx(lock_user=sup.user_id) as conn:
         run = await _locked_run(conn, sup.user_id, run_id)
         if not run.status.is_failed:
             raise not_failed(run.status)
@@ -140,7 +141,7 @@ async def proceed(svc: Services, sup: RunSupervisor, run_id: uuid.UUID) -> JobAc
 
 
 async def train_generated(svc: Services, sup: RunSupervisor, run_id: uuid.UUID) -> JobAccepted:
-    async with svc.db.tx(lock_user=sup.user_id) as conn:
+    async with svc.request_db.tx(lock_user=sup.user_id) as conn:
         run = await _locked_run(conn, sup.user_id, run_id)
         if run.status is not RunStatus.GENERATED:
             raise BadRequest(
@@ -153,7 +154,7 @@ async def train_generated(svc: Services, sup: RunSupervisor, run_id: uuid.UUID) 
 
 
 async def delete(svc: Services, sup: RunSupervisor, run_id: uuid.UUID) -> str:
-    async with svc.db.tx(lock_user=sup.user_id) as conn:
+    async with svc.request_db.tx(lock_user=sup.user_id) as conn:
         run = await _locked_run(conn, sup.user_id, run_id)
         if not run.status.is_failed:
             raise not_failed(run.status)
@@ -182,7 +183,7 @@ async def cancel(svc: Services, sup: RunSupervisor, run_id: uuid.UUID) -> Cancel
     """Stops a generating or training run, keeping every pair written; it becomes
     generating_failed / training_failed with a message saying where it stopped, and Proceed
     and Delete apply. The run may be working on another instance: that one hears of it."""
-    async with svc.db.tx(lock_user=sup.user_id) as conn:
+    async with svc.request_db.tx(lock_user=sup.user_id) as conn:
         run = await _locked_run(conn, sup.user_id, run_id)
         if run.status not in (RunStatus.GENERATING, RunStatus.TRAINING):
             raise not_running(run.status)
@@ -204,7 +205,7 @@ async def cancel(svc: Services, sup: RunSupervisor, run_id: uuid.UUID) -> Cancel
 async def _after_cancel(svc: Services, user_id: uuid.UUID, run_id: uuid.UUID) -> Cancelled:
     deadline = time.monotonic() + CANCEL_WAIT_S
     while True:
-        async with svc.db.conn() as conn:
+        async with svc.request_db.conn() as conn:
             run = await conn.get_run(run_id, user_id)
         if run is None:
             raise run_not_found()

@@ -38,7 +38,7 @@ async def estimate(
     svc: Services, user_id: uuid.UUID, questions_per_chunk: int, regenerate: bool
 ) -> Estimate:
     settings = svc.settings
-    async with svc.db.conn() as conn:
+    async with svc.request_db.conn() as conn:
         source = None if regenerate else await conn.reuse_source(user_id, questions_per_chunk)
         chunks, reusable, new_chars = await conn.generation_estimate(user_id, source)
         calls_per_chunk = await conn.calls_per_new_chunk(user_id)

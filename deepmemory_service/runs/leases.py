@@ -52,9 +52,16 @@ async def _end_jobs(svc: Services, swept: list[Run], message: str) -> None:
             await jobs.end_failed(svc, job, run, run.status, message)
 
 
-async def sweep_once(svc: Services) -> list[Run]:
+async def sweep_once(svc: Services, working: Callable[[], list[uuid.UUID]] = list) -> list[Run]:
+    """Fails the runs whose lease expired, after renewing those `working()` names (with
+    live work here): when the database did not answer for longer than a lease (a server
+    frozen, say), only their renewals were held up, and the first sweep after it must not
+    fail them."""
     message = LOST.format(why="its lease expired")
     async with svc.db.conn() as conn:
+        live = working()
+        if live:
+            await conn.renew_leases(svc.instance_id, svc.settings.lease.ttl_s, live)
         swept = await conn.expire_leases(message)
     for run in swept:
         log.warning("run lease expired", run_id=str(run.id), status=run.status)
@@ -62,10 +69,10 @@ async def sweep_once(svc: Services) -> list[Run]:
     return swept
 
 
-async def sweeper(svc: Services) -> None:
+async def sweeper(svc: Services, working: Callable[[], list[uuid.UUID]] = list) -> None:
     while True:
         try:
-            await sweep_once(svc)
+            await sweep_once(svc, working)
         except CONNECTION_ERRORS as exc:
             log.warning("lease sweep failed", error=str(exc))
         await asyncio.sleep(svc.settings.lease.sweep_s)

@@ -21,8 +21,12 @@ from deepmemory_service.training.trainer import Trainer
 @attrs.frozen
 class Services:
     settings: Settings
-    # the users' corpora: the database, vector stores, embedder and upload gate
+    # the users' corpora: the database, vector stores, embedder and upload gate, as a run's
+    # work uses them (it waits a database outage out, and retries)
     corpora: Corpora
+    # the same, for a request a client waits on: its database waits are bounded, so that it
+    # answers 503 in seconds when the database does not answer
+    request_corpora: Corpora
     broadcaster: Broadcaster
     events: JobEvents
     generator: QuestionGenerator
@@ -37,7 +41,13 @@ class Services:
 
     @property
     def db(self) -> Database:
+        """The database as a run's work uses it: patient."""
         return self.corpora.db
+
+    @property
+    def request_db(self) -> Database:
+        """The database as a request uses it: within the request bounds."""
+        return self.request_corpora.db
 
     @property
     def embedder(self) -> Embedder:

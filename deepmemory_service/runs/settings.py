@@ -47,7 +47,7 @@ async def read(svc: Services, user_id: uuid.UUID) -> DeepMemorySettings:
             await conn.total_chunks(user_id),
         )
 
-    row, blocking, total = await svc.db.read(read)
+    row, blocking, total = await svc.request_db.read(read)
     return DeepMemorySettings(
         enabled=row.enabled if row else False,
         last_trained_at=row.last_trained_at if row else None,
@@ -67,7 +67,7 @@ async def read(svc: Services, user_id: uuid.UUID) -> DeepMemorySettings:
 async def set_enabled(svc: Services, sup: RunSupervisor, enabled: bool) -> None:
     """Turns Deep Memory on or off for the user; on only when the last trained model may be
     enabled (409 with the trainer's verdict otherwise)."""
-    async with svc.db.tx(lock_user=sup.user_id) as conn:
+    async with svc.request_db.tx(lock_user=sup.user_id) as conn:
         row = await conn.get_settings(sup.user_id)
         if enabled and (row is None or not row.can_enable):
             if row and row.can_enable_reason:

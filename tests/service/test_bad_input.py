@@ -139,6 +139,18 @@ U = str(uuid.uuid4())
         (
             "POST",
             "/documents",
+            {
+                "json": {
+                    "user_id": U,
+                    "documents": [{"text": "t"}, {"text": "t", "title": "x" * 501}],
+                }
+            },
+            422,
+            "documents[1].title: at most 500 characters, got 501",
+        ),
+        (
+            "POST",
+            "/documents",
             {"json": {"user_id": U, "documents": [{"text": "a\u0000b"}]}},
             422,
             "documents[0].text: must not contain NUL characters",

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
+
+import asyncpg
 
 from deepmemory_service.storage import deeplake_compat
 from deepmemory_service.storage.embedders import HashingEmbedder
@@ -155,3 +158,36 @@ async def test_unchanged_documents_are_skipped_when_asked(api: Api, user_id: uui
         "POST", "/documents", json={"user_id": str(user_id), "documents": docs[:1]}
     )
     assert (code, plain["skipped"], plain["total_chunks"]) == (201, [], 4)
+
+
+async def test_titles_are_bounded_and_a_listing_stays_small(api: Api, user_id: uuid.UUID) -> None:
+    """A title of 500 characters is kept whole (one more is a 422, see test_bad_input);
+    titles stored longer before they were bounded are listed cut, ending in "…", so that
+    forty 1 MB titles no longer make a 40 MB listing."""
+    title = "t" * 500
+    code, added = await api.call(
+        "POST",
+        "/documents",
+        json={"user_id": str(user_id), "documents": [{"title": title, "text": "x"}]},
+    )
+    assert code == 201, added
+    admin = await asyncpg.connect(api.services.db.url)
+    try:
+        await admin.execute(
+            "INSERT INTO documents (id, user_id, title, chunk_count) "
+            "SELECT gen_random_uuid(), $1, repeat('é', 1048576), 0 FROM generate_series(1, 40)",
+            user_id,
+        )
+    finally:
+        await admin.close()
+    async with api.client.get(
+        "/v1/api/documents", params={"user_id": str(user_id)}, headers=api.headers
+    ) as resp:
+        assert resp.status == 200
+        raw = await resp.read()
+    listing = json.loads(raw)
+    titles = [d["title"] for d in listing["documents"]]
+    assert sorted(set(titles)) == sorted({"é" * 499 + "…", title})
+    assert listing["total_documents"] == 41
+    # 41 titles of at most 500 characters (6 bytes each as JSON escapes), and the rest
+    assert len(raw) < 41 * (500 * 6 + 200)

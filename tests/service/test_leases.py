@@ -9,6 +9,7 @@ from typing import Any
 import asyncpg
 import attrs
 
+from deepmemory_service.api.keys import BACKEND, SUPERVISORS
 from deepmemory_service.runs import leases
 from deepmemory_service.testing.client import poll
 from deepmemory_service.testing.fakes import ControlledGenerator
@@ -129,3 +130,24 @@ async def test_a_run_whose_work_died_unrecorded_is_not_kept_alive(
 
     run = await api.wait_status(user_id, body["training_run_id"], "generating_failed", timeout=10)
     assert "its lease expired" in run["error_message"]
+
+
+async def test_a_live_run_whose_renewals_were_held_up_is_renewed_by_the_sweep(
+    api_factory: Any, user_id: uuid.UUID
+) -> None:
+    """The database did not answer for longer than a lease (frozen, say): this instance's
+    running run missed its renewals, and its lease is in the past. The sweep renews what has
+    live work here before it expires anything, so the run goes on; its expired lease would
+    still fail it on an instance where it has no work."""
+    api, gen, body = await held_run(api_factory, user_id, 5)
+    run_id = uuid.UUID(body["training_run_id"])
+    async with api.services.db.conn() as conn:
+        await conn.raw.execute(
+            "UPDATE training_runs SET lease_expires_at = now() - interval '1 second' WHERE id = $1",
+            run_id,
+        )
+    supervisors = api.client.app[BACKEND][SUPERVISORS]
+    assert await leases.sweep_once(api.services, supervisors.working_runs) == []
+    assert (await api.run(user_id, str(run_id)))["status"] == "generating"
+    gen.release()
+    await api.wait_status(user_id, str(run_id), "generated")

@@ -81,3 +81,35 @@ async def test_logout_from_another_site_is_refused(api: Api) -> None:
         assert (resp.status, resp.headers["Location"]) == (303, "/login")
     async with api.client.get("/deep-memory", allow_redirects=False) as resp:
         assert resp.status == 303
+
+
+async def test_any_login_form_is_answered_on_the_form_never_a_500(api: Api) -> None:
+    """Extra fields, thousands of them, a token twice, bytes that are not UTF-8 or not a
+    form at all: the form's own page says what is wrong (or the login works)."""
+    user = uuid.uuid4()
+    token = mint_token(api.services.settings, user, 600)
+    fields = "&".join(f"field{i}=value{i}" for i in range(5000))
+    cases: list[tuple[bytes, int, str]] = [
+        (f"a=1&b=2&c=3&d=4&e=5&f=6&g=7&h=8&token={token}".encode(), 303, ""),
+        (f"token={token}&token=second".encode(), 303, ""),
+        (fields.encode(), 400, "Paste a token to log in."),
+        (b"token=%ff%fe%00", 401, "Token is malformed"),
+        (b"\xff\xfe\x00garbage;;&&==%%", 400, "Paste a token to log in."),
+        (b"", 400, "Paste a token to log in."),
+    ]
+    for body, status, says in cases:
+        async with api.client.post(
+            "/login",
+            data=body,
+            headers={
+                "Origin": origin_of(api),
+                "Content-Type": "application/x-www-form-urlencoded",
+            },
+            allow_redirects=False,
+        ) as resp:
+            assert resp.status == status, body[:40]
+            if status == 303:
+                assert resp.headers["Location"] == "/deep-memory"
+                continue
+            assert resp.content_type == "text/html"
+            assert says in await resp.text()

@@ -68,6 +68,18 @@ def test_environment_overrides_defaults() -> None:
             {"DEEPMEMORY_TRAIN_SEED": "-3"},
             "DEEPMEMORY_TRAIN_SEED must not be negative (0: each run's own)",
         ),
+        (
+            {"DEEPMEMORY_HTTP_TRUSTED_PROXIES": "10.0.0.0/8, proxy.example"},
+            "DEEPMEMORY_HTTP_TRUSTED_PROXIES: 'proxy.example' is not an IP address or network",
+        ),
+        (
+            {"DEEPMEMORY_HTTP_SSE_STREAMS_PER_USER": "0"},
+            "DEEPMEMORY_HTTP_SSE_STREAMS_PER_USER must be at least 1",
+        ),
+        (
+            {"DEEPMEMORY_DATABASE_STATEMENT_TIMEOUT_S": "0"},
+            "DEEPMEMORY_DATABASE_STATEMENT_TIMEOUT_S must be positive",
+        ),
     ],
 )
 def test_bad_values_name_the_setting(env: dict[str, str], message: str) -> None:

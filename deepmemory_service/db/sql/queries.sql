@@ -5,6 +5,10 @@
 -- Serialises a user's state-changing commands across every instance (released at commit).
 SELECT pg_advisory_xact_lock(hashtextextended('deepmemory:' || ($1::uuid)::text, 0));
 
+-- name: user_try_lock
+-- The same lock if it is free now (true), else false at once: a request asks again rather than wait blind.
+SELECT pg_try_advisory_xact_lock(hashtextextended('deepmemory:' || ($1::uuid)::text, 0));
+
 -- name: blocking_run
 -- The user's newest unfinished run (any status but completed): what blocks a new generate.
 SELECT id, status FROM training_runs
@@ -322,8 +326,9 @@ ORDER BY u.n;
 SELECT DISTINCT digest FROM documents WHERE user_id = $1 AND digest = ANY($2::bytea[]);
 
 -- name: list_documents
--- The user's documents, newest first.
-SELECT id, title, chunk_count, created_at FROM documents
+-- The user's documents, newest first; titles cut to $3 characters, saying which were (stored before titles were bounded).
+SELECT id, left(title, $3) AS title, length(title) > $3 AS cut, chunk_count, created_at
+FROM documents
 WHERE user_id = $1 ORDER BY created_at DESC, id LIMIT $2;
 
 -- name: document_count

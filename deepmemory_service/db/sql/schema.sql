@@ -1,4 +1,4 @@
--- The whole schema as the migrations leave it (tests/test_schema.py keeps the two equal).
+-- The whole schema as the migrations leave it (tests/service/test_schema.py keeps the two equal).
 -- Read this to know the database; change it only together with a new migration.
 
 

@@ -84,6 +84,8 @@ function connectionBack() {
 
 // the job a notice is about ("Resuming generation from chunk 10/21"): it goes when the job ends
 let noticeJob = null;
+// the notice of a settings read that failed for a while (503, 429), while it stands
+let passing = null;
 
 function notice(text, kind = "", jobId = null) {
   const el = $("notice");
@@ -599,9 +601,21 @@ async function refresh() {
 async function refreshOnce() {
   const r = await api("GET", "/api/deep-memory/settings");
   if (!r.ok) {
-    if (away(r)) { connectionLost(r); } else { notice(r.data.detail || "Could not load the settings", "error"); }
+    if (away(r)) {
+      connectionLost(r);
+    } else if (r.status === 429) {
+      // too many of this user's calls at once: a passing condition; look again, and take the
+      // notice back once it passed
+      passing = r.data.detail || "Too many requests at once";
+      notice(passing, "warning");
+      scheduleRecheck();
+    } else {
+      notice(r.data.detail || "Could not load the settings", "error");
+    }
     return;
   }
+  if (passing !== null && $("notice").textContent === passing) { notice(""); }
+  passing = null;
   const s = r.data;
   const [blocking, last] = await Promise.all([
     fetchRun(s.blocking_run_id),
