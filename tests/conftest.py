@@ -26,8 +26,8 @@ from deepmemory_service.db.embedded import EmbeddedPostgres
 from deepmemory_service.platform.config import OpenAIEmbeddingSettings, Settings, load_settings
 from deepmemory_service.runs.services import Services
 
-# the `cluster` fixture: real service processes on one database
-pytest_plugins = ("tests.cluster",)
+# the `cluster` fixture: real service processes on one database; `s3`: an S3-compatible server
+pytest_plugins = ("tests.cluster", "tests.s3")
 
 # The modules whose subject is what the database does (its schema and migrations, locks,
 # transactions, leases, LISTEN/NOTIFY, connections lost, what it can store): CI runs them a
