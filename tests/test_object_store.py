@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ import pytest
 from deepmemory_service.platform.config import ConfigError, Settings, load_settings
 from deepmemory_service.storage import object_versions
 from deepmemory_service.storage.dataset import Rows
-from deepmemory_service.storage.object_store import UNREACHABLE, ObjectStore
+from deepmemory_service.storage.object_store import UNREACHABLE, ObjectStore, StoreUnreachable
 from deepmemory_service.storage.store import ChunkStore
 from deepmemory_service.testing.object_store import ObjectStoreServer
 from tests.cluster import free_port
@@ -125,6 +126,25 @@ async def test_a_long_commit_chain_is_compacted_and_old_generations_deleted(
     opened = await store.blocking(versions.open, version)
     metadata = await store.blocking(lambda: opened.metadata.data()["value"])
     assert [m["position"] for m in metadata] == list(range(1, n + 1))
+
+
+async def test_an_operation_is_cut_when_the_bucket_stops_answering_not_when_it_is_long(
+    s3: ObjectStoreServer, bucket: str
+) -> None:
+    path = f"s3://{bucket}/stores/u1"
+    # each request may wait a minute, but the operation only 0.3 s without any answer
+    store = instance_store(path, timeout_s=0.3, read_timeout_s=60.0, attempts=1)
+    started = time.monotonic()
+    version = await store.append(rows(1, 20))  # a hundred requests or so, each answered
+    assert time.monotonic() - started > 0.3, "too quick a write to show anything"
+
+    s3.pause()
+    started = time.monotonic()
+    with pytest.raises(StoreUnreachable):
+        await instance_store(path, timeout_s=0.3, read_timeout_s=60.0, attempts=1).read(version, 20)
+    assert time.monotonic() - started < 30, "the read waited for its request's read timeout"
+    s3.resume()
+    assert (await instance_store(path).read(version, 20)).rows == 20
 
 
 async def call(api: Api, method: str, path: str, **kwargs: Any) -> tuple[int, Any, Any]:

@@ -103,7 +103,8 @@ class StoreSettings:
     chunk_chars: int
     chunk_overlap: int
     # an s3:// store's requests (no AWS variable sets these; deeplake's defaults wait 300 s
-    # per attempt): bounds per attempt, attempts per request, and one operation's most
+    # per attempt): bounds per attempt, attempts per request, and how long an operation may
+    # go without an answer from the bucket
     connect_timeout_s: float
     read_timeout_s: float
     attempts: int

@@ -156,13 +156,6 @@ def use_endpoint(url: str | None) -> None:
     client_module.HUB_REST_ENDPOINT = url.rstrip("/") if url else client_config.HUB_REST_ENDPOINT
 
 
-def thread_deadline() -> float | None:
-    """The deadline (`time.monotonic()`) of the `in_daemon_thread` call this thread runs, if
-    any: other clients' guards (the object store's) stop at it too."""
-    deadline: float | None = getattr(_guard, "deadline", None)
-    return deadline
-
-
 async def in_daemon_thread(fn: Callable[..., T], *args: Any, deadline: float | None = None) -> T:
     """`fn(*args)` in a daemon thread whose deeplake requests stop at `deadline`.
 

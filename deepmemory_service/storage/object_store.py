@@ -24,8 +24,10 @@ answered and the data is not what the catalog says (`StoreDamaged`: the caller r
 from the catalog). A failure without a network cause counts as damage only once a check
 request to the same store got an answer.
 
-Every call runs in a daemon thread under the operation's deadline (`call`): past it the
-request is answered 503, and the thread stops at its next request to the bucket.
+Every call runs in a daemon thread (`run`). One that has had no answer from the bucket for
+`timeout_s` is answered 503 (one that gets answers goes on, however long a large store
+takes), and the thread stops at its next request to the bucket, as it does when its caller
+is cancelled.
 """
 
 from __future__ import annotations
@@ -107,10 +109,33 @@ def split(url: str) -> tuple[str, str]:
     return bucket, key.strip("/")
 
 
+@attrs.define
+class _Watch:
+    """One operation's contact with the bucket: when it last got an answer (any HTTP
+    response, "not found" included), and whether its caller gave up on it."""
+
+    limit_s: float
+    last: float = attrs.field(factory=time.monotonic)
+    stopped: bool = False
+
+    def stalled(self) -> bool:
+        return time.monotonic() - self.last > self.limit_s
+
+
+# the operation the current thread runs for `ObjectStore.run`
+_watching = threading.local()
+
+
 def _before_send(**_kwargs: Any) -> None:
-    deadline = deeplake_compat.thread_deadline()
-    if deadline is not None and time.monotonic() > deadline:
-        raise DeadlinePassed("the store operation's deadline passed")
+    watch: _Watch | None = getattr(_watching, "watch", None)
+    if watch is not None and (watch.stopped or watch.stalled()):
+        raise DeadlinePassed("the bucket has not answered in time, or the caller gave up")
+
+
+def _answered(**_kwargs: Any) -> None:
+    watch: _Watch | None = getattr(_watching, "watch", None)
+    if watch is not None:
+        watch.last = time.monotonic()
 
 
 def _causes(exc: BaseException) -> list[BaseException]:
@@ -250,6 +275,7 @@ class ObjectStore:
 
                 client = boto3.session.Session().client("s3", config=self._config())
                 client.meta.events.register("before-send.s3", _before_send)
+                client.meta.events.register("after-call.s3", _answered)
                 self._client = client
             return self._client
 
@@ -415,26 +441,54 @@ class ObjectStore:
         return StoreDamaged(f"{doing}: {exc!r}")
 
     async def run(self, where: str, fn: Callable[..., T], *args: Any) -> T:
-        """`fn(*args)`, an operation on the store at `where`, in a daemon thread under the
-        operation's deadline (past it: `StoreUnreachable`, and the thread stops at its next
-        request to the store); its failure as `failure` names it."""
+        """`fn(*args)`, an operation on the store at `where`, in a daemon thread; its
+        failure as `failure` names it. An operation that has had no answer from the bucket
+        for `timeout_s` is `StoreUnreachable` (one that is getting answers goes on, however
+        long a large store takes); past that, or when the caller is cancelled, the thread
+        stops at its next request to the bucket."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        watch = _Watch(self.settings.timeout_s)
 
-        def mapped() -> T:
+        def settle(setter: Callable[[Any], None], value: Any) -> None:
+            if not future.done():
+                setter(value)
+
+        def work() -> None:
+            _watching.watch = watch
             try:
-                return fn(*args)
+                result = fn(*args)
             except Exception as exc:
                 doing = getattr(fn, "__name__", "an operation")
-                raise self.failure(exc, doing, f"{where}/{PROBE}") from exc
+                failed = self.failure(exc, doing, f"{where}/{PROBE}")
+                if failed is not exc:
+                    failed.__cause__ = exc
+                if not loop.is_closed():
+                    loop.call_soon_threadsafe(settle, future.set_exception, failed)
+            except BaseException as exc:  # handed to the awaiting coroutine
+                if not loop.is_closed():
+                    loop.call_soon_threadsafe(settle, future.set_exception, exc)
+            else:
+                if not loop.is_closed():
+                    loop.call_soon_threadsafe(settle, future.set_result, result)
+            finally:
+                _watching.watch = None
 
-        limit = self.settings.timeout_s
+        name = f"object-store:{getattr(fn, '__name__', 'call')}"
+        threading.Thread(target=work, name=name, daemon=True).start()
         try:
-            async with asyncio.timeout(limit + 1.0):
-                return await deeplake_compat.in_daemon_thread(
-                    mapped, deadline=time.monotonic() + limit
-                )
-        except TimeoutError:
-            log.warning("object store operation timed out", limit_s=limit)
-            raise StoreUnreachable(UNREACHABLE) from None
+            while True:
+                wait_s = max(0.05, watch.last + watch.limit_s - time.monotonic())
+                done, _ = await asyncio.wait({future}, timeout=wait_s)
+                if done:
+                    return future.result()
+                if watch.stalled():
+                    log.warning("object store operation stalled", doing=name, limit_s=watch.limit_s)
+                    raise StoreUnreachable(UNREACHABLE)
+        finally:
+            watch.stopped = True
+            if not future.done():
+                future.cancel()  # the caller is gone: what the thread ends with goes nowhere
 
     # start-up
 
