@@ -364,8 +364,7 @@ def test_a_bucket_that_is_not_there_stops_start_up(
         (
             "gcs://bucket/users/{user_id}",
             "gcs:// stores are not supported (a local path, s3://bucket/prefix/{user_id} or "
-            "hub://org/name_{user_id}) (Google Cloud Storage answers the S3 API: use s3:// "
-            "with AWS_ENDPOINT_URL=https://storage.googleapis.com and an HMAC key pair)",
+            "hub://org/name_{user_id})",
         ),
         (
             "s3://{user_id}",

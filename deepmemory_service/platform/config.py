@@ -41,13 +41,8 @@ StoreKind = Literal["local", "hub", "s3"]
 # what deeplake itself would take for a URL (it takes any other for a local path)
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _KINDS: dict[str, StoreKind] = {"hub": "hub", "s3": "s3"}
-_UNSUPPORTED = {
-    "gcs": " (Google Cloud Storage answers the S3 API: use s3:// with "
-    "AWS_ENDPOINT_URL=https://storage.googleapis.com and an HMAC key pair)",
-    "gs": " (Google Cloud Storage answers the S3 API: use s3:// with "
-    "AWS_ENDPOINT_URL=https://storage.googleapis.com and an HMAC key pair)",
-    "az": "",
-}
+# schemes deeplake knows for storage this service does not keep stores in (yet)
+_UNSUPPORTED = frozenset({"gcs", "gs", "az"})
 
 
 def is_cloud_path(path: str) -> bool:
@@ -67,7 +62,7 @@ def store_kind(path: str) -> StoreKind:
     if scheme in _UNSUPPORTED:
         raise ValueError(
             f"{scheme}:// stores are not supported (a local path, s3://bucket/prefix/{{user_id}} "
-            f"or hub://org/name_{{user_id}}){_UNSUPPORTED[scheme]}"
+            "or hub://org/name_{user_id})"
         )
     raise ValueError(
         f"unknown scheme {scheme}:// (a local path, s3://bucket/prefix/{{user_id}} or "
