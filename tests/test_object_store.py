@@ -132,19 +132,25 @@ async def test_an_operation_is_cut_when_the_bucket_stops_answering_not_when_it_i
     s3: ObjectStoreServer, bucket: str
 ) -> None:
     path = f"s3://{bucket}/stores/u1"
-    # each request may wait a minute, but the operation only 0.3 s without any answer
-    store = instance_store(path, timeout_s=0.3, read_timeout_s=60.0, attempts=1)
+    version = await instance_store(path).append(rows(1, 20))
+    # each request may wait a minute, but the operation only 1 s without any answer
+    limits = {"timeout_s": 1.0, "read_timeout_s": 60.0, "attempts": 1}
+    store = instance_store(path, **limits)
+
+    def slow(**_kwargs: Any) -> None:
+        time.sleep(0.25)  # each request answered late, but answered
+
+    assert store.remote is not None
+    store.remote.client.meta.events.register("before-send.s3", slow)
     started = time.monotonic()
-    version = await store.append(rows(1, 20))  # a hundred requests or so, each answered
-    assert time.monotonic() - started > 0.3, "too quick a write to show anything"
+    assert (await store.read(version, 20)).rows == 20
+    assert time.monotonic() - started > 2 * limits["timeout_s"], "too quick to show anything"
 
     s3.pause()
     started = time.monotonic()
     with pytest.raises(StoreUnreachable):
-        await instance_store(path, timeout_s=0.3, read_timeout_s=60.0, attempts=1).read(version, 20)
+        await instance_store(path, **limits).read(version, 20)
     assert time.monotonic() - started < 30, "the read waited for its request's read timeout"
-    s3.resume()
-    assert (await instance_store(path).read(version, 20)).rows == 20
 
 
 async def call(api: Api, method: str, path: str, **kwargs: Any) -> tuple[int, Any, Any]:
@@ -226,7 +232,10 @@ async def test_two_instances_share_the_bucket_and_the_model_without_files_of_the
     there is used by the first; neither keeps a file of the user's store."""
 
     def instance(name: str) -> Settings:
-        return attrs.evolve(seeded(in_bucket(settings, bucket)), data_dir=str(tmp_path / name))
+        return attrs.evolve(
+            seeded(in_bucket(settings, bucket, read_timeout_s=1.0, attempts=1)),
+            data_dir=str(tmp_path / name),
+        )
 
     a: Api = await api_factory(instance("a"), generator=NoisyGenerator())
     b: Api = await api_factory(instance("b"), generator=NoisyGenerator())
@@ -284,6 +293,12 @@ async def test_two_instances_share_the_bucket_and_the_model_without_files_of_the
     with_model = await right_answers(b, True)
     assert with_model >= 20
     assert await right_answers(a, True) == with_model
+    # the bucket gone quiet: b searches on with the model and the version it read
+    noisy = {"user_id": str(user_id), "q": f"{NOISE} {chunks[7].split()[2]}", "k": "1"}
+    before = await b.call("GET", "/search", params={**noisy, "deep_memory": "true"})
+    s3.pause()
+    assert await b.call("GET", "/search", params={**noisy, "deep_memory": "true"}) == before
+    s3.resume()
 
     for data_dir in (tmp_path / "a", tmp_path / "b"):
         kept = [p for p in data_dir.rglob("*") if "postgres" not in p.parts]

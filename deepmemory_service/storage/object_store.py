@@ -37,6 +37,7 @@ import functools
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from types import MappingProxyType
 from typing import Any, TypeVar
 
@@ -223,9 +224,23 @@ def _version_info_unlocked() -> None:
     version_control.Lock = VersionInfoLock
 
 
+# PUTs of one process in flight at once (a dataset's flush writes each file of a version:
+# ~80 objects per upload, one after another in deeplake)
+WRITERS = 16
+_writers = ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="object-store-put")
+
+
 def _provider_class(client: Any) -> type[Any]:
     """deeplake's S3 provider on `client`: no credentials of its own, no client or session
-    of its own, and no retry loop of its own (each request is bounded by the client)."""
+    of its own, no retry loop of its own (each request is bounded by the client), and its
+    writes made side by side.
+
+    deeplake writes a version's files one at a time; here each write is handed to a pool
+    and `flush()` waits for all of them (and raises the first failure), so an upload costs
+    a few round trips to the bucket instead of ~80. A file being written is read from
+    memory, and a second write of the same file waits for the first, so the last one wins.
+    A write is never published before `flush()`: `BranchWriter.finish` flushes before it
+    names the commit."""
     deeplake_compat.load()
     from deeplake.core.storage.s3 import S3Provider
 
@@ -238,10 +253,77 @@ def _provider_class(client: Any) -> type[Any]:
         def _set_s3_client_and_resource(self) -> None:
             self.client = client
             self.resource = None  # only deeplake's clear() uses it; nothing here calls that
+            # (called again after a failed request: what is being written stays)
+            if not hasattr(self, "_writing"):
+                self._writing: dict[str, tuple[bytes, Future[None]]] = {}
+                self._fresh: list[str] = []
+                self._written: set[str] = set()
+
+        def absent_under(self, prefix: str) -> None:
+            """Nothing under `prefix` is in the bucket but what this provider writes (the
+            folder of a commit or a generation just made, named at random): reads of
+            anything else there are answered "absent" without asking the bucket. deeplake
+            asks for ~20 optional files of a new commit one by one, each a 404."""
+            self._fresh.append(prefix)
+
+        def _is_fresh(self, path: str) -> bool:
+            return any(path.startswith(prefix) for prefix in self._fresh)
 
         @property
         def num_tries(self) -> int:
             return 0
+
+        def _get_object_size(self, path: str) -> int:
+            size: int = client.head_object(Bucket=self.bucket, Key=path)["ContentLength"]
+            return size
+
+        def __setitem__(self, path: str, content: Any) -> None:
+            self.check_readonly()
+            data = bytes(memoryview(content))
+            self._wait(path)
+            if self._is_fresh(path):
+                self._written.add(path)
+            watch = getattr(_watching, "watch", None)
+            put = super().__setitem__
+
+            def write() -> None:
+                _watching.watch = watch
+                try:
+                    put(path, data)
+                finally:
+                    _watching.watch = None
+
+            self._writing[path] = (data, _writers.submit(write))
+
+        def get_bytes(
+            self, path: str, start_byte: int | None = None, end_byte: int | None = None
+        ) -> bytes:
+            writing = self._writing.get(path)
+            if writing is not None and not writing[1].done():
+                return writing[0][start_byte:end_byte]
+            if path not in self._written and self._is_fresh(path):
+                raise KeyError(path)
+            self._wait(path)
+            data: bytes = super().get_bytes(path, start_byte, end_byte)
+            return data
+
+        def __delitem__(self, path: str) -> None:
+            self._wait(path)
+            self._written.discard(path)
+            super().__delitem__(path)
+
+        def _wait(self, path: str) -> None:
+            writing = self._writing.pop(path, None)
+            if writing is not None:
+                writing[1].result()
+
+        def flush(self) -> None:
+            writing, self._writing = self._writing, {}
+            failed = [f.exception() for _, f in writing.values()]
+            first = next((exc for exc in failed if exc is not None), None)
+            if first is not None:
+                raise first
+            super().flush()
 
     return ObjectStoreProvider
 
@@ -320,7 +402,9 @@ class ObjectStore:
         from deeplake.core.dataset import Dataset
         from deeplake.util.cache_chain import generate_chain
 
-        storage = generate_chain(self._provider_for(url), DATASET_CACHE_BYTES, 0, url)
+        provider = self._provider_for(url)
+        provider.absent_under("")
+        storage = generate_chain(provider, DATASET_CACHE_BYTES, 0, url)
         return Dataset(
             storage=storage, path=url, read_only=False, verbose=False, lock_enabled=False
         )

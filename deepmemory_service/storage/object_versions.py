@@ -80,6 +80,9 @@ class BranchWriter(DatasetWriter):
     def finish(self) -> str:
         self.flush()
         commit: str = self.ds.commit("upload")
+        # the commit's own writes (its node in version_control_info.json) are in the bucket
+        # before the catalog may name it
+        self.ds.base_storage.flush()
         return f"{self.generation}@{commit}"
 
     def abandon(self) -> None:
@@ -113,6 +116,7 @@ class ObjectVersions:
         if _chain(ds, commit) >= COMPACT_AFTER:
             return self._compacted(ds, generation, base_rows)
         ds.checkout(f"w-{secrets.token_hex(8)}", create=True)
+        ds.base_storage.absent_under(f"versions/{ds.pending_commit_id}/")
         return BranchWriter(ds, base_rows, generation)
 
     def begin_empty(self) -> BranchWriter:

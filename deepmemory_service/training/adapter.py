@@ -19,6 +19,7 @@ import attrs
 import numpy as np
 import numpy.typing as npt
 
+from deepmemory_service.storage.object_store import StoreUnreachable
 from deepmemory_service.storage.side_files import LocalSideFile, SideFile, side_file
 from deepmemory_service.storage.store import ChunkStore
 from deepmemory_service.vectors import Matrix, normalise
@@ -121,11 +122,19 @@ class AdapterCache:
     async def load(self, store: ChunkStore) -> Adapter | None:
         """The user's adapter for the store's embedder, or None; the file is read off the
         event loop, and only when it changed since it was cached (one stat, or one HEAD
-        request of a bucket's object: a model trained on another instance is seen at once)."""
+        request of a bucket's object: a model trained on another instance is seen at once;
+        while the bucket does not answer, the one cached is used)."""
         file = model_file(store)
         key = file.name
-        stamp = await store.blocking(file.stamp)
         cached = self._entries.get(key)
+        try:
+            stamp = await store.blocking(file.stamp)
+        except StoreUnreachable:
+            if cached is None:
+                raise
+            # meanwhile the model cached serves (a newer one, trained elsewhere in the
+            # meantime, is read once the bucket answers again)
+            stamp = cached[0]
         if stamp is None:
             self._entries.pop(key, None)
             return None
