@@ -1,10 +1,10 @@
 """What a vector store in a bucket (s3://) costs against a local one, as a client sees it, in
 one run: two real `serve --role backend` processes per kind of store on one PostgreSQL, one
-that uploads and one that searches (and so reads what the other wrote); the s3:// ones on
-a local S3-compatible server (moto, in a process of its own; its requests cost ~4 ms of its
-CPU each, plus botocore's on the client, against tens of ms on a real S3 across a network:
-read the request-bound figures with that in mind). The steps alternate between the kinds,
-so that the machine's load weighs on both alike.
+that uploads and one that searches (and so reads what the other wrote). The s3:// ones use a
+local S3-compatible server (moto, in a process of its own: its requests cost ~4 ms of its
+CPU each, plus botocore's on the client), reached directly and through a proxy that delays
+every request by `--rtt-ms` (20 by default), as a network to a real S3 would. The steps
+alternate between the kinds, so that the machine's load weighs on all alike.
 
 1. seed: U users, each a corpus of C chunks, uploaded in requests of B chunks
 2. cold search: the searching instance's first search of each user (the whole store read)
@@ -15,7 +15,7 @@ so that the machine's load weighs on both alike.
    s3:// store compacts its commit chain into a new generation every 16 uploads
 5. s3:// only: the bucket frozen (SIGSTOP): how soon an upload is answered 503
 
-Usage: scripts/bench_store [--quick]
+Usage: scripts/bench_store [--quick] [--rtt-ms MS]
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,6 +102,49 @@ def docs(tag: str, n: int) -> list[dict[str, str]]:
         }
         for i in range(n)
     ]
+
+
+@asynccontextmanager
+async def delayed(port: int, delay_s: float) -> AsyncIterator[int]:
+    """A loopback proxy to `port` that hands on each piece of a request `delay_s` after it
+    came (latency, not bandwidth: pieces are not delayed one after another); its port."""
+    loop = asyncio.get_running_loop()
+
+    async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, by: float) -> None:
+        queue: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue()
+
+        async def feed() -> None:
+            try:
+                while data := await reader.read(65536):
+                    queue.put_nowait((loop.time() + by, data))
+            finally:
+                queue.put_nowait(None)
+
+        feeder = asyncio.create_task(feed())
+        try:
+            while (item := await queue.get()) is not None:
+                due, data = item
+                if due > loop.time():
+                    await asyncio.sleep(due - loop.time())
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            feeder.cancel()
+            writer.close()
+
+    async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
+        await asyncio.gather(
+            pump(reader, up_writer, delay_s), pump(up_reader, writer, 0.0), return_exceptions=True
+        )
+
+    server = await asyncio.start_server(connection, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
 
 
 async def start(
@@ -229,26 +274,34 @@ async def measure(kinds: list[Kind], sizes: Sizes, s3: ObjectStoreServer) -> Non
 
 
 def table(kinds: list[Kind]) -> None:
-    local, remote = kinds
+    """p50 / p90 / max of each measure per kind, and how many times the first's p50."""
+    base = kinds[0]
     say("")
-    say(f"| measure | {local.name}: p50 / p90 / max | {remote.name}: p50 / p90 / max | p50 × |")
-    say("|---|---|---|---|")
-    for measure in dict.fromkeys([*local.seconds, *remote.seconds]):
-        here, there = local.seconds.get(measure, []), remote.seconds.get(measure, [])
-
-        def cell(seconds: list[float]) -> str:
+    say("| measure | " + " | ".join(f"{k.name}: p50 / p90 / max" for k in kinds) + " |")
+    say("|---|" + "---|" * len(kinds))
+    measures = dict.fromkeys(m for k in kinds for m in k.seconds)
+    for measure in measures:
+        cells = []
+        for kind in kinds:
+            seconds = kind.seconds.get(measure, [])
             if not seconds:
-                return "—"
+                cells.append("—")
+                continue
             lat = Latency.of(seconds)
-            return f"{lat.p50:.0f} / {lat.p90:.0f} / {lat.max:.0f} ms (n={lat.n})"
-
-        ratio = f"{Latency.of(there).p50 / Latency.of(here).p50:.1f}" if here and there else "—"
-        say(f"| {measure} | {cell(here)} | {cell(there)} | {ratio} |")
+            cell = f"{lat.p50:.0f} / {lat.p90:.0f} / {lat.max:.0f} ms"
+            if kind is not base and base.seconds.get(measure):
+                cell += f" (×{lat.p50 / Latency.of(base.seconds[measure]).p50:.1f})"
+            cells.append(cell)
+        n = max(len(k.seconds.get(measure, [])) for k in kinds)
+        say(f"| {measure} (n={n}) | " + " | ".join(cells) + " |")
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    parser.add_argument(
+        "--rtt-ms", type=float, default=20.0, help="delay added to each request to the bucket"
+    )
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
     since = machine_load()
@@ -256,29 +309,36 @@ async def main() -> None:
     started: list[Instance] = []
     async with fresh_database("bench-store") as (db_url, where):
         with ObjectStoreServer() as s3:
-            bucket = s3.bucket("bench")
-            say(f"== bench_store: {where}; moto S3 server on {s3.endpoint}; logs in {workdir}")
-            remote_env = {
-                **s3.environment(),
-                "DEEPMEMORY_STORE_PATH": f"s3://{bucket}/stores/{{user_id}}",
-            }
-            try:
+            async with delayed(s3.port, args.rtt_ms / 1000) as far:
+                bucket = s3.bucket("bench")
+                say(f"== bench_store: {where}; moto S3 server on {s3.endpoint}; logs in {workdir}")
+                remote = {
+                    **s3.environment(),
+                    "DEEPMEMORY_STORE_PATH": f"s3://{bucket}/s/{{user_id}}",
+                }
                 kinds = []
-                # local stores are shared through one data directory (one machine's disk);
-                # s3:// ones through the bucket, each instance with a directory of its own
-                local_env = {"DEEPMEMORY_DATA_DIR": str(workdir / "local-shared")}
-                for name, env in (("local", local_env), ("s3 (moto)", remote_env)):
-                    tag = name.split()[0]
-                    writer = await start(workdir, f"{tag}-writer", db_url, env, workdir)
-                    reader = await start(workdir, f"{tag}-reader", db_url, env, workdir)
-                    started += [writer, reader]
-                    users = [uuid.uuid4() for _ in range(sizes.users)]
-                    kinds.append(Kind(name, writer, reader, users))
-                await measure(kinds, sizes, s3)
-            finally:
-                for instance in started:
-                    stop_process(instance.proc)
-            objects = len(s3.keys(bucket))
+                try:
+                    # local stores are shared through one data directory (one machine's disk);
+                    # s3:// ones through the bucket, each instance with a directory of its own
+                    for name, env in (
+                        ("local", {"DEEPMEMORY_DATA_DIR": str(workdir / "local-shared")}),
+                        ("s3, loopback", remote),
+                        (
+                            f"s3, +{args.rtt_ms:g} ms a request",
+                            {**remote, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{far}"},
+                        ),
+                    ):
+                        tag = f"k{len(kinds)}"
+                        writer = await start(workdir, f"{tag}-writer", db_url, env, workdir)
+                        reader = await start(workdir, f"{tag}-reader", db_url, env, workdir)
+                        started += [writer, reader]
+                        users = [uuid.uuid4() for _ in range(sizes.users)]
+                        kinds.append(Kind(name, writer, reader, users))
+                    await measure(kinds, sizes, s3)
+                finally:
+                    for instance in started:
+                        stop_process(instance.proc)
+                objects = len(s3.keys(bucket))
     table(kinds)
     say("")
     say(f"objects in the bucket at the end: {objects}; {since()}")
