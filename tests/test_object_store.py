@@ -331,13 +331,32 @@ def serve(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[st
     )
 
 
-def test_an_s3_store_without_credentials_stops_start_up_with_one_line(tmp_path: Path) -> None:
-    done = serve(tmp_path, {"DEEPMEMORY_STORE_PATH": "s3://stores/users/{user_id}"})
+@pytest.mark.parametrize(
+    ("aws", "line"),
+    [
+        (
+            {},
+            "DEEPMEMORY_STORE_PATH is an s3:// store, but no AWS credentials were found: set "
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE",
+        ),
+        (
+            {"AWS_PROFILE": "stores"},
+            "DEEPMEMORY_STORE_PATH is an s3:// store, but AWS_PROFILE names no profile: The "
+            "config profile (stores) could not be found",
+        ),
+        (
+            {"AWS_ACCESS_KEY_ID": "AKIAEXAMPLE"},
+            "DEEPMEMORY_STORE_PATH is an s3:// store, but its AWS credentials are incomplete: "
+            "Partial credentials found in env, missing: AWS_SECRET_ACCESS_KEY",
+        ),
+    ],
+)
+def test_an_s3_store_without_credentials_stops_start_up_with_one_line(
+    tmp_path: Path, aws: dict[str, str], line: str
+) -> None:
+    done = serve(tmp_path, {"DEEPMEMORY_STORE_PATH": "s3://stores/users/{user_id}", **aws})
     assert done.returncode == 2, done.stderr
-    assert done.stderr.splitlines() == [
-        "deepmemory-service: DEEPMEMORY_STORE_PATH is an s3:// store, but no AWS credentials "
-        "were found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"
-    ]
+    assert done.stderr.splitlines() == [f"deepmemory-service: {line}"]
     # neither a folder named after the URL nor the embedded database were made
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
