@@ -17,12 +17,12 @@ its cause: `deeplake.exists` answers False and `deeplake.load` "does not exist" 
 bucket cannot be reached, so neither is called here.
 
 A failure is one of three things (`failure`): the store cannot be reached (a timeout, a
-refused connection, a 5xx or SlowDown, the operation's deadline: 503 with Retry-After,
-never a rebuild), the store refuses this instance (credentials missing, denied, expired,
-or no such bucket: a configuration problem, 503 and an error in the log), or the store
-answered and the data is not what the catalog says (`StoreDamaged`: the caller rebuilds
-from the catalog). A failure without a network cause counts as damage only once a check
-request to the same store got an answer.
+refused connection, a 5xx or SlowDown, an operation without an answer for too long: 503
+with Retry-After, never a rebuild), the store refuses this instance (credentials missing,
+denied, expired, or no such bucket: a configuration problem, 503 and an error in the log),
+or the store answered and the data is not what the catalog says (`StoreDamaged`: the
+caller rebuilds from the catalog). A failure without a network cause counts as damage only
+once a check request to the same store got an answer.
 
 Every call runs in a daemon thread (`run`). One that has had no answer from the bucket for
 `timeout_s` is answered 503 (one that gets answers goes on, however long a large store
@@ -96,12 +96,14 @@ class StoreRefused(StoreError):
     there. Logged as a configuration error; the client is told to come back later."""
 
     status = 503
+    # someone has to mend a configuration: not a matter of seconds
     headers = MappingProxyType({"Retry-After": "60"})
 
 
 class DeadlinePassed(Exception):
-    """Raised inside botocore before a request is sent once the operation's deadline passed
-    (botocore retries no exception of a `before-send` handler)."""
+    """Raised inside botocore before a request is sent once its operation has had no answer
+    for too long or its caller gave up (botocore retries no exception of a `before-send`
+    handler)."""
 
 
 def split(url: str) -> tuple[str, str]:
