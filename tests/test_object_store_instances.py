@@ -1,17 +1,19 @@
 """Two real `serve` processes with data directories of their own, sharing only PostgreSQL and
-an S3-compatible bucket (moto's server, started by the suite): one killed with SIGKILL while
-it writes an upload into the bucket, the other serving meanwhile; and the bucket unreachable
-for 30 s. Each ends with the catalog and the bucket in line, searches, an upload and a
-generate working on both, without a restart, and nothing of a user's store on either
-instance's disk."""
+an S3-compatible bucket (moto's server, started by the suite): one killed with SIGKILL at
+exact points of an upload's requests to the bucket, the other serving meanwhile; and the
+bucket unreachable for 30 s. Each ends with the catalog and the bucket in line, searches, an
+upload and a generate working on both, without a restart, and nothing of a user's store on
+either instance's disk."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
+import signal
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ from deepmemory_service.storage.object_store import UNREACHABLE, ObjectStore
 from deepmemory_service.storage.store import ChunkStore
 from deepmemory_service.testing.object_store import ObjectStoreServer
 from tests.cluster import TOKEN, Instance, wait_status
-from tests.conftest import poll
+from tests.s3 import RequestProxy
 from tests.test_upload_faults import documents, upload
 
 pytestmark = pytest.mark.slow
@@ -122,39 +124,46 @@ def nothing_on_disk(*data_dirs: Path) -> None:
         assert files == [], files
 
 
+def put(suffix: str = "") -> Callable[[str, str], bool]:
+    """Matches a PUT of a key ending with `suffix`."""
+    return lambda method, path: method == "PUT" and path.endswith(suffix)
+
+
 async def test_kill_9_during_an_upload_to_the_bucket_while_another_instance_serves(
-    cluster: Any, s3: ObjectStoreServer, bucket: str, tmp_path: Path
+    cluster: Any, s3: ObjectStoreServer, s3_proxy: RequestProxy, bucket: str, tmp_path: Path
 ) -> None:
+    """Instance a reaches the bucket through a proxy that reads its requests, and is killed
+    at exact points of an upload: its first write, amid its version's files, at its commit,
+    and once the catalog has published it (the `newest.json` hint that follows)."""
     start, db_url, _ = cluster
     a_dir, b_dir = tmp_path / "a", tmp_path / "b"
-    a: Instance = await start(**in_bucket(s3, bucket, a_dir))
+    behind_proxy = {**in_bucket(s3, bucket, a_dir), "AWS_ENDPOINT_URL": s3_proxy.endpoint}
+    a: Instance = await start(**behind_proxy)
     b: Instance = await start(**in_bucket(s3, bucket, b_dir))
     user = uuid.uuid4()
-    prefix = f"stores/{user}/"
     code, body = await upload(a, user, documents("base", 3, 2))
     assert code == 201, body
-    # how many objects an upload of this size adds: the kills land across that many
-    before = set(s3.keys(bucket, prefix))
+    # an upload's writes, to aim at: the same for every upload of this size on this store
+    before = len(s3_proxy.requests)
     code, body = await upload(a, user, documents("measured", 6, 2))
     assert code == 201, body
-    per_upload = len(set(s3.keys(bucket, prefix)) - before)
+    puts = [path for method, path in s3_proxy.requests[before:] if method == "PUT"]
+    commits = sum(path.endswith("/version_control_info.json") for path in puts)
+    assert puts[-1].endswith("/newest.json"), puts[-3:]
 
-    outcomes = {"whole": 0, "absent": 0}
-    for kill, share in enumerate((0.05, 0.5, 0.9)):
+    points = [
+        ("its first write", put(), 1, "absent"),
+        ("amid its version's files", put(), len(puts) // 2, "absent"),
+        ("at its commit", put("/version_control_info.json"), commits, "absent"),
+        ("after the catalog published it", put("/newest.json"), 1, "whole"),
+    ]
+    for kill, (where, matches, nth, expected) in enumerate(points):
         tag = f"killed{kill}"
-        before = set(await asyncio.to_thread(s3.keys, bucket, prefix))
+        pid = a.proc.pid
+        trap = s3_proxy.trap(matches, nth, lambda: os.killpg(pid, signal.SIGKILL), hold=True)  # noqa: B023
         sending = asyncio.create_task(upload(a, user, documents(tag, 6, 2)))
-        at_least = max(1, int(share * per_upload))
-
-        async def written() -> int:
-            return len(set(await asyncio.to_thread(s3.keys, bucket, prefix)) - before)  # noqa: B023
-
-        await poll(
-            written,
-            lambda n: n >= at_least or sending.done(),  # noqa: B023
-            lambda n: f"the upload wrote {n} objects, not {at_least}",  # noqa: B023
-            within=120,
-        )
+        async with asyncio.timeout(120):
+            await trap.sprung.wait()
         a.kill()
         # the other instance serves the user meanwhile, from the bucket
         code, found = await b.call(
@@ -162,13 +171,12 @@ async def test_kill_9_during_an_upload_to_the_bucket_while_another_instance_serv
         )
         assert code == 200, found
         with contextlib.suppress(aiohttp.ClientError):
-            await sending  # the connection died with the process, or the reply came first
+            await sending  # the connection died with the process
         chunks = await assert_in_line(b, db_url, s3, bucket, user)
         present = [title for title in chunks if title.startswith(f"{tag} ")]
         assert len(present) in (0, 6), f"{len(present)} of the 6 documents of {tag} stored"
-        outcomes["whole" if present else "absent"] += 1
-        a = await start(**in_bucket(s3, bucket, a_dir))
-    assert outcomes["absent"] >= 1, f"no kill landed before an upload's commit: {outcomes}"
+        assert ("whole" if present else "absent") == expected, f"killed {where}"
+        a = await start(**behind_proxy)
 
     await end_with_upload_search_and_generate(a, b, db_url, s3, bucket, user)
     nothing_on_disk(a_dir, b_dir)
