@@ -35,6 +35,7 @@ from deepmemory_service.runs.supervisor import RunSupervisor, SupervisorRegistry
 from deepmemory_service.storage import cpu_pool
 from deepmemory_service.storage.corpus import Corpora
 from deepmemory_service.storage.embedders import Embedder
+from deepmemory_service.storage.object_store import ObjectStore
 from deepmemory_service.storage.store import StoreRegistry
 from deepmemory_service.storage.upload_gate import UploadGate
 from deepmemory_service.training.trainer import Trainer
@@ -108,6 +109,7 @@ async def open_backend(
             embedder.name,
             embedder.dimension,
             settings.activeloop.token or None,
+            ObjectStore(settings.store) if settings.store_kind == "s3" else None,
         ),
         embedder=embedder,
         uploads=UploadGate(settings.uploads.per_user),

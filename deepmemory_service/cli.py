@@ -219,6 +219,7 @@ def _ingest(settings: Settings, args: argparse.Namespace) -> int:
         )
         raise CommandError(f"no text files to add (accepted: {accepted}){others}", USAGE)
     _say(f"data directory {settings.data_dir}; database {server.describe_database(settings)}")
+    server.check_stores(settings)
     with server.database(settings) as resolved:
         return asyncio.run(ingest_files.run(resolved, args.user, files, force=args.force))
 

@@ -1,4 +1,5 @@
-"""`serve`: resolve the database (embedded PostgreSQL when none is configured), run the app."""
+"""`serve`: resolve the database (embedded PostgreSQL when none is configured), check that the
+vector stores' bucket can be used (s3:// stores), run the app."""
 
 from __future__ import annotations
 
@@ -120,6 +121,19 @@ def listen(host: str, port: int) -> list[socket.socket]:
     return sockets
 
 
+def check_stores(settings: Settings) -> None:
+    """An s3:// store path's bucket with no credentials to use it, or one that refuses them
+    or is not there, stops start-up (ConfigError: one line naming what to set); one that
+    does not answer now is logged, and tried again per request."""
+    if settings.http.role == "gateway" or settings.store_kind != "s3":
+        return
+    from deepmemory_service.storage.object_store import ObjectStore, split
+
+    bucket = split(settings.store.path)[0]
+    method = ObjectStore(settings.store).check(bucket)
+    log.info("vector stores in a bucket", bucket=bucket, credentials_from=method)
+
+
 def serve(settings: Settings, *, on_ready: object = None) -> int:
     """Runs until stopped; the exit status: 1 when the embedded PostgreSQL died for good.
     The port is taken first: one in use is PortUnavailable before anything starts."""
@@ -132,6 +146,7 @@ def serve(settings: Settings, *, on_ready: object = None) -> int:
 
 
 def _serve(settings: Settings, sockets: list[socket.socket], on_ready: object) -> int:
+    check_stores(settings)
     with _resolved(settings) as (resolved, embedded):
         app = create_app(resolved)
         watchdog = _Watchdog(embedded) if embedded is not None else None

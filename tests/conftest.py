@@ -28,8 +28,8 @@ from deepmemory_service.runs.services import Services
 from deepmemory_service.testing.checks import pairs_per_chunk
 from deepmemory_service.testing.client import poll
 
-# the `cluster` fixture: real service processes on one database
-pytest_plugins = ("tests.cluster",)
+# the `cluster` fixture: real service processes on one database; `s3`: an S3-compatible server
+pytest_plugins = ("tests.cluster", "tests.s3")
 
 # the kinds of test, each a folder of tests/ whose tests it marks (setup.cfg says what each holds)
 KINDS = ("unit", "service", "processes", "browser")

@@ -43,6 +43,12 @@ SSE_EVENT = {
 RUN_ID = Param("run_id", "path", UUID)
 ACCEPTED = json_reply(ref("JobAccepted"), "Accepted: the job's events stream at /events/stream")
 SETTINGS_REPLY = json_reply(ref("Settings"), "The user's Deep Memory settings")
+# the database's 503, and an s3:// store's: its bucket does not answer or refuses the service
+STORE_UNAVAILABLE = error(
+    "The database, or the bucket of an s3:// vector store, is unavailable (or this user's "
+    "commands are queued full)",
+    Retry_After="Seconds to wait before trying again",
+)
 
 
 async def openapi_json(request: web.Request) -> web.Response:
@@ -202,6 +208,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
                 Retry_After="Seconds to wait before trying again",
             ),
             "502": error("The embeddings API failed"),
+            "503": STORE_UNAVAILABLE,
             "507": error("No space left for the vector store: nothing was stored"),
         },
         body=payloads.DocumentsIn,
@@ -253,6 +260,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
             "200": json_reply(schema_of(replies.SearchReply, reply=True), "Results, best first"),
             "409": error("No trained model, or a store made by another embedder"),
             "502": error("The embeddings API or Activeloop failed"),
+            "503": STORE_UNAVAILABLE,
         },
         params=(
             USER,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 import tomllib
 from collections.abc import Mapping
@@ -34,11 +35,40 @@ GeneratorName = Literal["offline", "llm"]
 EmbedderName = Literal["hashing", "minilm", "openai"]
 TrainerName = Literal["local", "activeloop"]
 Role = Literal["all", "backend", "gateway"]
+# where a user's vector store lives: a folder on this machine, Activeloop's cloud (hub://),
+# or a bucket every instance reaches (s3://)
+StoreKind = Literal["local", "hub", "s3"]
+
+# what deeplake itself would take for a URL (it takes any other for a local path)
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_KINDS: dict[str, StoreKind] = {"hub": "hub", "s3": "s3"}
+# schemes deeplake knows for storage this service does not keep stores in (yet)
+_UNSUPPORTED = frozenset({"gcs", "gs", "az"})
 
 
 def is_cloud_path(path: str) -> bool:
     """The spec's definition: a vector store path that starts with hub:// is in the cloud."""
     return path.startswith("hub://")
+
+
+def store_kind(path: str) -> StoreKind:
+    """Which kind of storage a store path names; `ValueError` (the reason) for a URL of any
+    other scheme, which must never become a local folder named after it."""
+    found = _SCHEME.match(path)
+    if found is None:
+        return "local"
+    scheme = found.group(1)
+    if scheme in _KINDS:
+        return _KINDS[scheme]
+    if scheme in _UNSUPPORTED:
+        raise ValueError(
+            f"{scheme}:// stores are not supported (a local path, s3://bucket/prefix/{{user_id}} "
+            "or hub://org/name_{user_id})"
+        )
+    raise ValueError(
+        f"unknown scheme {scheme}:// (a local path, s3://bucket/prefix/{{user_id}} or "
+        "hub://org/name_{user_id}; schemes are lower case)"
+    )
 
 
 class ConfigError(Exception):
@@ -78,6 +108,13 @@ class StoreSettings:
     path: str
     chunk_chars: int
     chunk_overlap: int
+    # an s3:// store's requests (no AWS variable sets these; deeplake's defaults wait 300 s
+    # per attempt): bounds per attempt, attempts per request, and how long an operation may
+    # go without an answer from the bucket
+    connect_timeout_s: float
+    read_timeout_s: float
+    attempts: int
+    timeout_s: float
 
 
 @frozen
@@ -188,6 +225,11 @@ class Settings:
     def is_cloud(self) -> bool:
         return is_cloud_path(self.store.path)
 
+    @property
+    def store_kind(self) -> StoreKind:
+        """Checked when the settings were loaded."""
+        return store_kind(self.store.path)
+
 
 def _converter() -> cattrs.Converter:
     conv = cattrs.Converter(forbid_extra_keys=True)
@@ -294,6 +336,32 @@ def load_settings(
     return _complete(settings)
 
 
+def _store_problems(store: StoreSettings) -> list[str]:
+    try:
+        kind = store_kind(store.path)
+    except ValueError as exc:
+        return [f"DEEPMEMORY_STORE_PATH: {exc}"]
+    problems = []
+    if kind == "s3":
+        bucket, _, key = store.path.removeprefix("s3://").partition("/")
+        if not bucket or "{" in bucket or not key.strip("/"):
+            problems.append(
+                "DEEPMEMORY_STORE_PATH: an s3:// path names a bucket and a prefix with "
+                "{user_id} in it: s3://bucket/stores/{user_id}"
+            )
+        if "{data_dir}" in store.path:
+            problems.append(
+                "DEEPMEMORY_STORE_PATH: an s3:// path cannot hold {data_dir} (a folder of "
+                "this machine)"
+            )
+    for name in ("connect_timeout_s", "read_timeout_s", "timeout_s"):
+        if getattr(store, name) <= 0:
+            problems.append(f"DEEPMEMORY_STORE_{name.upper()} must be positive")
+    if store.attempts < 1:
+        problems.append("DEEPMEMORY_STORE_ATTEMPTS must be at least 1")
+    return problems
+
+
 def _put(raw: dict[str, Any], where: tuple[str, ...], value: Any) -> None:
     node = raw
     for key in where[:-1]:
@@ -353,6 +421,7 @@ def _complete(settings: Settings) -> Settings:
         problems.append("DEEPMEMORY_UPLOADS_MAX_FILE_BYTES must be at least 1")
     if "{user_id}" not in settings.store.path:
         problems.append("DEEPMEMORY_STORE_PATH must contain {user_id}")
+    problems += _store_problems(settings.store)
     if settings.http.role == "gateway" and not settings.http.backend_url:
         problems.append("DEEPMEMORY_HTTP_BACKEND_URL is required with role gateway")
     if problems:

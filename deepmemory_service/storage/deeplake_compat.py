@@ -4,6 +4,9 @@ On import deeplake asks PyPI for its newest version and starts a telemetry repor
 Neither has any business in a service that may run offline: the reporter honours
 humbug's `BUGGER_OFF`, and the version check is skipped while its day-long cache is fresh.
 
+Its spinner, drawn on stderr around any call slower than 2 s, is turned off: a service's
+stderr is its log.
+
 Its S3 module also calls `nest_asyncio.apply()` at import, for Jupyter. That replaces
 asyncio's C `Task` with the pure-Python one and patches the event loop, for the whole
 process: every request, task step and SSE write gets slower (measured: the loop's time
@@ -69,6 +72,7 @@ def load() -> ModuleType:
     _no_nesting()
     import deeplake
 
+    deeplake.constants.SPINNER_ENABLED = False
     module: ModuleType = deeplake
     return module
 

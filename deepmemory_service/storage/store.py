@@ -8,11 +8,13 @@ published versions as they were, and readers, here or on another instance, read 
 version the catalog names: never a half-written one.
 
 Where versions live: a local store keeps each version as a folder (`local_versions.py`); a
-cloud (hub://) store as a deeplake commit (`cloud_versions.py`). Both hold one dataset's
-layout (`dataset.py`).
+cloud (hub://) store as a deeplake commit (`cloud_versions.py`); a store in a bucket
+(s3://), which every instance reaches, as a deeplake commit on a branch of its own
+(`object_versions.py`). All hold one dataset's layout (`dataset.py`).
 
 deeplake is blocking and not safe to share across threads: every call runs in the default
-executor, one at a time per dataset.
+executor, one at a time per dataset; a bucket's in a daemon thread under a deadline, its
+failures named by `object_store.py` (unreachable or refused: a 503, never a rebuild).
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from typing import Any, Protocol, TypeVar
 
 import attrs
 import numpy as np
+import structlog
 
-from deepmemory_service.platform.config import is_cloud_path
+from deepmemory_service.platform.config import StoreKind, is_cloud_path, store_kind
 from deepmemory_service.storage import cpu_pool
 from deepmemory_service.storage.dataset import (
     NO_SPACE,
@@ -37,6 +40,9 @@ from deepmemory_service.storage.dataset import (
     disk_full,
     read_rows,
 )
+from deepmemory_service.storage.object_store import ObjectStore
+
+log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
@@ -103,11 +109,20 @@ class StoreWriter:
         await asyncio.get_running_loop().run_in_executor(None, self._writer.abandon)
 
 
-def _versions(path: str, token: str | None, embedder: str, dimension: int) -> Versions:
-    if is_cloud_path(path):
+def _versions(
+    path: str, token: str | None, remote: ObjectStore | None, embedder: str, dimension: int
+) -> Versions:
+    kind = store_kind(path)
+    if kind == "hub":
         from deepmemory_service.storage.cloud_versions import CloudVersions
 
         return CloudVersions(path, token, embedder, dimension)
+    if kind == "s3":
+        from deepmemory_service.storage.object_versions import ObjectVersions
+
+        if remote is None:
+            raise ValueError(f"the s3:// store {path} needs the object store's settings")
+        return ObjectVersions(path, remote, embedder, dimension)
     from deepmemory_service.storage.local_versions import LocalVersions
 
     return LocalVersions(path, embedder, dimension)
@@ -115,25 +130,34 @@ def _versions(path: str, token: str | None, embedder: str, dimension: int) -> Ve
 
 @attrs.define
 class ChunkStore:
-    """One user's store. `embedder` and `dimension` are recorded in each version's info."""
+    """One user's store. `embedder` and `dimension` are recorded in each version's info;
+    `remote` is the process's bucket access, for an s3:// store."""
 
     path: str
     embedder: str
     dimension: int
     token: str | None = attrs.field(default=None, repr=False)
+    remote: ObjectStore | None = attrs.field(default=None, repr=False)
     _lock: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
     _snapshot: Snapshot | None = attrs.field(default=None, init=False)
     _kept: Versions = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self._kept = _versions(self.path, self.token, self.embedder, self.dimension)
+        self._kept = _versions(self.path, self.token, self.remote, self.embedder, self.dimension)
 
     @property
     def is_cloud(self) -> bool:
         return is_cloud_path(self.path)
 
+    @property
+    def kind(self) -> StoreKind:
+        return store_kind(self.path)
+
     async def blocking(self, call: Callable[..., T], *args: Any) -> T:
-        """`call(*args)` in the executor; a full disk becomes `StoreFull`."""
+        """`call(*args)` in the executor; a full disk becomes `StoreFull`. A bucket's
+        store: under the object store's deadline, unreachable or refused as a 503."""
+        if self.remote is not None and self.kind == "s3":
+            return await self.remote.run(self.path, call, *args)
         try:
             return await asyncio.get_running_loop().run_in_executor(None, call, *args)
         except StoreError:
@@ -178,7 +202,7 @@ class ChunkStore:
                 f"expected vectors of shape ({len(rows.ids)}, {self.dimension}), "
                 f"got {rows.vectors.shape}"
             )
-        if not self.is_cloud:
+        if self.kind == "local":
             from deepmemory_service.storage.local_versions import write_version
 
             return await cpu_pool.run(
@@ -210,6 +234,12 @@ class ChunkStore:
 
     async def published(self, version: str) -> None:
         """After the catalog published `version` (tidying; a failure only costs space)."""
+        if self.kind == "s3":
+            try:
+                await self.blocking(self._kept.published, version)
+            except StoreError as exc:  # the deadline: the upload it follows is done
+                log.warning("vector store not tidied", reason=exc.detail)
+            return
         await asyncio.get_running_loop().run_in_executor(None, self._kept.published, version)
 
     # for a store's only writer, without a catalog (tests, benchmarks)
@@ -240,12 +270,15 @@ class StoreRegistry:
     embedder: str
     dimension: int
     token: str | None = attrs.field(default=None, repr=False)
+    remote: ObjectStore | None = attrs.field(default=None, repr=False)
     _stores: dict[str, ChunkStore] = attrs.field(factory=dict, init=False)
 
     def for_user(self, user_id: object) -> ChunkStore:
         key = str(user_id)
         store = self._stores.get(key)
         if store is None:
-            store = ChunkStore(self.path_for(key), self.embedder, self.dimension, self.token)
+            store = ChunkStore(
+                self.path_for(key), self.embedder, self.dimension, self.token, self.remote
+            )
             self._stores[key] = store
         return store

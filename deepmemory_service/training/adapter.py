@@ -1,5 +1,6 @@
-"""The local trainer's model: a residual transform of query embeddings, its file beside the
-user's vector store, and a bounded cache of loaded ones.
+"""The local trainer's model: a residual transform of query embeddings, its file kept with
+the user's vector store (beside a local store, in an s3:// store's bucket: where every
+instance serving the store reads it; `side_files.py`), and a bounded cache of loaded ones.
 
 The transform is `q' = normalise(q + q*w + q A B)`: a per-dimension re-weighting `w` (for a
 hashing embedder, learned term weights) plus a map `A B`, of low rank or full (`A` the
@@ -8,9 +9,8 @@ identity). With `w` and `B` at zero it is exactly the identity.
 
 from __future__ import annotations
 
-import asyncio
+import io
 import json
-import os
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,8 @@ import attrs
 import numpy as np
 import numpy.typing as npt
 
+from deepmemory_service.storage.object_store import StoreUnreachable
+from deepmemory_service.storage.side_files import LocalSideFile, SideFile, side_file
 from deepmemory_service.storage.store import ChunkStore
 from deepmemory_service.vectors import Matrix, normalise
 
@@ -59,15 +61,24 @@ class Adapter:
         return self.weights.apply(queries)
 
 
+MODEL_FILE = "deepmemory.npz"
+
+
+def model_file(store: ChunkStore) -> SideFile:
+    """Where the user's adapter is kept, for every instance serving the store."""
+    return side_file(store, MODEL_FILE)
+
+
 def model_path(store: ChunkStore) -> Path:
-    """The adapter lives beside the user's dataset folder."""
-    return Path(f"{store.path}.deepmemory.npz")
+    """A local store's adapter file, beside its dataset folder."""
+    return Path(f"{store.path}.{MODEL_FILE}")
 
 
-def save_adapter(path: Path, adapter: Adapter, metrics: dict[str, Any]) -> None:
-    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+def adapter_bytes(adapter: Adapter, metrics: dict[str, Any]) -> bytes:
+    """The adapter as the file that keeps it (numpy's .npz)."""
+    out = io.BytesIO()
     np.savez(
-        tmp,
+        out,
         w=adapter.weights.w,
         a=adapter.weights.a,
         b=adapter.weights.b,
@@ -76,14 +87,25 @@ def save_adapter(path: Path, adapter: Adapter, metrics: dict[str, Any]) -> None:
         run_id=adapter.run_id,
         metrics=json.dumps(metrics),
     )
-    os.replace(tmp, path)  # readers see the old model or the new one, never half of one
+    return out.getvalue()
+
+
+def adapter_of(data: bytes) -> Adapter:
+    with np.load(io.BytesIO(data)) as saved:
+        return Adapter(
+            Weights(saved["w"], saved["a"], saved["b"]),
+            str(saved["embedder"]),
+            str(saved["run_id"]),
+        )
+
+
+def save_adapter(path: Path, adapter: Adapter, metrics: dict[str, Any]) -> None:
+    """Into a local file (readers see the old model or the new one, never half of one)."""
+    LocalSideFile(path).write(adapter_bytes(adapter, metrics))
 
 
 def read_adapter(path: Path) -> Adapter:
-    with np.load(path) as data:
-        return Adapter(
-            Weights(data["w"], data["a"], data["b"]), str(data["embedder"]), str(data["run_id"])
-        )
+    return adapter_of(path.read_bytes())
 
 
 @attrs.define
@@ -92,30 +114,41 @@ class AdapterCache:
     of them, so a process serving many users holds a bounded number of models."""
 
     size: int = 16
-    _entries: OrderedDict[Path, tuple[float, Adapter]] = attrs.field(
-        factory=OrderedDict, init=False
-    )
+    _entries: OrderedDict[str, tuple[str, Adapter]] = attrs.field(factory=OrderedDict, init=False)
 
     def __len__(self) -> int:
         return len(self._entries)
 
     async def load(self, store: ChunkStore) -> Adapter | None:
         """The user's adapter for the store's embedder, or None; the file is read off the
-        event loop, and only when it changed since it was cached."""
-        path = model_path(store)
+        event loop, and only when it changed since it was cached (one stat, or one HEAD
+        request of a bucket's object: a model trained on another instance is seen at once;
+        while the bucket does not answer, the one cached is used)."""
+        file = model_file(store)
+        key = file.name
+        cached = self._entries.get(key)
         try:
-            mtime = path.stat().st_mtime
-        except FileNotFoundError:
-            self._entries.pop(path, None)
+            stamp = await store.blocking(file.stamp)
+        except StoreUnreachable:
+            if cached is None:
+                raise
+            # meanwhile the model cached serves (a newer one, trained elsewhere in the
+            # meantime, is read once the bucket answers again)
+            stamp = cached[0]
+        if stamp is None:
+            self._entries.pop(key, None)
             return None
-        cached = self._entries.get(path)
-        if cached is not None and cached[0] == mtime:
-            self._entries.move_to_end(path)
+        if cached is not None and cached[0] == stamp:
+            self._entries.move_to_end(key)
             adapter = cached[1]
         else:
-            adapter = await asyncio.get_running_loop().run_in_executor(None, read_adapter, path)
-            self._entries[path] = (mtime, adapter)
-            self._entries.move_to_end(path)
+            found = await store.blocking(file.read)
+            if found is None:
+                self._entries.pop(key, None)
+                return None
+            adapter = adapter_of(found[1])
+            self._entries[key] = (found[0], adapter)
+            self._entries.move_to_end(key)
             while len(self._entries) > self.size:
                 self._entries.popitem(last=False)
         if adapter.embedder != store.embedder or adapter.dimension != store.dimension:

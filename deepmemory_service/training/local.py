@@ -39,8 +39,8 @@ from deepmemory_service.training.adapter import (
     Adapter,
     AdapterCache,
     Weights,
-    model_path,
-    save_adapter,
+    adapter_bytes,
+    model_file,
 )
 from deepmemory_service.training.blas import limit_blas
 from deepmemory_service.training.fitting import SHAPES, Fit, TrainingData, fit
@@ -222,13 +222,16 @@ class LocalTrainer:
         self.models = AdapterCache()
 
     async def train(self, request: TrainingRequest, report: Reporter) -> TrainingOutcome:
-        """Train, judge, and save the model beside the store when it may be enabled."""
+        """Train, judge, and keep the model with the store when it may be enabled."""
         trained = await self.train_model(request, report)
         if trained.weights is not None and trained.outcome.can_enable:
-            adapter = Adapter(trained.weights, request.store.embedder, str(request.run_id))
-            await asyncio.get_running_loop().run_in_executor(
-                None, save_adapter, model_path(request.store), adapter, trained.outcome.metrics
-            )
+            store = request.store
+            adapter = Adapter(trained.weights, store.embedder, str(request.run_id))
+            data = adapter_bytes(adapter, trained.outcome.metrics)
+            try:
+                await store.blocking(model_file(store).write, data)
+            except StoreError as exc:  # a bucket that cannot be reached just now
+                raise TrainingError(f"the trained model could not be kept: {exc.detail}") from None
         return trained.outcome
 
     async def train_model(self, request: TrainingRequest, report: Reporter) -> Trained:

@@ -12,7 +12,7 @@ from deepmemory_service.llm.rate_budget import Lane
 from deepmemory_service.models import Chunk
 from deepmemory_service.platform.config import Settings
 from deepmemory_service.testing.fakes import ScriptedTrainer
-from deepmemory_service.training.local import model_path
+from deepmemory_service.training.adapter import model_path
 from tests.conftest import Api
 
 TOPICS = [
