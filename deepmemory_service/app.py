@@ -36,6 +36,7 @@ from deepmemory_service.storage import cpu_pool
 from deepmemory_service.storage.corpus import Corpora
 from deepmemory_service.storage.embedders import Embedder
 from deepmemory_service.storage.object_store import ObjectStore
+from deepmemory_service.storage.search_cache import SearchCache
 from deepmemory_service.storage.store import StoreRegistry
 from deepmemory_service.storage.upload_gate import UploadGate
 from deepmemory_service.training.trainer import Trainer
@@ -110,6 +111,11 @@ async def open_backend(
             embedder.dimension,
             settings.activeloop.token or None,
             ObjectStore(settings.store) if settings.store_kind == "s3" else None,
+            SearchCache(
+                settings.search.memory_budget_bytes,
+                settings.search.compact_above,
+                settings.search.threads,
+            ),
         ),
         embedder=embedder,
         uploads=UploadGate(settings.uploads.per_user),

@@ -9,7 +9,7 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any, Literal
 
-from attrs import frozen
+from attrs import field, frozen
 
 
 class RunStatus(enum.StrEnum):
@@ -58,6 +58,12 @@ class Run:
     # when a user asked the run to stop: on the failed run a cancel made of it (its status
     # stays `generating_failed` or `training_failed`), cleared when it is resumed
     cancel_requested_at: datetime | None = None
+    # what the checks of an LLM's questions did: the questions turned down, by reason; the
+    # times a chunk was asked again (LLM calls, counted in `llm_calls` too); the chunks that
+    # kept fewer than `questions_per_chunk` questions once the asking again ran out
+    question_rejections: dict[str, int] = field(factory=dict)
+    question_reasks: int = 0
+    short_chunks: int = 0
 
 
 @frozen

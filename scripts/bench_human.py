@@ -37,11 +37,18 @@ from deepmemory_service.storage.embedders import Embedder
 from deepmemory_service.storage.store import ChunkStore
 from deepmemory_service.text import chunking
 from deepmemory_service.text.queries import STOPWORDS
-from deepmemory_service.training.local import LocalTrainer
-from deepmemory_service.training.trainer import TrainingProgress, TrainingRequest
+from deepmemory_service.training.local import LocalTrainer, Trained
+from deepmemory_service.training.trainer import (
+    TrainingError,
+    TrainingOutcome,
+    TrainingProgress,
+    TrainingRequest,
+)
 from deepmemory_service.vectors import Matrix
 
 BOOTSTRAP = 2000
+# the round trip keeps a question when the base embedder ranks its chunk in this top k
+ROUND_TRIP_K = 10
 
 
 @attrs.frozen
@@ -180,6 +187,8 @@ class ModelResult:
     train_s: float
     paired: Paired
     metrics: dict[str, object]
+    # questions the filter turned down, by reason (a filtered generator only)
+    rejected: dict[str, int] = attrs.field(factory=dict)
 
 
 class CachedEmbedder:
@@ -261,12 +270,144 @@ class TemplateQuestionGenerator:
         return None
 
 
-def generator_named(name: str) -> QuestionGenerator:
+class CachedQuestionGenerator:
+    """Questions written earlier for each chunk, read from a JSON object of chunk text →
+    questions (a file, or a folder of such files): an LLM's answers kept so a benchmark
+    need not wait hours for a CPU model. A chunk with no entry stops the benchmark: the
+    answers were made for other chunks (another chunking, another corpus)."""
+
+    def __init__(self, name: str, source: Path) -> None:
+        self.name = name
+        self.source = source
+        files = sorted(source.glob("*.json")) if source.is_dir() else [source]
+        self.questions: dict[str, list[str]] = {}
+        for path in files:
+            found = json.loads(path.read_text())
+            if not isinstance(found, dict) or not all(
+                isinstance(q, list) and all(isinstance(x, str) for x in q) for q in found.values()
+            ):
+                raise SystemExit(f"{path}: expected a JSON object of chunk text → questions")
+            self.questions.update(found)
+        if not self.questions:
+            raise SystemExit(f"{source}: no cached questions")
+
+    async def generate(self, chunk: Chunk, count: int, lane: object = None) -> list[str]:
+        found = self.questions.get(chunk.text)
+        if found is None:
+            raise SystemExit(
+                f"{self.source}: no questions for the chunk {chunk.text[:60]!r}… (they were "
+                "written for another corpus or chunking)"
+            )
+        return found[:count]
+
+    async def aclose(self) -> None:
+        return None
+
+
+class MixedGenerator:
+    """Each part's questions for a chunk, together (duplicates once): `count` from each, so
+    a chunk gets up to `count` times the parts' number of questions."""
+
+    def __init__(self, parts: Sequence[QuestionGenerator]) -> None:
+        self.parts = list(parts)
+        self.name = "+".join(p.name for p in self.parts)
+
+    async def generate(self, chunk: Chunk, count: int, lane: object = None) -> list[str]:
+        questions: list[str] = []
+        for part in self.parts:
+            questions += await part.generate(chunk, count)
+        return list(dict.fromkeys(questions))
+
+    async def aclose(self) -> None:
+        for part in self.parts:
+            await part.aclose()
+
+
+@attrs.frozen
+class LLMSource:
+    """Where the LLM's questions come from: cached answers, or a live OpenAI-compatible
+    server (`base_url`, `model`, the service's own generator)."""
+
+    cached: Path | None = None
+    base_url: str | None = None
+    model: str = ""
+
+    def generator(self) -> QuestionGenerator:
+        if self.cached is not None:
+            return CachedQuestionGenerator("llm", self.cached)
+        if self.base_url is None:
+            raise SystemExit("an llm generator needs --llm-questions PATH or --llm-url URL")
+        from deepmemory_service.llm.client import LLMQuestionGenerator
+        from deepmemory_service.platform.config import load_settings
+
+        overrides = {"llm.base_url": self.base_url} | (
+            {"llm.model": self.model} if self.model else {}
+        )
+        # the environment too: DEEPMEMORY_LLM_API_KEY, when the server wants one
+        return LLMQuestionGenerator(load_settings(overrides=overrides).llm)
+
+
+class FilteredGenerator:
+    """The inner generator's questions, then only those the service's question checks keep
+    (`question_checks`): per question (not a question, about the text itself, copied from
+    the chunk, asked already of another chunk), then the round trip (the base embedder
+    ranks its chunk in the top `ROUND_TRIP_K` of the corpus). Nothing is asked again: this
+    measures what the checks alone do to cached answers."""
+
+    def __init__(self, inner: QuestionGenerator) -> None:
+        self.inner = inner
+        self.name = f"{inner.name}-filtered"
+        self.rejected: Counter[str] = Counter()
+
+    async def generate(self, chunk: Chunk, count: int, lane: object = None) -> list[str]:
+        return await self.inner.generate(chunk, count)
+
+    async def keep(
+        self,
+        questions: list[str],
+        rows: list[int],
+        texts: Sequence[str],
+        embedder: Embedder,
+        corpus: Matrix,
+    ) -> tuple[list[str], list[int]]:
+        """The questions (and their chunk rows) that pass every check, in order."""
+        from deepmemory_service.llm import question_checks as checks
+
+        self.rejected = Counter()
+        kept_keys: set[str] = set()
+        passed: list[int] = []
+        for i, (question, row) in enumerate(zip(questions, rows, strict=True)):
+            reason = checks.check_question(question, texts[row], kept_keys)
+            if reason is not None:
+                self.rejected[str(reason)] += 1
+                continue
+            kept_keys.add(checks.duplicate_key(question))
+            passed.append(i)
+        vectors = await embedder.embed([questions[i] for i in passed])
+        found = checks.ranks_within(vectors, corpus, [rows[i] for i in passed], ROUND_TRIP_K)
+        self.rejected["round_trip"] += found.count(False)
+        kept = [i for i, ok in zip(passed, found, strict=True) if ok]
+        return [questions[i] for i in kept], [rows[i] for i in kept]
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+GENERATORS = "offline, templates, llm, llm-filtered, llm+offline"
+
+
+def generator_named(name: str, llm: LLMSource = LLMSource()) -> QuestionGenerator:
     if name == "offline":
         return OfflineQuestionGenerator()
     if name == "templates":
         return TemplateQuestionGenerator()
-    raise SystemExit(f"unknown generator {name!r}: offline or templates")
+    if name == "llm":
+        return llm.generator()
+    if name == "llm-filtered":
+        return FilteredGenerator(llm.generator())
+    if name == "llm+offline":
+        return MixedGenerator([llm.generator(), OfflineQuestionGenerator()])
+    raise SystemExit(f"unknown generator {name!r}: one of {GENERATORS}")
 
 
 def run_id(seed: int) -> uuid.UUID:
@@ -301,6 +442,12 @@ async def bench_corpus(
         for q in await generator.generate(Chunk(chunk_id, text), questions_per_chunk):
             questions.append(q)
             chunk_ids.append(chunk_id)
+    rejected: dict[str, int] = {}
+    if isinstance(generator, FilteredGenerator):
+        rows = [i - 1 for i in chunk_ids]
+        questions, rows = await generator.keep(questions, rows, corpus.chunks, embedder, vectors)
+        chunk_ids = [r + 1 for r in rows]
+        rejected = dict(generator.rejected)
     human = await embedder.embed(corpus.questions)
     without = any_hit_ranks(human, corpus.relevant, vectors)
     results = []
@@ -308,7 +455,11 @@ async def bench_corpus(
         trainer = LocalTrainer(settings.train)
         started = time.monotonic()
         request = TrainingRequest(uuid.uuid4(), run_id(seed), questions, chunk_ids, store, embedder)
-        trained = await trainer.train_model(request, _quiet)
+        try:
+            trained = await trainer.train_model(request, _quiet)
+        except TrainingError as exc:
+            # e.g. a filter that kept too few questions: no model, search as it was
+            trained = Trained(None, TrainingOutcome({}, False, f"not trained: {exc}"))
         train_s = time.monotonic() - started
         weights = trained.weights
         with_model = (
@@ -329,6 +480,7 @@ async def bench_corpus(
                 train_s,
                 Paired.of(without, with_model),
                 trained.outcome.metrics,
+                rejected,
             )
         )
         print(
@@ -395,6 +547,13 @@ def report(results: list[ModelResult], collections: list[str], dev: Sequence[str
         print("\nWhy the trainer refused a model\n")
         for r in refused:
             print(f"- {r.embedder}, {r.generator}, {r.corpus}, seed {r.seed}: {r.reason}")
+
+    filtered = {(r.embedder, r.generator, r.corpus): r for r in results if r.rejected}
+    if filtered:
+        print("\nQuestions the filter turned down (kept: the pairs trained on)\n")
+        for (embedder, generator, corpus), r in sorted(filtered.items()):
+            reasons = ", ".join(f"{k} {v}" for k, v in sorted(r.rejected.items()))
+            print(f"- {embedder}, {generator}, {corpus}: kept {r.pairs}; turned down: {reasons}")
 
     groups = sorted({(r.embedder, r.generator) for r in results})
     seeds = sorted({r.seed for r in results})

@@ -155,7 +155,8 @@ async def bench_human(args: argparse.Namespace, embedders: list[Embedder]) -> No
     if len(collections) > 1 and not args.no_pooled:
         corpora.append(human_bench.chunk_corpus("all pooled", collections, settings))
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    generators = [human_bench.generator_named(g) for g in args.generators.split(",")]
+    llm = human_bench.LLMSource(args.llm_questions, args.llm_url, args.llm_model)
+    generators = [human_bench.generator_named(g, llm) for g in args.generators.split(",")]
     results: list[human_bench.ModelResult] = []
     with tempfile.TemporaryDirectory(prefix="bench-human-") as tmp:
         for embedder in embedders:
@@ -172,6 +173,8 @@ async def bench_human(args: argparse.Namespace, embedders: list[Embedder]) -> No
                         Path(tmp),
                     )
             await cached.aclose()
+    for generator in generators:
+        await generator.aclose()  # a live LLM's connection pool
     print(
         f"\nHuman questions from {args.human.name}/: "
         + ", ".join(f"{c.name} {len(c.questions)}" for c in collections)
@@ -232,9 +235,25 @@ async def main() -> int:
     human.add_argument(
         "--generators",
         default="offline",
-        help="offline (the service's) and/or templates (the offline generator before it wrote "
-        "queries people would type)",
+        help="comma-separated, of: offline (the service's), templates (the offline generator "
+        "before it wrote queries people would type), llm (an LLM's questions: --llm-questions "
+        "or --llm-url), llm-filtered (those the service's question checks keep), llm+offline "
+        "(both generators' questions for every chunk)",
     )
+    human.add_argument(
+        "--llm-questions",
+        metavar="PATH",
+        type=Path,
+        help="the llm generator's questions, cached: a JSON object of chunk text → questions, "
+        "or a folder of such files",
+    )
+    human.add_argument(
+        "--llm-url",
+        metavar="URL",
+        help="the llm generator asks this OpenAI-compatible server (base URL, e.g. "
+        "http://127.0.0.1:8080/v1) instead; DEEPMEMORY_LLM_API_KEY is its key",
+    )
+    human.add_argument("--llm-model", default="", help="the model name the server is asked for")
     human.add_argument("--no-pooled", action="store_true", help="skip the all-collections corpus")
     human.add_argument(
         "--blas-threads",

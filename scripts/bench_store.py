@@ -41,8 +41,8 @@ from benchlib import (  # scripts/, beside this file
     fresh_database,
     machine_load,
     say,
+    start_backend,
     stop_process,
-    wait_http,
 )
 
 from deepmemory_service.testing.object_store import ObjectStoreServer
@@ -168,20 +168,8 @@ async def start(
         **env,
     }
     log = log_dir / f"{name}.log"
-    with log.open("wb") as err:
-        proc = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "deepmemory_service", "serve", "--role", "backend"),
-                *("--host", "127.0.0.1", "--port", str(port)),
-            ],
-            env=environ,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-            start_new_session=True,
-        )
-    instance = Instance(name, port, proc)
-    await wait_http(f"{instance.api}/healthz", proc, name, log)
-    return instance
+    proc = await start_backend(sys.executable, None, port, environ, log, name)
+    return Instance(name, port, proc)
 
 
 async def timed(

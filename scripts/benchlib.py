@@ -170,6 +170,33 @@ async def wait_http(
             await asyncio.sleep(0.05)
 
 
+async def start_backend(
+    python: str,
+    cwd: Path | None,
+    port: int,
+    env: dict[str, str],
+    log: Path,
+    what: str = "the service",
+) -> subprocess.Popen[bytes]:
+    """`python -m deepmemory_service serve --role backend` on 127.0.0.1:`port` with the
+    environment `env` (whole: nothing is inherited), its stderr in `log`; returns once its
+    /healthz answers (`what` names it if it dies first)."""
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [
+                *(python, "-m", "deepmemory_service", "serve", "--role", "backend"),
+                *("--host", "127.0.0.1", "--port", str(port)),
+            ],
+            env=env,
+            cwd=cwd,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            start_new_session=True,
+        )
+    await wait_http(f"http://127.0.0.1:{port}/healthz", proc, what, log)
+    return proc
+
+
 @dataclass(frozen=True)
 class Standin:
     """The stand-in LLM, a separate process on loopback (`deepmemory_service.testing`)."""

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
+import aiohttp
 import asyncpg
 import attrs
 import pytest
@@ -32,7 +33,7 @@ from deepmemory_service.testing.client import poll
 pytest_plugins = ("tests.cluster", "tests.s3")
 
 # the kinds of test, each a folder of tests/ whose tests it marks (setup.cfg says what each holds)
-KINDS = ("unit", "service", "processes", "browser")
+KINDS = ("unit", "service", "processes", "browser", "real_llm")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -155,6 +156,8 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
             "log_format": "json",
             # the sweeper must not race a test's own runs
             "lease.sweep_s": 3600.0,
+            # the stand-in LLM writes questions that pass the checks: none is asked again
+            "questions.expected_reasks": 0.0,
         },
     )
 
@@ -320,7 +323,12 @@ async def read_stream(
     url = path or f"/v1/api/events/stream/{job_id}"
     params = {"user_id": str(user_id)} if path is None else {}
     events: list[SseEvent] = []
-    async with asyncio.timeout(timeout), api.client.get(url, params=params, headers=hdrs) as resp:
+    # the client's own timeout (5 minutes in all) would cut a long stream short
+    whole = aiohttp.ClientTimeout(total=timeout)
+    async with (
+        asyncio.timeout(timeout),
+        api.client.get(url, params=params, headers=hdrs, timeout=whole) as resp,
+    ):
         assert resp.status == 200, await resp.text()
         assert resp.content_type == "text/event-stream"
         fields: dict[str, str] = {}

@@ -1,4 +1,5 @@
-"""`GET /metrics`: runs by status, generation and LLM counters, inboxes, SSE subscribers;
+"""`GET /metrics`: runs by status, generation and LLM counters, inboxes, SSE subscribers,
+the search cache's memory budget and use;
 behind a bearer token when `DEEPMEMORY_METRICS_TOKEN` is set (Prometheus sends one with
 `authorization: {credentials: …}`)."""
 
@@ -13,9 +14,11 @@ from deepmemory_service.api.keys import SERVICES, SETTINGS, SUPERVISORS
 from deepmemory_service.api.middlewares import has_bearer
 from deepmemory_service.errors import Unauthorized
 from deepmemory_service.llm.budget_report import budget_samples
+from deepmemory_service.llm.question_checks import Reason
 from deepmemory_service.llm.usage import Prices
 from deepmemory_service.models import RunStatus
 from deepmemory_service.platform.metrics import render
+from deepmemory_service.storage.search_cache import CacheStats
 
 
 def metrics_handler(backend: web.Application) -> Callable[[web.Request], Awaitable[web.Response]]:
@@ -38,6 +41,16 @@ def metrics_handler(backend: web.Application) -> Callable[[web.Request], Awaitab
             ("deepmemory_generation_failures_total", "counter", {}, m.generation_failures),
             ("deepmemory_training_runs_total", "counter", {}, m.training_runs),
             ("deepmemory_training_failures_total", "counter", {}, m.training_failures),
+            *(
+                (
+                    "deepmemory_questions_rejected_total",
+                    "counter",
+                    {"reason": r.value},
+                    m.questions_rejected[r.value],
+                )
+                for r in Reason
+            ),
+            ("deepmemory_question_reasks_total", "counter", {}, m.question_reasks),
             ("deepmemory_supervisors", "gauge", {}, len(sups)),
             ("deepmemory_inbox_depth", "gauge", {}, sum(s.inbox.qsize() for s in sups)),
             (
@@ -57,6 +70,7 @@ def metrics_handler(backend: web.Application) -> Callable[[web.Request], Awaitab
             if cost is not None:
                 samples.append(("deepmemory_llm_cost_usd_total", "counter", {}, cost))
         samples += budget_samples(svc.budget)
+        samples += search_cache_samples(svc.stores.search.stats())
         return web.Response(
             text=render(samples),
             content_type="text/plain",
@@ -65,6 +79,19 @@ def metrics_handler(backend: web.Application) -> Callable[[web.Request], Awaitab
         )
 
     return handler
+
+
+def search_cache_samples(stats: CacheStats) -> list[tuple[str, str, dict[str, str], float]]:
+    """The search cache's budget, what it holds, and how it served."""
+    return [
+        ("deepmemory_search_memory_budget_bytes", "gauge", {}, stats.budget_bytes),
+        ("deepmemory_search_memory_bytes", "gauge", {}, stats.bytes),
+        ("deepmemory_search_memory_users", "gauge", {}, stats.users),
+        ("deepmemory_search_cache_hits_total", "counter", {}, stats.hits),
+        ("deepmemory_search_cache_misses_total", "counter", {}, stats.misses),
+        ("deepmemory_search_cache_evictions_total", "counter", {}, stats.evictions),
+        ("deepmemory_search_cache_too_large_total", "counter", {}, stats.too_large),
+    ]
 
 
 def _numbers(stats: Any) -> list[tuple[str, float]]:

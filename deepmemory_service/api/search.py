@@ -14,6 +14,7 @@ similarity.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 
 from aiohttp import web
 
@@ -21,12 +22,14 @@ from deepmemory_service.api.keys import SERVICES
 from deepmemory_service.api.payloads import query_bool, query_int, query_uuid
 from deepmemory_service.api.replies import SearchReply, to_json
 from deepmemory_service.errors import Conflict, InvalidInput
+from deepmemory_service.models import Corpus
 from deepmemory_service.storage import corpus
-from deepmemory_service.storage.dataset import CorpusReader
 from deepmemory_service.storage.embedders import Embedder
-from deepmemory_service.storage.nearest import SearchResult, nearest_chunks
+from deepmemory_service.storage.nearest import Nearest, SearchResult, search_in, store_nearest
+from deepmemory_service.storage.search_cache import SearchVectors
 from deepmemory_service.storage.store import ChunkStore
 from deepmemory_service.training.trainer import NoModel, Trainer
+from deepmemory_service.vectors import Matrix
 
 NO_MODEL = "No trained Deep Memory model for this user: train a run first"
 KEPT_OUT = "The last trained Deep Memory model was not enabled"
@@ -43,21 +46,21 @@ async def search_chunks(
     k: int,
     *,
     trainer: Trainer | None = None,
-    read: CorpusReader | None = None,
+    nearest: Nearest | None = None,
 ) -> list[SearchResult]:
     """The top `k` chunks for `query`, best first: through `trainer`'s model for the
-    store when one is given, else by plain cosine similarity; among those of `read()`,
-    the store at the catalog's version (by default the newest the store knows, for a
-    store without a catalog)."""
-    read = read or store.latest
+    store when one is given (a model transforms the query, and searches with `nearest`),
+    else by plain cosine similarity. `nearest` searches the store at the catalog's
+    version; by default the newest version the store knows (a store without a catalog)."""
+    nearest = nearest or store_nearest(store)
     vectors = await embedder.embed([query])
     if trainer is None:
-        return await nearest_chunks(read, vectors, k)
+        return await nearest(vectors, k)
     model = await trainer.query_model(store)
     if model is None:
         raise NoModelError(NO_MODEL)
     try:
-        return await model.search(vectors, k, read)
+        return await model.search(vectors, k, nearest)
     except NoModel:
         raise NoModelError(NO_MODEL) from None
 
@@ -88,14 +91,29 @@ async def search(request: web.Request) -> web.Response:
         # the last training's model was kept out: no model is used, not even an earlier one
         # the trainer may still hold (the settings, the page and search say the same)
         raise NoModelError(_kept_out(row.can_enable_reason))
+    store = svc.stores.for_user(user_id)
+
+    async def held(at: Corpus) -> SearchVectors:
+        return await svc.stores.search.vectors(store, at.version, at.rows)
+
+    async def read() -> SearchVectors:
+        # the user's ids and vectors within the memory budget, at the catalog's version
+        return await corpus.at_catalog(svc.request_corpora, user_id, in_catalog, held)
+
+    async def texts(ids: Sequence[int]) -> dict[int, str]:
+        return await svc.request_db.read(lambda c: c.chunk_texts(user_id, ids))
+
+    async def nearest(vectors: Matrix, top: int) -> list[SearchResult]:
+        return await search_in(read, texts, vectors, top)
+
     try:
         found = await search_chunks(
-            svc.stores.for_user(user_id),
+            store,
             svc.embedder,
             query,
             k,
             trainer=svc.trainer if deep_memory else None,
-            read=lambda: corpus.snapshot(svc.request_corpora, user_id, in_catalog),
+            nearest=nearest,
         )
     except NoModelError:
         async with svc.request_db.conn() as conn:

@@ -284,6 +284,7 @@ async def debug_supervisors(request: web.Request) -> web.Response:
     snapshot["instance_id"] = svc.instance_id
     snapshot["llm_budget"] = budget_view(svc.budget)
     snapshot["uploads"] = svc.uploads.snapshot()
+    snapshot["search_cache"] = svc.stores.search.stats().as_json()
     return web.json_response(snapshot)
 
 

@@ -139,6 +139,9 @@ def _run(row: asyncpg.Record) -> Run:
         reused_from=row["reused_from"],
         reused_chunks=row["reused_chunks"],
         cancel_requested_at=row["cancel_requested_at"],
+        question_rejections=row["question_rejections"],
+        question_reasks=row["question_reasks"],
+        short_chunks=row["short_chunks"],
     )
 
 
@@ -171,6 +174,23 @@ class Spent:
 
 
 NOTHING_SPENT = Spent()
+
+
+@attrs.frozen
+class Checked:
+    """What the checks of an LLM's questions did (in a run, over its jobs): the questions
+    turned down by reason, the times a chunk was asked again, the chunks left short."""
+
+    rejections: dict[str, int] = attrs.field(factory=dict)
+    reasks: int = 0
+    short_chunks: int = 0
+
+    @classmethod
+    def of(cls, run: Run) -> Checked:
+        return cls(dict(run.question_rejections), run.question_reasks, run.short_chunks)
+
+
+NOTHING_CHECKED = Checked()
 
 
 @attrs.frozen
@@ -338,6 +358,14 @@ class Conn:
         assert row is not None
         return row["chunks"], row["reusable"], row["new_chars"]
 
+    async def generation_estimate_sample(
+        self, user_id: uuid.UUID, source: uuid.UUID | None, limit: int
+    ) -> list[str]:
+        """The texts of at most `limit` of the chunks a generate would send to the LLM,
+        spread over the corpus."""
+        rows = await self._fetch("generation_estimate_sample", user_id, source, limit)
+        return [row["text"] for row in rows]
+
     async def calls_per_new_chunk(self, user_id: uuid.UUID) -> float | None:
         value: float | None = await self._fetchval("calls_per_new_chunk", user_id)
         return value
@@ -435,10 +463,12 @@ class Conn:
         owner: str,
         job_spent: Spent = NOTHING_SPENT,
         run_spent: Spent = NOTHING_SPENT,
+        run_checked: Checked = NOTHING_CHECKED,
     ) -> tuple[int, int]:
-        """Stores a batch, and what the job and the run have spent at the LLM so far (totals,
-        not increments, so a retry after a lost reply counts nothing twice); returns the
-        run's (generated_chunks, pair_count) after it.
+        """Stores a batch, and what the job and the run have spent at the LLM so far and
+        what the question checks did in the run (totals, not increments, so a retry after a
+        lost reply counts nothing twice); returns the run's (generated_chunks, pair_count)
+        after it.
 
         The CTEs write even when the run is no longer ours; raising inside the transaction
         rolls them back, so a swept or deleted run never gains pairs here.
@@ -454,6 +484,9 @@ class Conn:
                 job_id,
                 *job_spent.as_tuple(),
                 *run_spent.as_tuple(),
+                run_checked.rejections,
+                run_checked.reasks,
+                run_checked.short_chunks,
             )
             if row is None:
                 raise LeaseLost(f"run {run_id} is no longer generating on this instance")
@@ -466,6 +499,13 @@ class Conn:
 
     async def run_pairs(self, run_id: uuid.UUID) -> list[tuple[int, str]]:
         return [(r["chunk_id"], r["question"]) for r in await self._fetch("run_pairs", run_id)]
+
+    async def run_questions_page(
+        self, run_id: uuid.UUID, after: tuple[int, int], limit: int
+    ) -> list[tuple[int, int, str]]:
+        """The run's (chunk_id, question_index, question) after `after`, in that order."""
+        rows = await self._fetch("run_questions_page", run_id, *after, limit)
+        return [(r["chunk_id"], r["question_index"], r["question"]) for r in rows]
 
     async def distinct_pair_chunks(self, run_id: uuid.UUID) -> int:
         value: int = await self._fetchval("distinct_pair_chunks", run_id)
@@ -522,6 +562,11 @@ class Conn:
             CatalogChunk(r["id"], r["text"], r["document_id"], r["position"], r["title"])
             for r in rows
         ]
+
+    async def chunk_texts(self, user_id: uuid.UUID, ids: Sequence[int]) -> dict[int, str]:
+        """The texts of the user's chunks `ids` (those that are the user's)."""
+        rows = await self._fetch("chunk_texts", user_id, list(ids))
+        return {int(r["id"]): str(r["text"]) for r in rows}
 
     async def known_digests(self, user_id: uuid.UUID, digests: Sequence[bytes]) -> set[bytes]:
         """Which of `digests` belong to documents the user already has."""

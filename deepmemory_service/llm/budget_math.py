@@ -148,12 +148,15 @@ class TokenEstimate:
 
     per_char: float = FIRST_TOKENS_PER_CHAR
     per_question: float = FIRST_TOKENS_PER_QUESTION
+    # replies learned from: 0 means the figures above are still the first guesses
+    replies: int = 0
 
     def tokens(self, prompt_chars: int, questions: int) -> float:
         prompt = MESSAGE_OVERHEAD_TOKENS + prompt_chars * self.per_char
         return prompt + questions * self.per_question
 
     def learn(self, prompt_chars: int, questions: int, usage: Usage) -> None:
+        self.replies += 1
         if prompt_chars > 0:
             seen = max(0, usage.prompt_tokens - MESSAGE_OVERHEAD_TOKENS) / prompt_chars
             self.per_char += LEARN * (seen - self.per_char)

@@ -1,7 +1,13 @@
 """The LLM question generator: an OpenAI-compatible chat-completions client.
 
-One shared connection pool; a per-call timeout; retries under the service's retry policy
-(exponential backoff, full jitter, `Retry-After` on 429/503 honoured); strict parsing of
+One shared connection pool; a per-call timeout that adapts to the server's pace (twice the
+slowest recent answer when that is longer than `timeout_s`, and doubled for each try of a
+call that timed out, up to `MAX_TIMEOUT_FACTOR` times `timeout_s`: a slow CPU server answers
+late, not never); retries under the service's retry policy
+(exponential backoff, full jitter, `Retry-After` on 429/503 honoured); at most as many
+calls in flight as the server works on at once (`max_in_flight`, or the slots a llama-server
+reports), so that a call's timeout counts from when the server takes it up, not from when
+it joined the server's queue; strict parsing of
 the reply (a reply that is not exactly the questions asked for is a retryable fault, never
 a silent empty pair).
 The API key goes only into the Authorization header: never into logs, reprs or messages.
@@ -10,10 +16,13 @@ The API key goes only into the Authorization header: never into logs, reprs or m
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import re
+import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -21,6 +30,8 @@ import attrs
 import structlog
 
 from deepmemory_service.llm.generators import GenerationError
+from deepmemory_service.llm.llama_server import LlamaServer
+from deepmemory_service.llm.question_checks import ADVICE, Feedback
 from deepmemory_service.llm.rate_budget import Grant, Lane
 from deepmemory_service.llm.usage import Usage
 from deepmemory_service.models import Chunk, question_problem
@@ -30,13 +41,21 @@ from deepmemory_service.platform.retry import RetryPolicy, retry, retry_after
 log = structlog.get_logger(__name__)
 
 SYSTEM_PROMPT = (
-    "You write search questions for a retrieval system. Given a passage, write questions "
-    "that the passage answers. Rules: every question must be answerable from the passage "
-    "alone; be specific and self-contained: name the subject instead of saying 'the "
-    "passage', 'the text' or 'according to'; phrase each question the way a person would "
-    "type it into a search box; make the questions differ from each other; never include "
-    'the answer. Reply with JSON only: {"questions": ["...", "..."]}.'
+    "You write the questions people type into a search box to find a passage of "
+    "documentation. Rules: each question is answered by the passage; it is short (at most 15 "
+    "words) and names its subject (the program, command, option or idea), so that it makes "
+    "sense to someone who has never seen the passage; it asks about what is particular to "
+    "this passage, not what any passage on the subject would answer; it is in your own "
+    "words, not a sentence of the passage; the questions differ from each other; never "
+    "include the answer. Never refer to the passage itself: no 'the passage', 'the text', "
+    "'the document', 'the author', 'mentioned', 'according to'. Good: 'How do I resume a "
+    "failed download with curl?'. Bad: 'What does the passage say about resuming?'. "
+    'Reply with JSON only: {"questions": ["...", "..."]}.'
 )
+# the longest a call's timeout grows to, as a multiple of `timeout_s`
+MAX_TIMEOUT_FACTOR = 8.0
+# how fast the slowest recent answer is forgotten: each answer scales it by this first
+SLOWEST_DECAY = 0.9
 _FENCE = re.compile(r"^```(?:json)?\s*|\s*```$", re.MULTILINE)
 
 
@@ -60,10 +79,39 @@ class UpstreamFault(Exception):
     retry_after_s: float | None = None
 
 
-def user_prompt(chunk: Chunk, count: int) -> str:
-    return (
-        f'Write exactly {count} questions about this passage.\n\nPassage:\n"""\n{chunk.text}\n"""'
+def user_prompt(chunk: Chunk, count: int, feedback: Feedback | None = None) -> str:
+    """The user message: the passage and how many questions; when the chunk is asked again,
+    the questions turned down and why, and those already kept."""
+    plural = "question" if count == 1 else "questions"
+    prompt = (
+        f'Write exactly {count} {plural} about this passage.\n\nPassage:\n"""\n{chunk.text}\n"""'
     )
+    if feedback is None:
+        return prompt
+    lines = [prompt, "", "These questions were turned down; write different ones:"]
+    lines += [f"- {json.dumps(r.question)}: {ADVICE[r.reason]}" for r in feedback.turned_down]
+    if feedback.kept:
+        lines += ["Already asked (ask something else):"]
+        lines += [f"- {json.dumps(q)}" for q in feedback.kept]
+    return "\n".join(lines)
+
+
+def reply_tokens(count: int) -> int:
+    """The most tokens a reply of `count` questions may take. A small model in JSON mode can
+    loop (the same question again and again) until its context is full: minutes of a CPU
+    server, and a timeout. A question the prompt asks for takes about 19 tokens (its JSON
+    included); a reply cut short is bad JSON, asked again like any other."""
+    return 48 + 48 * count
+
+
+def chat_messages(
+    chunk: Chunk, count: int, feedback: Feedback | None = None
+) -> list[dict[str, str]]:
+    """The messages one call sends for `chunk` (what the estimate counts, too)."""
+    return [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": user_prompt(chunk, count, feedback)},
+    ]
 
 
 def _error_code(reply: object) -> object:
@@ -104,6 +152,8 @@ def parse_questions(content: str, count: int) -> list[str]:
 
 class LLMQuestionGenerator:
     name = "llm"
+    # the run checks its questions and asks again (`CheckedGenerator`)
+    checks_questions = True
 
     def __init__(
         self,
@@ -123,9 +173,20 @@ class LLMQuestionGenerator:
             base_s=settings.backoff_base_s,
             max_s=settings.backoff_max_s,
         )
+        self._headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
+        self.server = LlamaServer(settings.base_url, self._headers)
+        # calls in flight to the server, at most its slots (every run of this instance)
+        self._gate: asyncio.Semaphore | None = None
+        self.in_flight_limit = 0
+        # the slowest recent answer, in seconds (decaying), that calls' timeouts allow for
+        self.slowest_s = 0.0
 
     def __repr__(self) -> str:
         return f"<LLMQuestionGenerator model={self.settings.model} url={self._url}>"
+
+    def session(self) -> aiohttp.ClientSession:
+        """The generator's connection pool (the server's own endpoints are asked through it)."""
+        return self._client()
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -134,16 +195,41 @@ class LLMQuestionGenerator:
             self._session = aiohttp.ClientSession(connector=connector)
         return self._session
 
-    async def generate(self, chunk: Chunk, count: int, lane: Lane | None = None) -> list[str]:
+    @contextlib.asynccontextmanager
+    async def _slot(self) -> AsyncIterator[None]:
+        """Waits for one of the server's slots (none when it has no known limit)."""
+        if self._gate is None:
+            limit = self.settings.max_in_flight or await self.server.slots(self._client())
+            if limit > 0 and self._gate is None:
+                self._gate = asyncio.Semaphore(limit)
+                self.in_flight_limit = limit
+        if self._gate is None:
+            yield
+            return
+        async with self._gate:
+            yield
+
+    def timeout_for(self, timed_out: int) -> float:
+        """A try's timeout after `timed_out` tries of the same call timed out."""
+        base = max(self.settings.timeout_s, 2.0 * self.slowest_s)
+        return min(base * 2.0**timed_out, MAX_TIMEOUT_FACTOR * self.settings.timeout_s)
+
+    async def generate(
+        self, chunk: Chunk, count: int, lane: Lane | None = None, feedback: Feedback | None = None
+    ) -> list[str]:
+        """`count` questions about the chunk (`feedback`: it is asked again, told what was
+        wrong with its last questions); the call retried under the retry policy."""
         tries = 0
+        timed_out = 0
 
         async def attempt() -> list[str]:
-            nonlocal tries
+            nonlocal tries, timed_out
             tries += 1
             try:
-                return await self._call(chunk, count, lane)
+                return await self._call(chunk, count, lane, self.timeout_for(timed_out), feedback)
             except UpstreamFault as fault:
                 self.stats.faults[fault.kind] += 1
+                timed_out += fault.kind == "timeout"
                 raise
 
         def pause(exc: BaseException, attempt: int) -> float:
@@ -178,39 +264,49 @@ class LLMQuestionGenerator:
         self.stats.successes += 1
         return questions
 
-    async def _call(self, chunk: Chunk, count: int, lane: Lane | None) -> list[str]:
-        prompt = user_prompt(chunk, count)
-        grant = await lane.acquire(len(SYSTEM_PROMPT) + len(prompt), count) if lane else None
-        self.stats.calls += 1
+    async def _call(
+        self,
+        chunk: Chunk,
+        count: int,
+        lane: Lane | None,
+        limit_s: float,
+        feedback: Feedback | None = None,
+    ) -> list[str]:
+        messages = chat_messages(chunk, count, feedback)
+        prompt_chars = sum(len(m["content"]) for m in messages)
+        grant = await lane.acquire(prompt_chars, count) if lane else None
         payload: dict[str, Any] = {
             "model": self.settings.model,
-            "messages": [
-                {"role": "system", "content": SYSTEM_PROMPT},
-                {"role": "user", "content": prompt},
-            ],
+            "messages": messages,
             "temperature": 0.3,
             "response_format": {"type": "json_object"},
+            "max_tokens": reply_tokens(count),
         }
-        headers = (
-            {"Authorization": f"Bearer {self.settings.api_key}"} if self.settings.api_key else {}
-        )
-        timeout = self.settings.timeout_s
+        sent = False
         try:
-            async with (
-                asyncio.timeout(timeout),
-                self._client().post(self._url, json=payload, headers=headers) as resp,
-            ):
-                status = resp.status
-                body = await resp.read()
-                wait = retry_after(resp.headers.get("Retry-After"))
+            # the timeout starts once a slot is free: a wait in the queue is not the
+            # server failing to answer
+            async with self._slot():
+                self.stats.calls += 1
+                sent = True
+                started = time.monotonic()
+                async with (
+                    asyncio.timeout(limit_s),
+                    self._client().post(self._url, json=payload, headers=self._headers) as resp,
+                ):
+                    status = resp.status
+                    body = await resp.read()
+                    wait = retry_after(resp.headers.get("Retry-After"))
+                self.slowest_s = max(time.monotonic() - started, self.slowest_s * SLOWEST_DECAY)
         except TimeoutError:
             self._answered(lane, grant, None, ok=False)
             raise UpstreamFault(
-                "timeout", f"chat/completions timed out after {timeout:g}s", True
+                "timeout", f"chat/completions timed out after {limit_s:g}s", True
             ) from None
         except asyncio.CancelledError:
-            # a cancel or a shutdown cut the call off: it was paid for all the same
-            if lane is not None and grant is not None:
+            # a cancel or a shutdown cut the call off: it was paid for all the same (unless
+            # it never left its wait for a slot)
+            if sent and lane is not None and grant is not None:
                 lane.cut_off(grant)
             raise
         except aiohttp.ClientError as exc:

@@ -7,12 +7,13 @@ then fails with that message and can be resumed.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from deepmemory_service.models import Chunk
 from deepmemory_service.text.queries import key_terms, text_queries
 
 if TYPE_CHECKING:
+    from deepmemory_service.llm.question_checks import Feedback
     from deepmemory_service.llm.rate_budget import Lane
 
 
@@ -29,6 +30,21 @@ class QuestionGenerator(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class CheckedGenerator(Protocol):
+    """A generator whose questions a run checks (`llm/question_checks.py`): it can be asked
+    again for a chunk, told what was wrong with its last questions. The offline generator is
+    not one: its queries are the chunk's own sentences and key terms on purpose, the checks
+    would turn them down, and asking again would give the same."""
+
+    name: str
+    checks_questions: bool
+
+    async def generate(
+        self, chunk: Chunk, count: int, lane: Lane | None = None, feedback: Feedback | None = None
+    ) -> list[str]: ...
 
 
 class OfflineQuestionGenerator:

@@ -126,6 +126,20 @@ class UploadSettings:
 
 
 @frozen
+class SearchSettings:
+    # users' search data (ids and vectors of the version searched) kept in memory, in all
+    memory_budget_mb: int
+    # stores of more chunks keep their vectors as float16, scanned with SIMD
+    compact_above: int
+    # threads of one compact scan
+    threads: int
+
+    @property
+    def memory_budget_bytes(self) -> int:
+        return self.memory_budget_mb * 2**20
+
+
+@frozen
 class GenerationSettings:
     questions_per_chunk: int
     max_questions_per_chunk: int
@@ -153,6 +167,9 @@ class LLMSettings:
     model: str
     api_key: str = attrs.field(repr=False)
     timeout_s: float
+    # calls in flight to the server from this instance; 0: as many as it says it works on at
+    # once (a llama-server's slots), else no limit
+    max_in_flight: int
     max_retries: int
     backoff_base_s: float
     backoff_max_s: float
@@ -170,6 +187,21 @@ class TrainSettings:
     epochs: int
     blas_threads: int
     seed: int
+
+
+@frozen
+class QuestionSettings:
+    """The checks of an LLM's questions (`llm/question_checks.py`) and the asking again."""
+
+    checks: bool
+    # times a chunk left short of questions is asked again
+    reasks: int
+    # times a chunk is asked again, on average, before a run of the user's has shown it
+    # (the estimate's allowance)
+    expected_reasks: float
+    # the round trip: a question is kept when the embedder ranks its chunk in the top k of
+    # the user's chunks (0: no round trip)
+    round_trip_k: int
 
 
 @frozen
@@ -205,7 +237,9 @@ class Settings:
     http: HttpSettings
     store: StoreSettings
     uploads: UploadSettings
+    search: SearchSettings
     generation: GenerationSettings
+    questions: QuestionSettings
     supervisor: SupervisorSettings
     lease: LeaseSettings
     llm: LLMSettings
@@ -382,6 +416,9 @@ def _complete(settings: Settings) -> Settings:
             "DEEPMEMORY_GENERATION_QUESTIONS_PER_CHUNK must be between 1 and "
             f"DEEPMEMORY_GENERATION_MAX_QUESTIONS_PER_CHUNK ({gen.max_questions_per_chunk})"
         )
+    for name in ("reasks", "round_trip_k", "expected_reasks"):
+        if getattr(settings.questions, name) < 0:
+            problems.append(f"DEEPMEMORY_QUESTIONS_{name.upper()} must not be negative")
     if settings.http.sse_send_timeout_s <= 0:
         problems.append("DEEPMEMORY_HTTP_SSE_SEND_TIMEOUT_S must be positive")
     for entry in settings.http.trusted_proxies:
@@ -419,6 +456,12 @@ def _complete(settings: Settings) -> Settings:
         problems.append("DEEPMEMORY_UPLOADS_PER_USER must be at least 1")
     if settings.uploads.max_file_bytes < 1:
         problems.append("DEEPMEMORY_UPLOADS_MAX_FILE_BYTES must be at least 1")
+    if settings.search.memory_budget_mb < 0:
+        problems.append("DEEPMEMORY_SEARCH_MEMORY_BUDGET_MB must not be negative")
+    if settings.search.compact_above < 0:
+        problems.append("DEEPMEMORY_SEARCH_COMPACT_ABOVE must not be negative")
+    if settings.search.threads < 1:
+        problems.append("DEEPMEMORY_SEARCH_THREADS must be at least 1")
     if "{user_id}" not in settings.store.path:
         problems.append("DEEPMEMORY_STORE_PATH must contain {user_id}")
     problems += _store_problems(settings.store)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 
 import attrs
@@ -43,6 +44,9 @@ class Metrics:
     generation_failures: int = 0
     training_runs: int = 0
     training_failures: int = 0
+    # an LLM's questions turned down by the checks, by reason, and the chunks asked again
+    questions_rejected: Counter[str] = attrs.field(factory=Counter)
+    question_reasks: int = 0
 
 
 def render(samples: list[tuple[str, str, dict[str, str], float]]) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import attrs
@@ -22,19 +23,24 @@ import structlog
 
 from deepmemory_service.db.database import (
     CONNECTION_ERRORS,
+    NOTHING_CHECKED,
     NOTHING_SPENT,
+    Checked,
     LeaseLost,
     Spent,
     retrying,
 )
-from deepmemory_service.llm.generators import GenerationError
+from deepmemory_service.llm.generators import CheckedGenerator, GenerationError
 from deepmemory_service.llm.rate_budget import Lane
 from deepmemory_service.llm.usage import Prices
 from deepmemory_service.models import Chunk, Job, Pair, Run, RunStatus, question_problem
 from deepmemory_service.runs import jobs
 from deepmemory_service.runs.events import Progress
+from deepmemory_service.runs.questioning import Asker, RoundTrip
 from deepmemory_service.runs.services import Services
 from deepmemory_service.runs.supervisor import WorkStatus
+from deepmemory_service.storage import corpus
+from deepmemory_service.storage.dataset import StoreError
 
 log = structlog.get_logger(__name__)
 
@@ -70,6 +76,11 @@ class Pipeline:
     # what the run had spent at the LLM before this job, and what was last stored
     spent_before: Spent
     stored_spent: Spent = NOTHING_SPENT
+    # the checks of an LLM's questions (None: the generator's are not checked), and what
+    # they had done in the run before this job, and what was last stored
+    asker: Asker | None = None
+    checked_before: Checked = NOTHING_CHECKED
+    stored_checked: Checked = NOTHING_CHECKED
     chunks: asyncio.Queue[Any] = attrs.field(init=False)
     results: asyncio.Queue[Any] = attrs.field(init=False)
     failure: BaseException | None = None
@@ -123,22 +134,43 @@ class Pipeline:
         except Exception as exc:
             self._fail(exc)
 
+    @contextlib.contextmanager
+    def _in_call(self) -> Iterator[None]:
+        """Around each generator call of a worker: the calls a failure cancels. Once the
+        run has failed, no new call starts (a chunk asked again is dropped: it is not done
+        until its questions are stored, and a proceed asks it afresh)."""
+        if self.failure is not None:
+            raise GenerationCancelled
+        me = asyncio.current_task()
+        assert me is not None
+        self._calling.add(me)
+        try:
+            yield
+        finally:
+            self._calling.discard(me)
+
     async def _worker(self) -> None:
         qpc = self.run.questions_per_chunk
         generator = self.svc.generator
-        me = asyncio.current_task()
-        assert me is not None
         while self.failure is None:
             chunk = await self.chunks.get()
             if chunk is _END or self.failure is not None:
                 return
             self.work.workers_busy += 1
-            self._calling.add(me)
             try:
-                questions = await generator.generate(chunk, qpc, self.lane)
+                if self.asker is not None:
+                    questions = await self.asker.ask(chunk, qpc, self.lane, self._in_call)
+                else:
+                    with self._in_call():
+                        questions = await generator.generate(chunk, qpc, self.lane)
                 # the last guard before the batch: one answer that cannot be stored must
-                # fail its own chunk, not the insert of every other chunk's answers
-                if len(questions) != qpc:
+                # fail its own chunk, not the insert of every other chunk's answers (a
+                # checked chunk may keep fewer questions once the asking again ran out)
+                if (
+                    not questions
+                    or len(questions) > qpc
+                    or (self.asker is None and len(questions) != qpc)
+                ):
                     raise GenerationError(
                         f"generator {generator.name} returned {len(questions)} questions, "
                         f"expected {qpc}"
@@ -152,7 +184,6 @@ class Pipeline:
                 self._fail(exc, chunk)
                 return
             finally:
-                self._calling.discard(me)
                 self.work.workers_busy -= 1
             pairs = [Pair(chunk.id, i, q.strip()) for i, q in enumerate(questions)]
             await self.results.put(pairs)
@@ -215,9 +246,16 @@ class Pipeline:
         lane = self.lane
         return Spent(lane.calls, lane.prompt_tokens, lane.completion_tokens)
 
+    @property
+    def checked(self) -> Checked:
+        """What the question checks have done in the run, this job included."""
+        if self.asker is None:
+            return self.checked_before
+        return self.asker.tally.total(self.checked_before)
+
     async def _write(self, batch: list[Pair]) -> None:
-        spent = self.spent
-        if not batch and spent == self.stored_spent:
+        spent, checked = self.spent, self.checked
+        if not batch and spent == self.stored_spent and checked == self.stored_checked:
             return
 
         async def store() -> int:
@@ -229,6 +267,7 @@ class Pipeline:
                     self.svc.instance_id,
                     spent,
                     self.spent_before + spent,
+                    checked,
                 )
             return covered
 
@@ -238,6 +277,7 @@ class Pipeline:
         except CONNECTION_ERRORS as exc:
             raise WorkerLost(f"database unavailable while storing pairs: {exc}") from exc
         self.stored_spent = spent
+        self.stored_checked = checked
         metrics = self.svc.metrics
         metrics.chunks_generated += covered - self.done
         metrics.pairs_written += len(batch)
@@ -335,6 +375,33 @@ class Pipeline:
             raise self.failure
 
 
+async def checked_asking(svc: Services, run: Run) -> Asker | None:
+    """How this job asks for questions when the generator's are checked: the keys of the
+    questions the run has stored, and for the round trip the user's chunk vectors (the
+    store at the catalog's version). None when they are not checked."""
+    generator, settings = svc.generator, svc.settings.questions
+    if not settings.checks or not isinstance(generator, CheckedGenerator):
+        return None
+    if not generator.checks_questions:
+        return None
+    round_trip = None
+    if settings.round_trip_k > 0:
+        async with svc.db.conn() as conn:
+            in_catalog = await conn.corpus(run.user_id)
+        try:
+            snapshot = await corpus.snapshot(svc.corpora, run.user_id, in_catalog)
+        except StoreError as exc:
+            # the questions are still checked; the store's trouble is the training's to report
+            log.warning(
+                "no round trip for this job: the vector store cannot be read", reason=str(exc)
+            )
+        else:
+            round_trip = RoundTrip.of(svc.embedder, settings.round_trip_k, snapshot)
+    asker = Asker(generator, settings, round_trip, svc.metrics)
+    await asker.load_keys(svc.db, run.id)
+    return asker
+
+
 def failure_message(exc: BaseException, position: int | None, done: int, total: int) -> str:
     """The run's error: where it failed as the chunk's place in the run (1-based, of
     `total`, as in "Resuming generation from chunk N/M"), why, and how far it got."""
@@ -414,8 +481,10 @@ async def generation_job(svc: Services, work: WorkStatus, run: Run, job: Job) ->
                 **({"reused_chunks": run.reused_chunks} if run.reused_chunks else {}),
             },
         )
+        asker = await checked_asking(svc, run)
         lane = svc.budget.lane(run.user_id)
         work.lane = lane
+        work.asker = asker
         pipeline = Pipeline(
             svc,
             work,
@@ -425,6 +494,9 @@ async def generation_job(svc: Services, work: WorkStatus, run: Run, job: Job) ->
             lane,
             done=run.generated_chunks,
             spent_before=Spent(run.llm_calls, run.prompt_tokens, run.completion_tokens),
+            asker=asker,
+            checked_before=Checked.of(run),
+            stored_checked=Checked.of(run),
         )
         await pipeline.run_all()
     except asyncio.CancelledError:

@@ -24,6 +24,7 @@ from deepmemory_service.platform.stopping import cancel_all
 
 if TYPE_CHECKING:
     from deepmemory_service.llm.rate_budget import Lane
+    from deepmemory_service.runs.questioning import Asker
 
 log = structlog.get_logger(__name__)
 
@@ -53,6 +54,8 @@ class WorkStatus:
     lane: Lane | None = None
     # a user asked the work to stop (the work watches it and stops at once)
     cancelled: asyncio.Event = attrs.field(factory=asyncio.Event)
+    # the checks of an LLM's questions, while it generates (None: not checked)
+    asker: Asker | None = None
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -69,7 +72,18 @@ class WorkStatus:
             "llm_calls": lane.calls if lane else 0,
             "prompt_tokens": lane.prompt_tokens if lane else 0,
             "completion_tokens": lane.completion_tokens if lane else 0,
+            **_checks_view(self.asker),
         }
+
+
+def _checks_view(asker: Asker | None) -> dict[str, Any]:
+    """What the question checks did in this work (none when they are off)."""
+    tally = asker.tally if asker is not None else None
+    return {
+        "question_rejections": dict(tally.rejections) if tally else {},
+        "question_reasks": tally.reasks if tally else 0,
+        "short_chunks": tally.short_chunks if tally else 0,
+    }
 
 
 IDLE: dict[str, Any] = {
@@ -82,6 +96,7 @@ IDLE: dict[str, Any] = {
     "llm_calls": 0,
     "prompt_tokens": 0,
     "completion_tokens": 0,
+    **_checks_view(None),
 }
 
 

@@ -15,8 +15,9 @@ rebuilt from the catalog's chunk texts with the configured embedder.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from types import MappingProxyType
+from typing import TypeVar
 
 import attrs
 import numpy as np
@@ -36,9 +37,14 @@ from deepmemory_service.storage.dataset import (
 from deepmemory_service.storage.embedders import Embedder
 from deepmemory_service.storage.store import ChunkStore, StoreRegistry, StoreWriter
 from deepmemory_service.storage.upload_gate import UploadGate
+from deepmemory_service.storage.vector_parts import VectorParts
 from deepmemory_service.vectors import Matrix
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+# what a user without a catalog entry has: no chunks, no version
+_EMPTY = Corpus(0, None, "", 0, None)
 
 # catalog chunks embedded and appended at a time by a rebuild
 REBUILD_PAGE = 512
@@ -98,31 +104,32 @@ async def add(
     corpora: Corpora,
     user_id: uuid.UUID,
     documents: Sequence[NewDocument],
-    vectors: Matrix,
+    vectors: VectorParts,
     *,
     skip_known: bool = False,
 ) -> Added:
-    """Adds documents already chunked and embedded (`vectors`: one row per chunk, in order)
-    to the catalog and the store, both or neither; with `skip_known`, not those whose
-    digest the user already has."""
+    """Adds documents already chunked, their vectors being embedded (`vectors`: one row
+    per chunk, in order), to the catalog and the store, both or neither; with
+    `skip_known`, not those whose digest the user already has. A local store's version is
+    written part by part as the vectors come."""
     store = corpora.stores.for_user(user_id)
     async with corpora.db.tx(lock_user=user_id) as conn:
         corpus = await conn.corpus(user_id)
         corpora.check_embedder(corpus)
         skipped: list[int] = []
+        whole: Matrix | None = None
         if skip_known:
-            documents, vectors, skipped = _without_known(
-                documents, vectors, await conn.known_digests(user_id, [d.digest for d in documents])
-            )
+            known = await conn.known_digests(user_id, [d.digest for d in documents])
+            if known:  # added meanwhile by another upload: the rest written at once
+                documents, whole, skipped = _without_known(documents, await vectors.whole(), known)
             if not documents:
                 return Added([], 0, corpus.rows if corpus else 0, skipped)
         document_ids, ids = await conn.add_documents(
             user_id, [(d.title, d.chunks, d.digest) for d in documents]
         )
-        rows = Rows(
+        rows = _Rows(
             ids,
             [t for d in documents for t in d.chunks],
-            vectors,
             [
                 _metadata(document_id, d.title, p)
                 for document_id, d in zip(document_ids, documents, strict=True)
@@ -131,17 +138,68 @@ async def add(
         )
         base, base_rows = (corpus.version, corpus.rows) if corpus else (None, 0)
         try:
-            version = await store.write(base, base_rows, corpus.last_id if corpus else None, rows)
+            if whole is not None or store.kind != "local":
+                # a store in a bucket or the cloud: one append, one flush
+                matrix = whole if whole is not None else await vectors.whole()
+                version = await store.write(
+                    base, base_rows, corpus.last_id if corpus else None, rows.all(matrix)
+                )
+            else:
+                version = await _write_parts(
+                    store, base, base_rows, corpus.last_id if corpus else None, rows, vectors
+                )
             total = base_rows + len(ids)
         except StoreDamaged as exc:
             # the catalog, this upload's chunks included (same transaction), rebuilt
             log.warning("vector store out of line with the catalog", reason=str(exc))
+            vectors.stop()
             writer = await _rebuild(corpora, conn, user_id, store, base_rows + len(ids))
             version, total = await _finished(writer), writer.rows
         await _publish(corpora, conn, user_id, total, version)
     # after the commit; a crash before it leaves only the link and the clean-up to redo
     await store.published(version)
     return Added(document_ids, len(ids), total, skipped)
+
+
+@frozen
+class _Rows:
+    """An upload's rows but their vectors."""
+
+    ids: Sequence[int]
+    texts: Sequence[str]
+    metadata: Sequence[dict[str, object]]
+
+    def all(self, vectors: Matrix) -> Rows:
+        return Rows(self.ids, self.texts, vectors, self.metadata)
+
+    def part(self, start: int, vectors: Matrix) -> Rows:
+        end = start + len(vectors)
+        return Rows(self.ids[start:end], self.texts[start:end], vectors, self.metadata[start:end])
+
+
+async def _write_parts(
+    store: ChunkStore,
+    base: str | None,
+    base_rows: int,
+    last_id: int | None,
+    rows: _Rows,
+    vectors: VectorParts,
+) -> str:
+    """The next version, each part of the vectors appended as soon as it is embedded (the
+    next part is embedded meanwhile); made whole, its name. Abandoned on any failure."""
+    writer = await store.begin(base, base_rows, last_id)
+    try:
+        start = 0
+        for i in range(len(vectors)):
+            matrix = await vectors.part(i)
+            await writer.append(rows.part(start, matrix))
+            start += len(matrix)
+        if start != len(rows.ids):
+            raise StoreError(f"{start} vectors for {len(rows.ids)} chunks")
+        return await writer.finish()
+    except BaseException:
+        await writer.abandon()
+        raise
 
 
 def _without_known(
@@ -166,16 +224,26 @@ def _without_known(
 
 
 async def snapshot(corpora: Corpora, user_id: uuid.UUID, corpus: Corpus | None) -> Snapshot:
-    """The store at the catalog's version (`corpus`, just read from the catalog). A version
-    cleared away meanwhile (two uploads published during the read) is read again at the
-    catalog's newer one; a store that cannot serve the catalog is repaired first."""
-    corpora.check_embedder(corpus)
+    """The store at the catalog's version (`corpus`, just read from the catalog), read
+    whole (`at_catalog`)."""
     store = corpora.stores.for_user(user_id)
+    return await at_catalog(corpora, user_id, corpus, lambda c: store.read(c.version, c.rows))
+
+
+async def at_catalog(
+    corpora: Corpora,
+    user_id: uuid.UUID,
+    corpus: Corpus | None,
+    read: Callable[[Corpus], Awaitable[T]],
+) -> T:
+    """`read` of the store at the catalog's version (`corpus`, just read from the catalog;
+    None: an empty store). A version cleared away meanwhile (two uploads published during
+    the read) is read again at the catalog's newer one; a store that cannot serve the
+    catalog is repaired first."""
+    corpora.check_embedder(corpus)
     for _ in range(3):
-        if corpus is None:
-            return await store.read(None, 0)
         try:
-            return await store.read(corpus.version, corpus.rows)
+            return await read(corpus or _EMPTY)
         except StoreDamaged as exc:
             async with corpora.db.conn() as conn:
                 fresh = await conn.corpus(user_id)

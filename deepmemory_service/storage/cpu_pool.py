@@ -6,9 +6,14 @@ and every request of every other user waits for it between its steps: while one 
 uploaded back to back, other users' `GET settings` p99 went from ~20 ms to ~270 ms on the
 project's 2-core machine. In a process of their own they compete only for a core.
 
-One worker process per service process, started on first use (forkserver: a clean process,
-not a fork of this threaded one) and warmed at start-up, so the first upload does not pay
-for importing deeplake. Where processes cannot be started, a thread does the work.
+Worker processes per service process for the two lanes of an upload's pipeline: `EMBED`
+hashes texts into vectors (a process per core, up to two), `WRITE` writes store versions
+(one process, so its calls run in order, and a writer begun there is there for the calls
+that follow: `local_versions`). While one part of an upload is written, the next ones are
+embedded; an upload of one user writes while the next one embeds. Started
+on first use (forkserver: a clean process, not a fork of this threaded one) and warmed at
+start-up, so the first upload does not pay for importing deeplake. Where processes cannot
+be started, a thread does a lane's work.
 """
 
 from __future__ import annotations
@@ -30,39 +35,49 @@ T = TypeVar("T")
 
 # the worker's scheduling priority, below the service process's
 NICE = 10
+EMBED = "embed"
+WRITE = "write"
 _lock = threading.Lock()
-_pool: concurrent.futures.Executor | None = None
+_pools: dict[str, concurrent.futures.Executor] = {}
 
 
-def _executor() -> concurrent.futures.Executor:
-    global _pool
+# processes of each lane: writes in order in one; embedding on every core (an upload's
+# parts embedded side by side, up to `EMBED_WORKERS` at once)
+EMBED_WORKERS = max(1, min(2, os.cpu_count() or 1))
+WORKERS = {EMBED: EMBED_WORKERS, WRITE: 1}
+
+
+def _executor(lane: str) -> concurrent.futures.Executor:
     with _lock:
-        if _pool is None:
+        pool = _pools.get(lane)
+        if pool is None:
             context = multiprocessing.get_context("forkserver")
-            _pool = concurrent.futures.ProcessPoolExecutor(
-                max_workers=1, mp_context=context, initializer=_lower_priority
+            pool = _pools[lane] = concurrent.futures.ProcessPoolExecutor(
+                max_workers=WORKERS[lane], mp_context=context, initializer=_lower_priority
             )
-        return _pool
+        return pool
 
 
-def _replace(broken: concurrent.futures.Executor, *, threads: bool = False) -> None:
-    global _pool
+def _replace(lane: str, broken: concurrent.futures.Executor, *, threads: bool = False) -> None:
     with _lock:
-        if _pool is broken:
-            _pool = concurrent.futures.ThreadPoolExecutor(1, "cpu") if threads else None
+        if _pools.get(lane) is broken:
+            if threads:
+                _pools[lane] = concurrent.futures.ThreadPoolExecutor(1, f"cpu-{lane}")
+            else:
+                del _pools[lane]
     broken.shutdown(wait=False, cancel_futures=True)
 
 
-async def run(call: Callable[..., T], *args: Any) -> T:
-    """`call(*args)` in the worker (a top-level function, its arguments picklable). A worker
-    that died (killed, out of memory) is replaced, and the call made once more."""
+async def run(call: Callable[..., T], *args: Any, lane: str = WRITE) -> T:
+    """`call(*args)` in `lane`'s worker (a top-level function, its arguments picklable). A
+    worker that died (killed, out of memory) is replaced, and the call made once more."""
     loop = asyncio.get_running_loop()
     for attempt in (1, 2):
-        executor = _executor()
+        executor = _executor(lane)
         try:
             return await loop.run_in_executor(executor, call, *args)
         except BrokenProcessPool:
-            _replace(executor)
+            _replace(lane, executor)
             if attempt == 2:
                 raise
             log.warning("upload worker process died; starting another")
@@ -71,7 +86,7 @@ async def run(call: Callable[..., T], *args: Any) -> T:
                 raise
             # no processes here (no semaphores, a sandbox): a thread does the work
             log.warning("no worker process for uploads; a thread does their work", error=str(exc))
-            _replace(executor, threads=True)
+            _replace(lane, executor, threads=True)
     raise AssertionError("unreachable: the second attempt returns or raises")
 
 
@@ -88,6 +103,14 @@ def _ready() -> None:
     deeplake_compat.load()
 
 
+def _embed_ready() -> None:
+    # what hashing needs first (embedders.py itself is imported by the first call's pickle)
+    import numpy  # noqa: F401
+
+    from deepmemory_service.text import queries  # noqa: F401
+
+
 def warm() -> None:
-    """Starts the worker and its imports now, in the background."""
-    _executor().submit(_ready)
+    """Starts the workers and their imports now, in the background."""
+    _executor(WRITE).submit(_ready)
+    _executor(EMBED).submit(_embed_ready)

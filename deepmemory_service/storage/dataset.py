@@ -84,16 +84,28 @@ CorpusReader = Callable[[], Awaitable[Snapshot]]
 
 
 _BARE = {"create_id_tensor": False, "create_sample_info_tensor": False}
+# deeplake fills a chunk to half its maximum, and an append rewrites a tensor's last chunk
+# whole: a version's write (and its fsync) costs the upload's rows plus up to one chunk
+# per tensor. Chunks of 2 MB (text, metadata), 0.5 MB (ids) and 4 MB (vectors: ~1,000 rows of
+# 1,024 dimensions) keep that near the upload's own size however large the store (with
+# deeplake's defaults, up to 32 MB of vectors and 8 MB of text were rewritten each time,
+# and the ids' one chunk grew with the store). Stores made before keep their chunks.
+_MB = 2**20
 _TENSOR_ARGS: dict[str, dict[str, Any]] = {
-    "id": {"htype": "text", "create_shape_tensor": False, **_BARE},
-    "text": {"htype": "text", "create_shape_tensor": False, **_BARE},
+    "id": {"htype": "text", "create_shape_tensor": False, "max_chunk_size": _MB, **_BARE},
+    "text": {"htype": "text", "create_shape_tensor": False, "max_chunk_size": 4 * _MB, **_BARE},
     "embedding": {
         "htype": "embedding",
         "dtype": np.float32,
-        "max_chunk_size": 64 * 1024 * 1024,
+        "max_chunk_size": 8 * _MB,
         **_BARE,
     },
-    "metadata": {"htype": "json", "create_shape_tensor": False, **_BARE},
+    "metadata": {
+        "htype": "json",
+        "create_shape_tensor": False,
+        "max_chunk_size": 4 * _MB,
+        **_BARE,
+    },
 }
 
 
@@ -174,6 +186,52 @@ def read_rows(ds: Any, version: str, rows: int, cached: Snapshot | None) -> Snap
         vectors = np.concatenate([cached.vectors, vectors])
         texts = [*cached.texts, *texts]
     return Snapshot(version, ids, vectors, texts)
+
+
+# rows of a version read at a time into search's arrays: the float32 page read is transient
+VECTOR_PAGE = 8192
+
+# chunk ids and their vectors, row for row
+Held = tuple[npt.NDArray[np.int64], npt.NDArray[Any]]
+
+
+def read_vectors(
+    ds: Any,
+    version: str,
+    rows: int,
+    base: Held | None,
+    dtype: type[np.floating[Any]],
+    dimension: int,
+) -> tuple[Held, int]:
+    """The ids and vectors (as `dtype`) of `ds` (at `version`, `rows` long), read a page at
+    a time into arrays of their final size; from `base`'s last row on when `base` holds
+    the first rows of this version (its last id is this version's at that row). With the
+    number of rows taken from `base`."""
+    try:
+        if lengths(ds) != {rows}:
+            raise StoreDamaged(f"version {version} has {lengths(ds)} rows, the catalog {rows}")
+        start = 0
+        if base is not None:
+            held = len(base[0])
+            if 0 < held <= rows and int(_ids(ds[held - 1 : held])[0]) == int(base[0][-1]):
+                start = held
+        if start == rows and base is not None and base[1].dtype == dtype:
+            return base, start
+        ids = np.empty(rows, dtype=np.int64)
+        vectors = np.empty((rows, dimension), dtype=dtype)
+        if start and base is not None:
+            ids[:start] = base[0]
+            vectors[:start] = base[1]
+        for at in range(start, rows, VECTOR_PAGE):
+            end = min(at + VECTOR_PAGE, rows)
+            part = ds[at:end]
+            ids[at:end] = _ids(part)
+            vectors[at:end] = part.embedding.numpy(fetch_chunks=True)
+    except StoreDamaged:
+        raise
+    except Exception as exc:
+        raise StoreDamaged(f"version {version} cannot be read: {exc!r}") from exc
+    return (ids, vectors), start
 
 
 def disk_full(exc: BaseException) -> bool:

@@ -24,7 +24,6 @@ holding the process open.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import importlib
@@ -38,6 +37,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar
 
+from deepmemory_service.platform import daemon_threads
 from deepmemory_service.platform.retry import RetryPolicy
 
 T = TypeVar("T")
@@ -162,28 +162,13 @@ async def in_daemon_thread(fn: Callable[..., T], *args: Any, deadline: float | N
     Cancelling the await abandons the thread; being a daemon it never holds the process
     open, and the request guard makes it give up at its next request.
     """
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
 
-    def settle(setter: Callable[[Any], None], value: Any) -> None:
-        if not future.done():
-            setter(value)
-
-    def run() -> None:
+    def enter() -> None:
         _guard.deadline = deadline
         _guard.failures = 0
-        try:
-            result = fn(*args)
-        except BaseException as exc:  # handed to the awaiting coroutine
-            if not loop.is_closed():
-                loop.call_soon_threadsafe(settle, future.set_exception, exc)
-        else:
-            if not loop.is_closed():
-                loop.call_soon_threadsafe(settle, future.set_result, result)
 
     name = f"deeplake:{getattr(fn, '__name__', 'call')}"
-    threading.Thread(target=run, name=name, daemon=True).start()
-    return await future
+    return await daemon_threads.start(fn, *args, name=name, enter=enter)
 
 
 @functools.cache
@@ -195,6 +180,10 @@ def atomic_local_provider() -> type[Any]:
     from deeplake.core.storage.local import LocalProvider
 
     class AtomicLocalProvider(LocalProvider):  # type: ignore[misc]  # deeplake is untyped
+        # a set: files written are named there and synced by whoever set it (all at once,
+        # before anything may rely on them: `local_versions`); None: each synced as written
+        deferred: set[str] | None = None
+
         def __setitem__(self, path: str, value: bytes) -> None:
             self.check_readonly()
             full = self._check_is_file(path)
@@ -203,13 +192,16 @@ def atomic_local_provider() -> type[Any]:
             try:
                 with open(tmp, "wb") as file:
                     file.write(value)
-                    file.flush()
-                    os.fsync(file.fileno())
+                    if self.deferred is None:
+                        file.flush()
+                        os.fsync(file.fileno())
                 os.replace(tmp, full)
             except BaseException:
                 with contextlib.suppress(OSError):
                     os.remove(tmp)
                 raise
+            if self.deferred is not None:
+                self.deferred.add(full)
             if self.files is not None:
                 self.files.add(path)
 

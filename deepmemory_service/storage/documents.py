@@ -1,9 +1,10 @@
 """Ingestion: documents → chunks → embeddings, then into the catalog and the user's vector
 store together (corpus.py).
 
-The slow part (chunking, embedding) runs before the user's lock or a database connection
-is taken; the lock is held only for the writes. One user's uploads are bounded
-(`upload_gate.py`): a few in progress at once, writing one at a time.
+The slow part (chunking, embedding) starts before the user's lock or a database connection
+is taken; the store's writes take the vectors part by part as they are embedded. One
+user's uploads are bounded (`upload_gate.py`): a few in progress at once, writing one at a
+time.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from attrs import frozen
 from deepmemory_service.errors import InvalidInput
 from deepmemory_service.storage import corpus
 from deepmemory_service.storage.corpus import Added, Corpora, NewDocument
+from deepmemory_service.storage.vector_parts import VectorParts
 from deepmemory_service.text import chunking
 
 log = structlog.get_logger(__name__)
@@ -109,7 +111,12 @@ async def _ingest(
             total = await corpora.db.read(lambda c: c.total_chunks(user_id))
             return Added([], 0, total, []), skipped
     new = [split[i] for i in kept]
-    vectors = await corpora.embedder.embed([t for d in new for t in d.chunks])
-    async with corpora.uploads.turn(user_id):
-        added = await corpus.add(corpora, user_id, new, vectors, skip_known=skip_unchanged)
+    # embedded in the background from now on (while this upload waits for its turn and
+    # adds its chunks to the catalog), part by part: the store writes each part as it comes
+    vectors = VectorParts.start(corpora.embedder, [t for d in new for t in d.chunks])
+    try:
+        async with corpora.uploads.turn(user_id):
+            added = await corpus.add(corpora, user_id, new, vectors, skip_known=skip_unchanged)
+    finally:
+        await vectors.close()
     return added, sorted(skipped + [kept[i] for i in added.skipped])

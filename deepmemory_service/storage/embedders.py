@@ -4,8 +4,10 @@ extra) and an OpenAI-compatible embeddings client; vectors as `vectors.py` says.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import itertools
+import operator
 import os
 import re
 from collections.abc import Sequence
@@ -13,7 +15,6 @@ from typing import Any, Protocol
 
 import aiohttp
 import numpy as np
-import numpy.typing as npt
 
 from deepmemory_service.platform.config import OpenAIEmbeddingSettings
 from deepmemory_service.platform.retry import RetryPolicy, retry, retry_after
@@ -44,45 +45,76 @@ class HashingEmbedder:
     """Signed feature hashing of words and word pairs, sublinear term frequency.
 
     Needs no download and no model; stable across processes (blake2b, not `hash()`).
+    A text's vector: each word (lower case, stopwords left out) and each pair of
+    neighbouring words is a feature; a feature's blake2b digest (8 bytes, little-endian)
+    names its dimension (the digest modulo `dimension`) and its sign (the top bit); its
+    weight is 1 + ln(count), halved for a pair; the row is then L2-normalised.
     """
 
     name = "hashing"
+    # parts of an upload embedded at once: one per embedding worker process
+    parallel = cpu_pool.EMBED_WORKERS
 
     def __init__(self, dimension: int = 1024) -> None:
         self.dimension = dimension
 
-    def _vector(self, text: str, out: npt.NDArray[np.float32]) -> None:
-        words = [w for w in _TOKEN.findall(text.lower()) if w not in STOPWORDS]
-        features = words + [f"{a} {b}" for a, b in itertools.pairwise(words)]
-        counts: dict[str, int] = {}
-        for feature in features:
-            counts[feature] = counts.get(feature, 0) + 1
-        for feature, count in counts.items():
-            digest = hashlib.blake2b(feature.encode(), digest_size=8).digest()
-            value = int.from_bytes(digest, "little")
-            sign = 1.0 if value >> 63 else -1.0
-            weight = (1.0 + np.log(count)) * (0.5 if " " in feature else 1.0)
-            out[value % self.dimension] += sign * weight
-
     def embed_sync(self, texts: Sequence[str]) -> Matrix:
-        matrix = np.zeros((len(texts), self.dimension), dtype=np.float32)
-        for row, text in enumerate(texts):
-            self._vector(text, matrix[row])
-        return normalise(matrix)
+        return hash_texts(self.dimension, texts)
 
     async def embed(self, texts: Sequence[str]) -> Matrix:
         if len(texts) <= 64:
             return self.embed_sync(texts)
-        # pure Python: a thread would hold the GIL the event loop needs
-        return await cpu_pool.run(hash_texts, self.dimension, list(texts))
+        # mostly C, but the GIL is held between the calls: off the event loop's process
+        return await cpu_pool.run(hash_texts, self.dimension, list(texts), lane=cpu_pool.EMBED)
 
     async def aclose(self) -> None:
         return None
 
 
+def _features(text: str) -> list[str]:
+    words = list(itertools.filterfalse(STOPWORDS.__contains__, _TOKEN.findall(text.lower())))
+    return words + list(map("{} {}".format, words, words[1:]))
+
+
 def hash_texts(dimension: int, texts: Sequence[str]) -> Matrix:
-    """`HashingEmbedder(dimension).embed_sync(texts)`, as a function a worker process runs."""
-    return HashingEmbedder(dimension).embed_sync(texts)
+    """`HashingEmbedder(dimension)`'s vectors of `texts`, as a function a worker process runs.
+
+    The whole batch at once, its loops in C (the regex, `map`, `dict`, hashlib, numpy):
+    each distinct feature of the batch hashed once, counted per text with `np.unique`.
+    The vectors are bit for bit those of adding each feature's weight to its text's row in
+    turn (float32 += float64, in the order the features first occur in the text, so that
+    two features in one dimension round as they always did): `np.add.at` adds in that
+    order, unbuffered. Stores made before keep their vectors.
+    """
+    matrix = np.zeros((len(texts), dimension), dtype=np.float32)
+    per_text = [_features(text) for text in texts]
+    features = list(itertools.chain.from_iterable(per_text))
+    if not features:
+        return matrix
+    distinct = dict.fromkeys(features)
+    number = dict(zip(distinct, itertools.count()))
+    feature = np.fromiter(map(number.__getitem__, features), np.int64, count=len(features))
+    row = np.repeat(np.arange(len(texts), dtype=np.int64), [len(f) for f in per_text])
+    blake = functools.partial(hashlib.blake2b, digest_size=8)
+    digests = b"".join(map(operator.methodcaller("digest"), map(blake, map(str.encode, distinct))))
+    value = np.frombuffer(digests, dtype="<u8")
+    pair = np.fromiter((" " in f for f in distinct), bool, count=len(distinct))
+    # each (text, feature) once, in the order it first occurs, with its count
+    _, first, counts = np.unique(
+        row * len(distinct) + feature, return_index=True, return_counts=True
+    )
+    order = np.argsort(first, kind="stable")
+    first, counts = first[order], counts[order]
+    at_row, at_feature = row[first], feature[first]
+    weights = np.zeros(int(counts.max()) + 1, dtype=np.float64)
+    for count in np.unique(counts).tolist():
+        weights[count] = 1.0 + np.log(count)  # as a scalar, as it always was
+    digest = value[at_feature]
+    weight = weights[counts] * np.where(pair[at_feature], 0.5, 1.0)
+    weight *= np.where(digest >> np.uint64(63), 1.0, -1.0)
+    column = (digest % np.uint64(dimension)).astype(np.int64)
+    np.add.at(matrix.reshape(-1), at_row * dimension + column, weight)
+    return normalise(matrix)
 
 
 class MiniLMEmbedder:

@@ -44,6 +44,7 @@ from typing import Any, TypeVar
 import attrs
 import structlog
 
+from deepmemory_service.platform import daemon_threads
 from deepmemory_service.platform.config import ConfigError, StoreSettings
 from deepmemory_service.storage import deeplake_compat
 from deepmemory_service.storage.dataset import StoreDamaged, StoreError
@@ -532,36 +533,25 @@ class ObjectStore:
         for `timeout_s` is `StoreUnreachable` (one that is getting answers goes on, however
         long a large store takes); past that, or when the caller is cancelled, the thread
         stops at its next request to the bucket."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
         watch = _Watch(self.settings.timeout_s)
 
-        def settle(setter: Callable[[Any], None], value: Any) -> None:
-            if not future.done():
-                setter(value)
-
-        def work() -> None:
+        def enter() -> None:
             _watching.watch = watch
+
+        def work() -> T:
             try:
-                result = fn(*args)
+                return fn(*args)
             except Exception as exc:
                 doing = getattr(fn, "__name__", "an operation")
                 failed = self.failure(exc, doing, f"{where}/{PROBE}")
-                if failed is not exc:
-                    failed.__cause__ = exc
-                if not loop.is_closed():
-                    loop.call_soon_threadsafe(settle, future.set_exception, failed)
-            except BaseException as exc:  # handed to the awaiting coroutine
-                if not loop.is_closed():
-                    loop.call_soon_threadsafe(settle, future.set_exception, exc)
-            else:
-                if not loop.is_closed():
-                    loop.call_soon_threadsafe(settle, future.set_result, result)
+                if failed is exc:
+                    raise
+                raise failed from exc
             finally:
                 _watching.watch = None
 
         name = f"object-store:{getattr(fn, '__name__', 'call')}"
-        threading.Thread(target=work, name=name, daemon=True).start()
+        future = daemon_threads.start(work, name=name, enter=enter)
         try:
             while True:
                 wait_s = max(0.05, watch.last + watch.limit_s - time.monotonic())

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
 import attrs
 
 from deepmemory_service.storage.object_store import ObjectStore
-from deepmemory_service.storage.store import ChunkStore
 
 
 class SideFile(Protocol):
@@ -61,10 +61,16 @@ class LocalSideFile:
             return None
 
     def write(self, data: bytes) -> None:
+        self.write_parts([data])
+
+    def write_parts(self, parts: Sequence[bytes | memoryview]) -> None:
+        """The file made of `parts`, one after another (a large file is never joined in
+        memory first)."""
         tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
         try:
             with tmp.open("wb") as file:
-                file.write(data)
+                for part in parts:
+                    file.write(part)
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(tmp, self.path)  # readers see the old file or the new one
@@ -93,7 +99,20 @@ class ObjectSideFile:
         self.store.write(self.url, data)
 
 
-def side_file(store: ChunkStore, name: str) -> SideFile:
+class Kept(Protocol):
+    """Where a store is (`ChunkStore`)."""
+
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def remote(self) -> ObjectStore | None: ...
+
+
+def side_file(store: Kept, name: str) -> SideFile:
     """The file `name` kept with `store` (not for a hub:// store, whose files are
     Activeloop's)."""
     if store.kind == "s3":

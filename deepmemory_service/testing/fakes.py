@@ -18,8 +18,7 @@ import attrs
 from deepmemory_service.llm.generators import GenerationError, OfflineQuestionGenerator
 from deepmemory_service.llm.rate_budget import Lane
 from deepmemory_service.models import Chunk
-from deepmemory_service.storage.dataset import CorpusReader
-from deepmemory_service.storage.nearest import SearchResult, nearest_chunks
+from deepmemory_service.storage.nearest import Nearest, SearchResult
 from deepmemory_service.storage.store import ChunkStore
 from deepmemory_service.training.trainer import (
     Reporter,
@@ -79,8 +78,8 @@ class ScriptedModel:
 
     MOVED = 2
 
-    async def search(self, query: Matrix, k: int, corpus: CorpusReader) -> list[SearchResult]:
-        found = await nearest_chunks(corpus, query, k + self.MOVED)
+    async def search(self, query: Matrix, k: int, nearest: Nearest) -> list[SearchResult]:
+        found = await nearest(query, k + self.MOVED)
         if len(found) <= self.MOVED:
             return found[:k]
         return (found[-self.MOVED :] + found[: -self.MOVED])[:k]

@@ -8,6 +8,18 @@ client timeout), `bad_json`, `wrong_count`, and a reply whose first question hol
 fails every call after the Nth with a 500. The config can be changed while it runs:
 `POST /_standin/config` with JSON, `GET /_standin/stats`, `POST /_standin/reset`.
 
+With `slots` set it works as llama.cpp's `llama-server` does: `GET /props` says
+`total_slots`, and it works on at most that many calls at once (the others wait in its
+queue, their latency starting when a slot takes them up); `tokenizer` adds its
+`POST /apply-template` and `POST /tokenize` (tokens are words here, and the template adds
+the 4 words a message costs in `usage`).
+
+Its questions are what a model that follows the prompt writes (`write_questions`: they pass
+the service's checks of an LLM's questions); `replies` scripts the answers of the next
+successful calls instead (questions a small model gets wrong, say). A call that asks again
+(its prompt lists questions turned down) is counted in `reasks`, and its own questions avoid
+those listed.
+
 Every reply carries `usage` (tokens counted as words). With `rpm` or
 `tpm` set it enforces a provider's limits per API key, as OpenAI does: a bucket of
 requests and one of tokens, each holding `burst_s` seconds of its limit and refilling
@@ -22,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
 import math
@@ -29,14 +42,15 @@ import random
 import re
 import time
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import attrs
 from aiohttp import web
 
 from deepmemory_service.llm.budget_math import TokenBucket
-from deepmemory_service.llm.generators import OfflineQuestionGenerator
-from deepmemory_service.models import Chunk
+from deepmemory_service.llm.question_checks import duplicate_key, words
+from deepmemory_service.text.queries import STOPWORDS, key_terms, plain
 
 FAULTS = ("429", "500", "hang", "bad_json", "wrong_count", "nul", "surrogate", "long")
 # what the text faults put into one question: what PostgreSQL cannot store, or a page
@@ -45,8 +59,12 @@ _BAD_TEXT = {
     "surrogate": "What is \ud800 this?",
     "long": "Why " * 100_000,
 }
-_COUNT = re.compile(r"Write exactly (\d+) questions")
+_COUNT = re.compile(r"Write exactly (\d+) questions?")
 _PASSAGE = re.compile(r'Passage:\n"""\n(.*)\n"""', re.DOTALL)
+# the passage's words a question the stand-in writes takes: few enough that it is never a copy
+QUESTION_WORDS = 8
+# a name with letters and digits: what a question names to be about this passage
+_NAME = re.compile(r"[a-z].*[0-9]|[0-9].*[a-z]")
 
 
 def chunk_key(text: str) -> str:
@@ -66,9 +84,15 @@ class StandinConfig:
     fail_after: int | None = None
     api_key: str | None = attrs.field(default=None, repr=False)
     seed: int = 1234
+    # scripted answers: each successful call takes the next list as its questions (a test
+    # makes the model write bad ones); past the list, the stand-in writes its own
+    replies: list[list[str]] = attrs.field(factory=list)
     rpm: float = 0.0
     tpm: float = 0.0
     burst_s: float = 1.0
+    # llama-server's: calls worked on at once (0: no limit, no /props); tokenizer endpoints
+    slots: int = 0
+    tokenizer: bool = False
 
 
 @attrs.define
@@ -82,9 +106,16 @@ class StandinStats:
     faults: Counter[str] = attrs.field(factory=Counter)
     # successful calls per chunk (by `chunk_key` of its text)
     per_chunk: Counter[str] = attrs.field(factory=Counter)
+    # calls being worked on now and at most at once (with `slots`: never more than those)
+    working: int = 0
+    most_working: int = 0
+
+    # calls that asked again: their prompt listed questions turned down, and why
+    reasks: int = 0
 
     def clear(self) -> None:
-        self.calls = self.successes = self.rate_limited = 0
+        self.working = self.most_working = 0
+        self.calls = self.successes = self.rate_limited = self.reasks = 0
         self.prompt_tokens = self.completion_tokens = 0
         self.faults.clear()
         self.per_chunk.clear()
@@ -98,6 +129,8 @@ class StandinStats:
             "completion_tokens": self.completion_tokens,
             "faults": dict(self.faults),
             "per_chunk": dict(self.per_chunk),
+            "most_working": self.most_working,
+            "reasks": self.reasks,
         }
 
 
@@ -154,7 +187,7 @@ CONFIG = web.AppKey("standin_config", StandinConfig)
 STATS = web.AppKey("standin_stats", StandinStats)
 RNG = web.AppKey("standin_rng", random.Random)
 LIMITS = web.AppKey("standin_limits", dict[str, KeyLimits])
-_offline = OfflineQuestionGenerator()
+SLOTS = web.AppKey("standin_slots", dict[int, asyncio.Semaphore])
 
 
 def _pick_fault(app: web.Application) -> str | None:
@@ -167,6 +200,33 @@ def _pick_fault(app: web.Application) -> str | None:
     if cfg.fault_rate and app[RNG].random() < cfg.fault_rate:
         return app[RNG].choice(cfg.faults)
     return None
+
+
+def write_questions(passage: str, count: int, avoid: str = "") -> list[str]:
+    """`count` questions about the passage, as a model that follows the prompt writes them:
+    each asks about a few of the passage's telling words in turn (never a stretch of it)
+    and names the passage's most particular one (a name with digits in it, `component7`,
+    else its first key term), no two alike (`duplicate_key`), none of those quoted in
+    `avoid` (a re-ask's list of the questions turned down and kept)."""
+    telling = [w for w in words(plain(passage)) if w not in STOPWORDS]
+    named = [w for w in telling if _NAME.search(w)] or key_terms(passage, 1) or ["it"]
+    questions: list[str] = []
+    keys: set[str] = set()
+
+    def add(question: str) -> None:
+        key = duplicate_key(question)
+        if len(questions) < count and key not in keys and json.dumps(question) not in avoid:
+            keys.add(key)
+            questions.append(question)
+
+    # windows of the telling words, overlapping by half (a short last one adds nothing new)
+    for start in range(0, max(1, len(telling) - QUESTION_WORDS // 2), QUESTION_WORDS // 2):
+        add(f"How does {' '.join(telling[start : start + QUESTION_WORDS])} relate to {named[0]}?")
+    n = 1
+    while len(questions) < count:
+        add(f"What is detail {n} of {named[0]}?")
+        n += 1
+    return questions
 
 
 def _completion(content: str, model: str, prompt_tokens: int) -> dict[str, Any]:
@@ -205,6 +265,8 @@ async def chat_completions(request: web.Request) -> web.Response:
     if not count_match or not passage_match:
         return web.json_response({"error": {"message": "unrecognised prompt"}}, status=400)
     count, passage = int(count_match[1]), passage_match[1]
+    # a re-ask lists, after the passage, the questions turned down and those kept
+    avoid = prompt[passage_match.end() :]
     prompt_tokens = sum(4 + count_tokens(m["content"]) for m in body["messages"])
     stats.calls += 1
     limits_headers: dict[str, str] = {}
@@ -228,6 +290,36 @@ async def chat_completions(request: web.Request) -> web.Response:
                 status=429,
                 headers={"Retry-After": str(max(1, math.ceil(wait))), **limits_headers},
             )
+    slot: contextlib.AbstractAsyncContextManager[Any] = contextlib.nullcontext()
+    if cfg.slots > 0:
+        slot = app[SLOTS].setdefault(cfg.slots, asyncio.Semaphore(cfg.slots))
+    async with slot:
+        with _working(app[STATS]):
+            return await _work(request, body, count, passage, avoid, prompt_tokens, limits_headers)
+
+
+@contextlib.contextmanager
+def _working(stats: StandinStats) -> Iterator[None]:
+    """Counts a call being worked on (a slot has taken it up)."""
+    stats.working += 1
+    stats.most_working = max(stats.most_working, stats.working)
+    try:
+        yield
+    finally:
+        stats.working -= 1
+
+
+async def _work(
+    request: web.Request,
+    body: dict[str, Any],
+    count: int,
+    passage: str,
+    avoid: str,
+    prompt_tokens: int,
+    limits_headers: dict[str, str],
+) -> web.Response:
+    app = request.app
+    cfg, stats = app[CONFIG], app[STATS]
     fault = _pick_fault(app)
     delay = cfg.latency_ms + (app[RNG].uniform(0, cfg.jitter_ms) if cfg.jitter_ms else 0.0)
     if delay:
@@ -244,7 +336,10 @@ async def chat_completions(request: web.Request) -> web.Response:
         return web.json_response({"error": {"message": "The server had an error"}}, status=500)
     if fault == "hang":
         await asyncio.sleep(cfg.hang_s)
-    questions = await _offline.generate(Chunk(0, passage), count)
+    if "turned down" in avoid:
+        stats.reasks += 1
+    scripted = cfg.replies.pop(0) if cfg.replies and fault is None else None
+    questions = scripted if scripted is not None else write_questions(passage, count, avoid)
     if fault == "bad_json":
         content = '{"questions": ["unterminated'
     elif fault in _BAD_TEXT:
@@ -266,6 +361,32 @@ async def chat_completions(request: web.Request) -> web.Response:
         if bucket is not None:
             bucket.take(completion_tokens, time.monotonic())
     return web.json_response(reply, headers=limits_headers)
+
+
+async def props(request: web.Request) -> web.Response:
+    slots = request.app[CONFIG].slots
+    if slots <= 0:
+        raise web.HTTPNotFound
+    return web.json_response({"total_slots": slots, "model_alias": "standin"})
+
+
+# each message costs 4 tokens beyond its content in `usage`: its template adds 4 words
+_TEMPLATE = "<|start|> {role} <|sep|> <|end|> {content}"
+
+
+async def apply_template(request: web.Request) -> web.Response:
+    if not request.app[CONFIG].tokenizer:
+        raise web.HTTPNotFound
+    body = await request.json()
+    prompt = "\n".join(_TEMPLATE.format(**m) for m in body["messages"])
+    return web.json_response({"prompt": prompt})
+
+
+async def tokenize(request: web.Request) -> web.Response:
+    if not request.app[CONFIG].tokenizer:
+        raise web.HTTPNotFound
+    body = await request.json()
+    return web.json_response({"tokens": list(range(count_tokens(body["content"])))})
 
 
 async def get_stats(request: web.Request) -> web.Response:
@@ -295,7 +416,11 @@ def create_standin_app(config: StandinConfig | None = None) -> web.Application:
     app[STATS] = StandinStats()
     app[RNG] = random.Random(cfg.seed)  # noqa: S311  # reproducible fault mix, not secrets
     app[LIMITS] = {}
+    app[SLOTS] = {}
     app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_get("/props", props)
+    app.router.add_post("/apply-template", apply_template)
+    app.router.add_post("/tokenize", tokenize)
     app.router.add_get("/_standin/stats", get_stats)
     app.router.add_post("/_standin/config", set_config)
     app.router.add_post("/_standin/reset", reset)
@@ -319,6 +444,8 @@ def main() -> None:
     parser.add_argument("--rpm", type=float, default=0.0, help="requests a minute per API key")
     parser.add_argument("--tpm", type=float, default=0.0, help="tokens a minute per API key")
     parser.add_argument("--burst-s", type=float, default=1.0, help="bucket size, in seconds")
+    parser.add_argument("--slots", type=int, default=0, help="calls worked on at once")
+    parser.add_argument("--tokenizer", action="store_true", help="llama-server's tokenizer API")
     args = parser.parse_args()
     config = StandinConfig(
         latency_ms=args.latency_ms,
@@ -332,6 +459,8 @@ def main() -> None:
         rpm=args.rpm,
         tpm=args.tpm,
         burst_s=args.burst_s,
+        slots=args.slots,
+        tokenizer=args.tokenizer,
     )
     web.run_app(
         create_standin_app(config),

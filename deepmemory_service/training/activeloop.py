@@ -27,14 +27,13 @@ import structlog
 from deepmemory_service.errors import BadGateway
 from deepmemory_service.platform.config import TrainSettings
 from deepmemory_service.storage import deeplake_compat
-from deepmemory_service.storage.dataset import CorpusReader
 from deepmemory_service.storage.deeplake_compat import (
     ActiveloopUnreachable,
     in_daemon_thread,
     install_request_guard,
     use_endpoint,
 )
-from deepmemory_service.storage.nearest import SearchResult
+from deepmemory_service.storage.nearest import Nearest, SearchResult
 from deepmemory_service.storage.store import ChunkStore
 from deepmemory_service.training.trainer import (
     NoModel,
@@ -279,7 +278,7 @@ class CloudQueryModel:
 
     store: ChunkStore
 
-    async def search(self, query: Matrix, k: int, corpus: CorpusReader) -> list[SearchResult]:
+    async def search(self, query: Matrix, k: int, nearest: Nearest) -> list[SearchResult]:
         install_request_guard()
         deadline = time.monotonic() + CLOUD_SEARCH_TIMEOUT_S
         try:

@@ -31,9 +31,9 @@ import attrs
 import numpy as np
 
 from deepmemory_service.platform.config import TrainSettings
-from deepmemory_service.storage.dataset import CorpusReader, StoreError
+from deepmemory_service.storage.dataset import StoreError
 from deepmemory_service.storage.embedders import Embedder
-from deepmemory_service.storage.nearest import SearchResult, nearest_chunks
+from deepmemory_service.storage.nearest import Nearest, SearchResult
 from deepmemory_service.storage.store import ChunkStore
 from deepmemory_service.training.adapter import (
     Adapter,
@@ -375,5 +375,6 @@ class LocalQueryModel:
     adapter: Adapter
     store: ChunkStore
 
-    async def search(self, query: Matrix, k: int, corpus: CorpusReader) -> list[SearchResult]:
-        return await nearest_chunks(corpus, self.adapter.apply(query), k)
+    async def search(self, query: Matrix, k: int, nearest: Nearest) -> list[SearchResult]:
+        # the adapter transforms the query only: the store's own search serves it
+        return await nearest(self.adapter.apply(query), k)

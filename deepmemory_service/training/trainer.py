@@ -19,7 +19,7 @@ from attrs import frozen
 
 from deepmemory_service.storage.dataset import CorpusReader
 from deepmemory_service.storage.embedders import Embedder
-from deepmemory_service.storage.nearest import SearchResult
+from deepmemory_service.storage.nearest import Nearest, SearchResult
 from deepmemory_service.storage.store import ChunkStore
 from deepmemory_service.vectors import Matrix
 
@@ -70,10 +70,10 @@ class NoModel(Exception):
 class QueryModel(Protocol):
     """A user's trained model, as search uses it."""
 
-    async def search(self, query: Matrix, k: int, corpus: CorpusReader) -> list[SearchResult]:
-        """The top `k` chunks for one embedded query, best first, among `corpus()` (the
-        store at the catalog's version). Raises `NoModel` when the model turns out not to
-        exist."""
+    async def search(self, query: Matrix, k: int, nearest: Nearest) -> list[SearchResult]:
+        """The top `k` chunks for one embedded query, best first; `nearest` searches the
+        store at the catalog's version (a model that transforms the query searches with
+        it). Raises `NoModel` when the model turns out not to exist."""
         ...
 
 

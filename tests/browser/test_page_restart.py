@@ -5,6 +5,7 @@ seconds of the backend being back, without a reload."""
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -70,7 +71,10 @@ async def test_a_run_lost_to_a_restart_shows_as_failed_with_proceed_without_a_re
     await page.get_by_test_id("generate").click()
     status = page.get_by_test_id("run-status")
     await expect(status).to_have_text("Generating")
-    run_id = await page.get_by_test_id("run-id").inner_text()
+    # the status can show before the run's id does (they come from two replies)
+    run_id_shown = page.get_by_test_id("run-id")
+    await expect(run_id_shown).to_have_text(re.compile(r"^[0-9a-f-]{36}$"))
+    run_id = await run_id_shown.inner_text()
     await wait_generated(backend, user, run_id, 8)
     await expect(page.get_by_test_id("cancel")).to_be_visible()
     # the history's row moves with the live card: its chunks as the bar's

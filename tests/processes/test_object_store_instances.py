@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncpg
 import pytest
 
 from deepmemory_service.platform.config import load_settings
@@ -26,7 +25,7 @@ from deepmemory_service.storage.object_store import UNREACHABLE, ObjectStore
 from deepmemory_service.storage.store import ChunkStore
 from deepmemory_service.testing.object_store import ObjectStoreServer
 from tests.cluster import TOKEN, Instance
-from tests.processes.test_upload_faults import documents, upload
+from tests.processes.test_upload_faults import documents, store_in_line, upload
 from tests.s3 import RequestProxy
 
 pytestmark = pytest.mark.slow
@@ -58,42 +57,17 @@ async def call(instance: Instance, method: str, path: str, **kwargs: Any) -> tup
 async def assert_in_line(
     instance: Instance, db_url: str, s3: ObjectStoreServer, bucket: str, user: uuid.UUID
 ) -> dict[str, int]:
-    """The catalog's documents are whole, the bucket's store at the catalog's version holds
-    exactly the catalog's chunks (read by a client of this process, as a third instance
-    would), and a search answers with them. Returns the documents' chunk counts by title."""
-    conn = await asyncpg.connect(db_url)
-    try:
-        docs = await conn.fetch(
-            "SELECT d.title, d.chunk_count, count(c.id) AS chunks FROM documents d "
-            "LEFT JOIN chunks c ON c.document_id = d.id WHERE d.user_id = $1 GROUP BY d.id",
-            user,
-        )
-        ids = [
-            r["id"]
-            for r in await conn.fetch("SELECT id FROM chunks WHERE user_id = $1 ORDER BY id", user)
-        ]
-        corpus = await conn.fetchrow(
-            "SELECT total_chunks, store_version FROM corpora WHERE user_id = $1", user
-        )
-    finally:
-        await conn.close()
-    assert all(d["chunk_count"] == d["chunks"] for d in docs), "a document is in pieces"
-    assert corpus["total_chunks"] == len(ids)
+    """`store_in_line` for the user's store in the bucket; the search (k = 100) answers with
+    as many of the catalog's chunks as it can."""
     settings = load_settings(
         s3.environment(), overrides={"store.path": f"s3://{bucket}/stores/{{user_id}}"}
     )
     store = ChunkStore(
         settings.store_path(user), "hashing", 1024, remote=ObjectStore(settings.store)
     )
-    snapshot = await store.read(corpus["store_version"], corpus["total_chunks"])
-    assert snapshot.ids.tolist() == ids, "the bucket's version is not the catalog's chunks"
-    code, found = await instance.call(
-        "GET", "/search", params={"user_id": str(user), "q": QUERY, "k": "100"}
-    )
-    assert code == 200, found
-    assert len(found["results"]) == min(100, len(ids))
-    assert {r["chunk_id"] for r in found["results"]} <= set(ids)
-    return {d["title"]: d["chunks"] for d in docs}
+    chunks, ids, hits = await store_in_line(instance, db_url, store, user, QUERY, 100)
+    assert len(hits) == min(100, len(ids))
+    return chunks
 
 
 async def end_with_upload_search_and_generate(

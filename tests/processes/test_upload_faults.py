@@ -76,12 +76,18 @@ async def upload(instance: Instance, user: uuid.UUID, docs: list[dict[str, str]]
     return await instance.call("POST", "/documents", json={"user_id": str(user), "documents": docs})
 
 
-async def assert_in_line(
-    instance: Instance, db_url: str, stores: Path, user: uuid.UUID
-) -> dict[str, int]:
-    """The catalog's documents are whole, the store at the catalog's version holds exactly
-    the catalog's chunks, and a search answers with some of them. Returns the documents'
-    chunk counts by title."""
+async def store_in_line(
+    instance: Instance,
+    db_url: str,
+    store: ChunkStore,
+    user: uuid.UUID,
+    query: str = "lease3 vector7 crash",
+    k: int = 50,
+) -> tuple[dict[str, int], list[int], list[int]]:
+    """The catalog's documents are whole, `store` (read by a client of this process, as a
+    third instance would) at the catalog's version holds exactly the catalog's chunks, and
+    a search answers with some of them. Returns the documents' chunk counts by title, the
+    catalog's chunk ids and the chunks the search found."""
     conn = await asyncpg.connect(db_url)
     try:
         docs = await conn.fetch(
@@ -100,17 +106,26 @@ async def assert_in_line(
         await conn.close()
     assert all(d["chunk_count"] == d["chunks"] for d in docs), "a document is in pieces"
     assert corpus["total_chunks"] == len(ids)
-    store = ChunkStore(str(stores / str(user)), "hashing", 1024)
     snapshot = await store.read(corpus["store_version"], corpus["total_chunks"])
     assert snapshot.ids.tolist() == ids, "the store's version is not the catalog's chunks"
 
     code, found = await instance.call(
-        "GET", "/search", params={"user_id": str(user), "q": "lease3 vector7 crash", "k": "50"}
+        "GET", "/search", params={"user_id": str(user), "q": query, "k": str(k)}
     )
     assert code == 200, found
     assert found["results"], "a search found nothing"
-    assert {r["chunk_id"] for r in found["results"]} <= set(ids)
-    return {d["title"]: d["chunks"] for d in docs}
+    hits = [r["chunk_id"] for r in found["results"]]
+    assert set(hits) <= set(ids)
+    return {d["title"]: d["chunks"] for d in docs}, ids, hits
+
+
+async def assert_in_line(
+    instance: Instance, db_url: str, stores: Path, user: uuid.UUID
+) -> dict[str, int]:
+    """`store_in_line` for a local store under `stores`."""
+    store = ChunkStore(str(stores / str(user)), "hashing", 1024)
+    chunks, _, _ = await store_in_line(instance, db_url, store, user)
+    return chunks
 
 
 def versions(stores: Path, user: uuid.UUID) -> list[str]:

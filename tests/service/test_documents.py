@@ -7,9 +7,10 @@ import uuid
 from typing import Any
 
 import asyncpg
+import numpy as np
 
-from deepmemory_service.storage import deeplake_compat
-from deepmemory_service.storage.embedders import HashingEmbedder
+from deepmemory_service.storage import deeplake_compat, vector_parts
+from deepmemory_service.storage.embedders import EmbeddingError, HashingEmbedder
 from deepmemory_service.testing.client import poll
 from tests.conftest import Api
 
@@ -191,3 +192,69 @@ async def test_titles_are_bounded_and_a_listing_stays_small(api: Api, user_id: u
     assert listing["total_documents"] == 41
     # 41 titles of at most 500 characters (6 bytes each as JSON escapes), and the rest
     assert len(raw) < 41 * (500 * 6 + 200)
+
+
+async def test_an_upload_in_parts_is_stored_row_for_row(api: Api, user_id: uuid.UUID) -> None:
+    """An upload larger than a part (`vector_parts.PART`) is embedded and written part by
+    part: every chunk's row holds its own id, text and vector, as if embedded at once."""
+    texts = [f"note {i} on subject{i % 17} and matter{i % 29} number {i}" for i in range(600)]
+    assert len(texts) > 2 * vector_parts.PART
+    code, body = await api.call(
+        "POST",
+        "/documents",
+        json={"user_id": str(user_id), "documents": [{"text": t} for t in texts[:10]]},
+    )
+    assert code == 201, body
+    code, body = await api.call(
+        "POST",
+        "/documents",
+        json={"user_id": str(user_id), "documents": [{"text": t} for t in texts[10:]]},
+    )
+    assert code == 201, body
+    assert body["total_chunks"] == 600
+    async with api.services.db.conn() as conn:
+        rows = await conn.raw.fetch(
+            "SELECT id, text FROM chunks WHERE user_id = $1 ORDER BY id", user_id
+        )
+    stored = await api.services.stores.for_user(user_id).latest()
+    assert stored.ids.tolist() == [r["id"] for r in rows]
+    assert list(stored.texts) == [r["text"] for r in rows] == texts
+    assert np.array_equal(stored.vectors, HashingEmbedder().embed_sync(texts))
+
+
+async def test_an_embedding_failing_mid_upload_stores_nothing(
+    api: Api, user_id: uuid.UUID, monkeypatch: Any
+) -> None:
+    await api.ingest(user_id, 3)
+    embed = HashingEmbedder.embed
+    calls = 0
+
+    async def failing_second_part(self: HashingEmbedder, texts: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise EmbeddingError("the embeddings API kept refusing (HTTP 503)")
+        return await embed(self, texts)
+
+    monkeypatch.setattr(HashingEmbedder, "embed", failing_second_part)
+    code, body = await api.call(
+        "POST",
+        "/documents",
+        json={
+            "user_id": str(user_id),
+            "documents": [{"text": f"part note {i}"} for i in range(vector_parts.PART + 5)],
+        },
+    )
+    assert code == 502, body
+    assert body == {"detail": "the embeddings API kept refusing (HTTP 503)"}
+    assert calls == 2
+    async with api.services.db.conn() as conn:
+        count = await conn.raw.fetchval("SELECT count(*) FROM chunks WHERE user_id = $1", user_id)
+    assert count == 3
+    assert (await api.services.stores.for_user(user_id).latest()).rows == 3
+    monkeypatch.setattr(HashingEmbedder, "embed", embed)
+    code, body = await api.call(
+        "POST", "/documents", json={"user_id": str(user_id), "documents": [{"text": "after"}]}
+    )
+    assert code == 201, body
+    assert body["total_chunks"] == 4

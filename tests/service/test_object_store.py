@@ -30,7 +30,13 @@ from deepmemory_service.storage.store import ChunkStore
 from deepmemory_service.testing.client import free_port
 from deepmemory_service.testing.object_store import ObjectStoreServer
 from tests.conftest import Api
-from tests.service.test_training import NOISE, NoisyGenerator, noisy_documents, seeded
+from tests.service.test_training import (
+    NOISE,
+    NoisyGenerator,
+    noisy_documents,
+    right_answers,
+    seeded,
+)
 
 DIM = 16
 
@@ -271,28 +277,10 @@ async def test_two_instances_share_the_bucket_and_the_model_without_files_of_the
     assert f"stores/{user_id}/deepmemory.npz" in s3.keys(bucket, f"stores/{user_id}/")
 
     # the model trained on a, through b (and a, through the same model)
-    async def right_answers(api: Api, deep_memory: bool) -> int:
-        right = 0
-        for chunk in chunks:
-            code, found = await api.call(
-                "GET",
-                "/search",
-                params={
-                    "user_id": str(user_id),
-                    "q": f"{NOISE} {chunk.split()[2]}",
-                    "k": "1",
-                    "deep_memory": str(deep_memory).lower(),
-                },
-            )
-            assert code == 200, found
-            assert found["deep_memory"] is deep_memory
-            right += found["results"][0]["text"] == chunk
-        return right
-
-    assert await right_answers(b, False) <= 3
-    with_model = await right_answers(b, True)
+    assert await right_answers(b, user_id, chunks, deep_memory=False) <= 3
+    with_model = await right_answers(b, user_id, chunks, deep_memory=True)
     assert with_model >= 20
-    assert await right_answers(a, True) == with_model
+    assert await right_answers(a, user_id, chunks, deep_memory=True) == with_model
     # the bucket gone quiet: b searches on with the model and the version it read
     noisy = {"user_id": str(user_id), "q": f"{NOISE} {chunks[7].split()[2]}", "k": "1"}
     before = await b.call("GET", "/search", params={**noisy, "deep_memory": "true"})

@@ -107,6 +107,29 @@ async def noisy_service(
     return api, (chunks, docs)
 
 
+async def right_answers(
+    api: Api, user_id: uuid.UUID, chunks: list[str], *, deep_memory: bool
+) -> int:
+    """How many of the noisy questions (`NOISE` and one of a chunk's words) find their chunk
+    first, with or without Deep Memory."""
+    right = 0
+    for chunk in chunks:
+        code, found = await api.call(
+            "GET",
+            "/search",
+            params={
+                "user_id": str(user_id),
+                "q": f"{NOISE} {chunk.split()[2]}",
+                "k": "1",
+                "deep_memory": str(deep_memory).lower(),
+            },
+        )
+        assert code == 200, found
+        assert found["deep_memory"] is deep_memory
+        right += found["results"][0]["text"] == chunk
+    return right
+
+
 async def test_local_training_completes_enables_and_updates_settings(
     api_factory: Any, settings: Settings, user_id: uuid.UUID
 ) -> None:
@@ -203,25 +226,8 @@ async def test_search_with_the_trained_model_beats_search_without(
     held_out = run["metrics"]
     assert held_out["with_model"]["recall@1"] > held_out["without_model"]["recall@1"] + 0.3
 
-    async def right_answers(deep_memory: bool) -> int:
-        right = 0
-        for chunk in chunks:
-            code, found = await api.call(
-                "GET",
-                "/search",
-                params={
-                    "user_id": str(user_id),
-                    "q": f"{NOISE} {chunk.split()[2]}",
-                    "k": "1",
-                    "deep_memory": str(deep_memory).lower(),
-                },
-            )
-            assert code == 200, found
-            assert found["deep_memory"] is deep_memory
-            right += found["results"][0]["text"] == chunk
-        return right
-
-    without, with_model = await right_answers(False), await right_answers(True)
+    without = await right_answers(api, user_id, chunks, deep_memory=False)
+    with_model = await right_answers(api, user_id, chunks, deep_memory=True)
     assert without <= 3
     assert with_model >= 20
 

@@ -94,14 +94,15 @@ async def test_an_upload_waiting_for_its_turn_holds_no_database_connection(
     """With a pool of two connections, one user's writing upload and two more waiting for
     their turn leave a connection for everyone else."""
     entered, release = asyncio.Event(), asyncio.Event()
-    write = ChunkStore.write
+    begin = ChunkStore.begin
 
-    async def held_write(self: ChunkStore, *args: Any) -> str:
+    async def held_begin(self: ChunkStore, *args: Any) -> Any:
         entered.set()
         await release.wait()
-        return await write(self, *args)
+        return await begin(self, *args)
 
-    monkeypatch.setattr(ChunkStore, "write", held_write)
+    # the first step of a store's write, under the user's lock
+    monkeypatch.setattr(ChunkStore, "begin", held_begin)
     small_pool = attrs.evolve(
         limited(settings, per_user=3),
         database=attrs.evolve(settings.database, pool_min=1, pool_max=2),

@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 from aiohttp.test_utils import TestServer
 
-from deepmemory_service.storage import deeplake_compat
+from deepmemory_service.storage import cpu_pool, deeplake_compat
 from deepmemory_service.storage.dataset import Rows, StoreDamaged
 from deepmemory_service.storage.embedders import HashingEmbedder
+from deepmemory_service.storage.local_versions import WriterLost
 from deepmemory_service.storage.store import ChunkStore
 from deepmemory_service.testing.standin_activeloop import ActiveloopStandin, make_app
 from deepmemory_service.training.activeloop import use_endpoint
@@ -48,9 +50,9 @@ async def test_a_local_version_never_changes_and_unpublished_ones_are_cleared(
     assert (await store.read(v2, 8)).ids.tolist() == list(range(1, 9))
 
     writer = await store.begin(v2, 8, 8)  # clears the crashed attempt and keeps v1, v2
-    assert sorted(p.name for p in (tmp_path / "stores" / "user.versions").iterdir()) == sorted(
-        [v1, v2, writer._writer.folder.name]  # type: ignore[attr-defined]
-    )
+    listed = {p.name for p in (tmp_path / "stores" / "user.versions").iterdir()}
+    assert len(listed) == 3, listed  # v1, v2 and the one being written
+    assert {v1, v2} < listed
     await writer.append(await rows(9, 2))
     v3 = await writer.finish()
     await store.published(v3)
@@ -59,6 +61,27 @@ async def test_a_local_version_never_changes_and_unpublished_ones_are_cleared(
     assert (await store.read(v3, 10)).ids.tolist() == list(range(1, 11))
     with pytest.raises(StoreDamaged, match="is missing"):
         await store.read(v1, 5)
+
+
+async def test_a_write_worker_lost_in_the_middle_of_a_version_is_a_503(tmp_path: Path) -> None:
+    """A local version is written over several calls to the write lane's one process; when
+    that process dies between two, the upload is told to retry and nothing is published."""
+    path = tmp_path / "user"
+    store = ChunkStore(str(path), EMBEDDER.name, EMBEDDER.dimension)
+    v1 = await store.append(await rows(1, 3))
+    writer = await store.begin(v1, 3, 3)
+    await writer.append(await rows(4, 2))
+    pool = cpu_pool._executor(cpu_pool.WRITE)
+    if not isinstance(pool, ProcessPoolExecutor):
+        pytest.skip("no worker processes here: the write lane is a thread")
+    for process in list(pool._processes.values()):  # type: ignore[attr-defined]
+        process.kill()
+    with pytest.raises(WriterLost) as lost:
+        await writer.append(await rows(6, 2))
+    assert lost.value.status == 503
+    await writer.abandon()
+    v2 = await store.append(await rows(4, 4))
+    assert (await store.read(v2, 7)).ids.tolist() == list(range(1, 8))
 
 
 async def test_a_store_from_before_versions_is_taken_over_when_whole(tmp_path: Path) -> None:

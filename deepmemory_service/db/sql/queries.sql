@@ -75,6 +75,17 @@ LEFT JOIN (
 ) r ON r.text_md5 = c.text_md5
 WHERE c.user_id = $1;
 
+-- name: generation_estimate_sample
+-- The texts of at most $3 of the chunks a generate would send to the LLM (those whose text
+-- the reuse source $2 did not cover; none is a source without pairs), spread over the
+-- corpus by their digest: the sample the estimate counts in the model's own tokens.
+SELECT c.text FROM chunks c
+WHERE c.user_id = $1 AND NOT EXISTS (
+    SELECT 1 FROM training_pairs p JOIN chunks oc ON oc.id = p.chunk_id
+    WHERE p.run_id = $2 AND oc.text_md5 = c.text_md5
+)
+ORDER BY c.text_md5, c.id LIMIT $3;
+
 -- name: calls_per_new_chunk
 -- LLM calls per chunk asked for, in the user's latest run that asked for any (retries and
 -- 429s included): what a new run may expect.
@@ -177,8 +188,8 @@ SELECT count(*) FROM chunks WHERE user_id = $1 AND id <= $2;
 -- name: insert_pairs
 -- One round trip per batch. A chunk's questions always arrive together, so a chunk is
 -- covered exactly when one of its pairs is stored; a conflict (a retry) adds nothing. The
--- LLM calls and tokens the job ($7-$9) and the run ($10-$12) have spent are totals, so a
--- retry sets them again.
+-- LLM calls and tokens the job ($7-$9) and the run ($10-$12) have spent, and what the
+-- question checks did in the run ($13-$15), are totals, so a retry sets them again.
 WITH ins AS (
     INSERT INTO training_pairs (run_id, chunk_id, question_index, question)
     SELECT $1, u.chunk_id, u.question_index, u.question
@@ -193,6 +204,7 @@ UPDATE training_runs
 SET generated_chunks = generated_chunks + (SELECT count(DISTINCT chunk_id) FROM ins),
     pair_count = pair_count + (SELECT count(*) FROM ins),
     llm_calls = $10, prompt_tokens = $11, completion_tokens = $12,
+    question_rejections = $13, question_reasks = $14, short_chunks = $15,
     updated_at = now()
 WHERE id = $1 AND status = 'generating' AND lease_owner = $5
 RETURNING generated_chunks, pair_count;
@@ -225,6 +237,13 @@ RETURNING *;
 -- name: run_pairs
 -- A run's pairs (chunk, question) in a stable order, for training.
 SELECT chunk_id, question FROM training_pairs WHERE run_id = $1 ORDER BY chunk_id, question_index;
+
+-- name: run_questions_page
+-- A run's questions after (chunk $2, index $3), one page in (chunk, index) order by the
+-- pairs' unique index: what a resumed generation checks new questions against.
+SELECT chunk_id, question_index, question FROM training_pairs
+WHERE run_id = $1 AND (chunk_id, question_index) > ($2, $3)
+ORDER BY chunk_id, question_index LIMIT $4;
 
 -- name: distinct_pair_chunks
 -- How many chunks a run's pairs cover.
@@ -354,6 +373,10 @@ ON CONFLICT (user_id) DO UPDATE SET total_chunks = $2, store_version = $5, updat
 SELECT c.id, c.text, c.document_id, c.position, d.title
 FROM chunks c JOIN documents d ON d.id = c.document_id
 WHERE c.user_id = $1 AND c.id > $2 ORDER BY c.id LIMIT $3;
+
+-- name: chunk_texts
+-- The texts of a user's chunks `$2` (a search's results: the texts are not kept in memory).
+SELECT id, text FROM chunks WHERE user_id = $1 AND id = ANY($2::bigint[]);
 
 -- name: run_counts
 -- How many runs there are of each status, over every user and instance (for /metrics).

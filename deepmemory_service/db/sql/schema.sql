@@ -66,7 +66,12 @@ CREATE TABLE training_runs (
     reused_from         uuid REFERENCES training_runs (id) ON DELETE SET NULL,
     reused_chunks       integer NOT NULL DEFAULT 0,
     -- a user asked the running run to stop (cleared when it is resumed)
-    cancel_requested_at timestamptz
+    cancel_requested_at timestamptz,
+    -- the checks of an LLM's questions: those turned down by reason, the times a chunk was
+    -- asked again, the chunks that kept fewer questions than asked for
+    question_rejections jsonb NOT NULL DEFAULT '{}',
+    question_reasks     integer NOT NULL DEFAULT 0,
+    short_chunks        integer NOT NULL DEFAULT 0
 );
 -- The last guard of the one-unfinished-run rule, whatever the number of instances.
 CREATE UNIQUE INDEX training_runs_one_unfinished_per_user
