@@ -3,6 +3,7 @@ checkout, the defaults' one copy and the data directory scripts/serve uses."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,49 @@ def test_the_checkouts_config_folder_links_to_the_packaged_defaults() -> None:
 def test_the_data_dir_defaults_to_the_checkouts_var_where_scripts_serve_keeps_it() -> None:
     assert load_settings({}).data_dir == str(CHECKOUT / "var")
     assert (ROOT / "scripts" / "serve").read_text().count("use_checkout_instance") == 1
+
+
+def readme_settings() -> list[tuple[str, str]]:
+    """(environment name, default) of every setting the README's table gives a literal
+    default for (`` `2` ``; not "empty" or prose), shorthands (`` / `_MODEL` ``) spelled out
+    against the known names."""
+    known = env_names()
+    table = (ROOT / "README.md").read_text().split("\n| variable | default | meaning |", 1)[1].split("\n\n", 1)[0]
+    found = []
+    for row in table.splitlines():
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        if len(cells) < 3 or not cells[0].startswith("`DEEPMEMORY_"):
+            continue
+        names = [n.strip().strip("`") for n in cells[0].split(" / ")]
+        defaults = [d.strip() for d in cells[1].split(" / ")]
+        if len(defaults) != len(names) or not all(re.fullmatch(r"`[^`]*`", d) for d in defaults):
+            continue
+        first = names[0]
+        for name, default in zip(names, defaults, strict=True):
+            if name.startswith("_"):  # the first name's section with this ending
+                cut = next(
+                    i for i in range(len(first), 0, -1) if first[:i] + name in known
+                )
+                name = first[:cut] + name
+            found.append((name, default.strip("`")))
+    return found
+
+
+def test_the_readme_table_gives_every_default_as_it_is() -> None:
+    """Each default the README states is the setting's value: set to it, nothing changes."""
+    rows = readme_settings()
+    assert len(rows) > 40, rows  # the table was read, not skipped
+    defaults = load_settings({})
+    wrong = []
+    for name, stated in rows:
+        path = env_names()[name]
+        got = load_settings({name: stated})
+        if _at(got, path) != _at(defaults, path):
+            wrong.append(f"{name}: README says {stated}, the default is {_at(defaults, path)}")
+    assert wrong == []
+
+
+def _at(settings: object, path: tuple[str, ...]) -> object:
+    for part in path:
+        settings = getattr(settings, part)
+    return settings
