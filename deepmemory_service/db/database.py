@@ -515,16 +515,27 @@ class Conn:
         """The pair count of each chunk of the run's snapshot (0 for one without pairs)."""
         return [r["n"] for r in await self._fetch("pairs_per_snapshot_chunk", run_id)]
 
+    async def chunk_ids(self, n: int) -> list[int]:
+        """`n` ids for new chunks, ascending (above every id taken before), for
+        `add_documents`: known before the chunks are inserted, they may be written to the
+        store while the catalog inserts."""
+        if n == 0:
+            return []
+        return sorted(r["id"] for r in await self._fetch("next_chunk_ids", n))
+
     async def add_documents(
-        self, user_id: uuid.UUID, documents: Sequence[tuple[str | None, Sequence[str], bytes]]
-    ) -> tuple[list[uuid.UUID], list[int]]:
-        """Documents given as (title, chunk texts, digest), in two round trips; returns their
-        ids and their chunks' ids, in the order given."""
-        document_ids = [uuid.uuid4() for _ in documents]
+        self,
+        user_id: uuid.UUID,
+        documents: Sequence[tuple[str | None, Sequence[str], bytes]],
+        document_ids: Sequence[uuid.UUID],
+        chunk_ids: Sequence[int],
+    ) -> None:
+        """Documents given as (title, chunk texts, digest), with their ids and their
+        chunks' (`chunk_ids`, in order), in two round trips."""
         await self._execute(
             "insert_documents",
             user_id,
-            document_ids,
+            list(document_ids),
             [title for title, _, _ in documents],
             [len(texts) for _, texts, _ in documents],
             [digest for _, _, digest in documents],
@@ -536,8 +547,9 @@ class Conn:
             owners += [document_id] * len(texts)
             positions += range(len(texts))
             texts_all += texts
-        rows = await self._fetch("insert_chunks", user_id, owners, positions, texts_all)
-        return document_ids, [r["id"] for r in rows]
+        if len(chunk_ids) != len(texts_all):
+            raise ValueError(f"{len(chunk_ids)} chunk ids for {len(texts_all)} chunks")
+        await self._execute("insert_chunks", user_id, list(chunk_ids), owners, positions, texts_all)
 
     async def corpus(self, user_id: uuid.UUID) -> Corpus | None:
         row = await self._fetchrow("get_corpus", user_id)

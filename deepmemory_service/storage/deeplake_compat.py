@@ -184,6 +184,22 @@ def atomic_local_provider() -> type[Any]:
         # before anything may rely on them: `local_versions`); None: each synced as written
         deferred: set[str] | None = None
 
+        def __init__(self, root: str, files: set[str] | None = None) -> None:
+            # `files`: the folder's files as `_all_keys` lists them, known to the caller
+            # (it just made the folder): deeplake's own __init__ walks the folder for them,
+            # which grows with the store and cost more than making the folder
+            self._given = files
+            super().__init__(root)
+
+        def _all_keys(self, refresh: bool = False) -> set[str]:
+            given: set[str] | None = getattr(self, "_given", None)
+            self._given = None
+            if given is not None and not refresh:
+                self.files = given  # __init__'s listing, the one call that finds none yet
+                return given
+            keys: set[str] = super()._all_keys(refresh)
+            return keys
+
         def __setitem__(self, path: str, value: bytes) -> None:
             self.check_readonly()
             full = self._check_is_file(path)
@@ -208,15 +224,16 @@ def atomic_local_provider() -> type[Any]:
     return AtomicLocalProvider
 
 
-def open_local(root: str, *, read_only: bool) -> Any:
+def open_local(root: str, *, read_only: bool, files: set[str] | None = None) -> Any:
     """The dataset in the folder `root`, opened without deeplake's `load` (whose existence
     checks, reporting and locks a versioned local store does not need); writes go through
-    `atomic_local_provider`."""
+    `atomic_local_provider`. `files`: the folder's files (paths relative to `root`, with
+    "/"), when the caller knows them; else they are listed."""
     load()
     from deeplake.core.dataset import Dataset
     from deeplake.util.cache_chain import generate_chain
 
-    storage = generate_chain(atomic_local_provider()(root), 256 * 2**20, 0, root)
+    storage = generate_chain(atomic_local_provider()(root, files), 256 * 2**20, 0, root)
     if read_only:
         storage.enable_readonly()
     return Dataset(

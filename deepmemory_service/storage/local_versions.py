@@ -28,6 +28,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import os
+import posixpath
 import secrets
 import shutil
 import threading
@@ -72,14 +73,22 @@ def _next(base: str | None) -> str:
     return f"{number(base) + 1 if base else 1:08d}-{secrets.token_hex(3)}"
 
 
-def _link_tree(source: Path, target: Path) -> None:
-    """`target` as a copy of `source` made of hard links."""
-    for folder, _dirs, files in os.walk(source):
-        into = target / Path(folder).relative_to(source)
-        into.mkdir(parents=True, exist_ok=True)
+def _link_tree(source: Path, target: Path) -> set[str]:
+    """`target` as a copy of `source` made of hard links; its files, as paths relative to
+    it (for `deeplake_compat.open_local`). In strings, not `Path`s: a version has a file
+    per chunk of each tensor, hundreds in a large store, and pathlib's parsing cost more
+    than the links."""
+    keys: set[str] = set()
+    top = str(source)
+    for folder, _dirs, files in os.walk(top):
+        rel = os.path.relpath(folder, top)
+        into = str(target) if rel == "." else os.path.join(target, rel)
+        os.makedirs(into, exist_ok=True)
         for name in files:
             if not name.endswith(".tmp"):
-                os.link(Path(folder) / name, into / name)
+                os.link(os.path.join(folder, name), os.path.join(into, name))
+                keys.add(name if rel == "." else posixpath.join(rel, name))
+    return keys
 
 
 def _empty(trash: Path) -> None:
@@ -187,8 +196,8 @@ class LocalVersions:
             return self._empty()
         folder = self._root / _next(base)
         try:
-            _link_tree(source, folder)
-            ds = deeplake_compat.open_local(str(folder), read_only=False)
+            files = _link_tree(source, folder)
+            ds = deeplake_compat.open_local(str(folder), read_only=False, files=files)
             check_info(ds, self.embedder, self.dimension)
             if lengths(ds) != {base_rows}:
                 raise StoreDamaged(f"{lengths(ds)} rows, the catalog {base_rows}")

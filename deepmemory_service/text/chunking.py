@@ -78,6 +78,9 @@ def _split_section(text: str, size: int, overlap: int) -> list[str]:
 
 def split(text: str, size: int = 1200, overlap: int = 150) -> list[str]:
     chunks: list[str] = []
-    for section in _HEADING.split(text):
+    # a heading needs "# ": most texts have none, and the regex's scan of every line's
+    # start cost as much as the rest of the split (3.5 of 7.5 ms for an upload of 1,000)
+    sections = _HEADING.split(text) if "# " in text else [text]
+    for section in sections:
         chunks += _split_section(section, size, overlap)
     return chunks

@@ -9,6 +9,7 @@ from typing import Any
 import asyncpg
 import numpy as np
 
+from deepmemory_service.db.database import Conn
 from deepmemory_service.storage import deeplake_compat, vector_parts
 from deepmemory_service.storage.embedders import EmbeddingError, HashingEmbedder
 from deepmemory_service.testing.client import poll
@@ -258,3 +259,50 @@ async def test_an_embedding_failing_mid_upload_stores_nothing(
     )
     assert code == 201, body
     assert body["total_chunks"] == 4
+
+
+async def test_a_catalog_insert_failing_beside_the_write_stores_nothing(
+    api: Api, user_id: uuid.UUID, monkeypatch: Any
+) -> None:
+    """The catalog's insert runs while the store's version is written (`corpus._beside`):
+    when it fails, the write is stopped and the upload stores nothing, in either."""
+    await api.ingest(user_id, 3)
+    insert = Conn.add_documents
+
+    async def failing(self: Conn, *args: Any) -> None:
+        await insert(self, *args)  # the rows sent, then the statement fails
+        raise asyncpg.exceptions.CheckViolationError("a check failed")
+
+    monkeypatch.setattr(Conn, "add_documents", failing)
+    code, body = await api.call(
+        "POST",
+        "/documents",
+        json={
+            "user_id": str(user_id),
+            "documents": [{"text": f"beside note {i}"} for i in range(2 * vector_parts.PART)],
+        },
+    )
+    assert code == 500, body
+    async with api.services.db.conn() as conn:
+        count = await conn.raw.fetchval("SELECT count(*) FROM chunks WHERE user_id = $1", user_id)
+        corpus = await conn.corpus(user_id)
+    assert count == 3
+    assert corpus is not None
+    assert corpus.rows == 3
+    store = api.services.stores.for_user(user_id)
+    assert (await store.read(corpus.version, corpus.rows)).rows == 3
+    monkeypatch.setattr(Conn, "add_documents", insert)
+    code, body = await api.call(
+        "POST", "/documents", json={"user_id": str(user_id), "documents": [{"text": "after"}]}
+    )
+    assert code == 201, body
+    assert body["total_chunks"] == 4
+    latest = await store.latest()
+    async with api.services.db.conn() as conn:
+        ids = [
+            r["id"]
+            for r in await conn.raw.fetch(
+                "SELECT id FROM chunks WHERE user_id = $1 ORDER BY id", user_id
+            )
+        ]
+    assert latest.ids.tolist() == ids

@@ -14,3 +14,12 @@ def test_chunks_respect_size_sections_and_overlap() -> None:
     # neighbouring chunks of one section share a little text
     assert chunks[1].split()[0] in chunks[0]
     assert chunking.split("   \n\n  ") == []
+
+
+def test_texts_without_a_heading_split_as_one_section() -> None:
+    """`split` skips the heading regex for texts without "# ": the same chunks."""
+    for text in ["C# and F#\n#tag, not a heading", "plain text. " * 200, "a\n# b\nc", "#x y"]:
+        by_regex = [
+            c for s in chunking._HEADING.split(text) for c in chunking._split_section(s, 300, 40)
+        ]
+        assert chunking.split(text, 300, 40) == by_regex

@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestServer
 from deepmemory_service.storage import cpu_pool, deeplake_compat
 from deepmemory_service.storage.dataset import Rows, StoreDamaged
 from deepmemory_service.storage.embedders import HashingEmbedder
-from deepmemory_service.storage.local_versions import WriterLost
+from deepmemory_service.storage.local_versions import LocalVersions, WriterLost
 from deepmemory_service.storage.store import ChunkStore
 from deepmemory_service.testing.standin_activeloop import ActiveloopStandin, make_app
 from deepmemory_service.training.activeloop import use_endpoint
@@ -61,6 +61,22 @@ async def test_a_local_version_never_changes_and_unpublished_ones_are_cleared(
     assert (await store.read(v3, 10)).ids.tolist() == list(range(1, 11))
     with pytest.raises(StoreDamaged, match="is missing"):
         await store.read(v1, 5)
+
+
+async def test_a_new_version_lists_its_files_as_deeplake_would(tmp_path: Path) -> None:
+    """A version begun is a folder of hard links whose files are handed to the dataset's
+    storage (`_link_tree`): the same as its own listing of the folder."""
+    from deeplake.core.storage.local import LocalProvider
+
+    versions = LocalVersions(str(tmp_path / "user"), EMBEDDER.name, EMBEDDER.dimension)
+    base, count = None, 0
+    for first in (1, 6, 9):
+        writer = versions.begin(base, count, count or None)
+        if base is not None:
+            assert writer.ds.base_storage.files == LocalProvider(str(writer.folder)).files
+        writer.append(await rows(first, 3))
+        base, count = writer.finish(), count + 3
+        versions.published(base)
 
 
 async def test_a_write_worker_lost_in_the_middle_of_a_version_is_a_503(tmp_path: Path) -> None:

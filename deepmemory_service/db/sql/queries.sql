@@ -354,13 +354,16 @@ WHERE user_id = $1 ORDER BY created_at DESC, id LIMIT $2;
 -- How many documents the user has.
 SELECT count(*) FROM documents WHERE user_id = $1;
 
+-- name: next_chunk_ids
+-- Ids for an upload's chunks, ascending, taken before the chunks are inserted: the store's
+-- rows carry them, so the store's write need not wait for the insert.
+SELECT nextval(pg_get_serial_sequence('chunks', 'id')) AS id FROM generate_series(1, $1::integer);
+
 -- name: insert_chunks
--- One round trip for an upload's chunks; ids ascend in the order given.
-INSERT INTO chunks (user_id, document_id, position, text)
-SELECT $1, u.document_id, u.position, u.text
-FROM unnest($2::uuid[], $3::integer[], $4::text[]) WITH ORDINALITY AS u(document_id, position, text, n)
-ORDER BY u.n
-RETURNING id;
+-- One round trip for an upload's chunks, with the ids next_chunk_ids gave.
+INSERT INTO chunks (id, user_id, document_id, position, text)
+SELECT u.id, $1, u.document_id, u.position, u.text
+FROM unnest($2::bigint[], $3::uuid[], $4::integer[], $5::text[]) AS u(id, document_id, position, text);
 
 -- name: publish_corpus
 -- The chunk count and the store version that holds them, changed together.
