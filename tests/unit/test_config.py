@@ -137,7 +137,8 @@ def readme_settings() -> list[tuple[str, str]]:
     default for (`` `2` ``; not "empty" or prose), shorthands (`` / `_MODEL` ``) spelled out
     against the known names."""
     known = env_names()
-    table = (ROOT / "README.md").read_text().split("\n| variable | default | meaning |", 1)[1].split("\n\n", 1)[0]
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("\n| variable | default | meaning |", 1)[1].split("\n\n", 1)[0]
     found = []
     for row in table.splitlines():
         cells = [c.strip() for c in row.strip("|").split("|")]
@@ -150,9 +151,7 @@ def readme_settings() -> list[tuple[str, str]]:
         first = names[0]
         for name, default in zip(names, defaults, strict=True):
             if name.startswith("_"):  # the first name's section with this ending
-                cut = next(
-                    i for i in range(len(first), 0, -1) if first[:i] + name in known
-                )
+                cut = next(i for i in range(len(first), 0, -1) if first[:i] + name in known)
                 name = first[:cut] + name
             found.append((name, default.strip("`")))
     return found
