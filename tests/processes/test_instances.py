@@ -272,17 +272,21 @@ async def test_an_upload_frozen_anywhere_on_one_instance_never_shows_on_another(
     await ingest(a, user, 20)
     stores = tmp_path / "data" / "stores"
 
-    def docs(n: int) -> list[dict[str, str]]:
+    def docs(n: int, count: int) -> list[dict[str, str]]:
         return [
             {"title": f"u{n}", "text": f"Upload {n} part {i}: zebra{n} quokka{i}. " * 30}
-            for i in range(150)
+            for i in range(count)
         ]
 
-    async def upload(n: int) -> None:
+    uploaded = 20
+
+    async def upload(n: int, count: int = 150) -> None:
+        nonlocal uploaded
         code, body = await a.call(
-            "POST", "/documents", json={"user_id": str(user), "documents": docs(n)}
+            "POST", "/documents", json={"user_id": str(user), "documents": docs(n, count)}
         )
         assert code == 201, body
+        uploaded += count
 
     async def catalog() -> dict[int, str]:
         conn = await asyncpg.connect(db_url)
@@ -296,9 +300,14 @@ async def test_an_upload_frozen_anywhere_on_one_instance_never_shows_on_another(
     upload_s = time.monotonic() - started
     stops = int(os.environ.get("DEEPMEMORY_TEST_STOPS", "8"))
     mid_write = 0
-    for n in range(1, stops + 1):
-        sending = asyncio.create_task(upload(n))
-        if n % 2:
+    n = 0
+    # every other stop at a random moment, the others while a file of the store is open for
+    # writing; a short write can finish between two looks at the process's files, so stops
+    # go on (as many again at most, with larger uploads) until one has landed mid-write
+    while n < stops or (mid_write == 0 and n < 2 * stops):
+        n += 1
+        sending = asyncio.create_task(upload(n, 150 if n <= stops else 600))
+        if n % 2 and n <= stops:
             await asyncio.sleep(rng.uniform(0.05, 1.0) * upload_s)
             os.killpg(a.proc.pid, signal.SIGSTOP)
         elif await asyncio.to_thread(
@@ -324,4 +333,4 @@ async def test_an_upload_frozen_anywhere_on_one_instance_never_shows_on_another(
             os.killpg(a.proc.pid, signal.SIGCONT)
         await sending
     assert mid_write >= 1, "no stop landed while the store was being written"
-    assert len(await catalog()) == 20 + 150 * (stops + 1)
+    assert len(await catalog()) == uploaded
