@@ -50,6 +50,7 @@ import psutil
 from benchlib import (  # scripts/, beside this file
     Latency,
     Standin,
+    backend_env,
     free_port,
     machine_load,
     say,
@@ -124,19 +125,12 @@ async def service(
 ) -> AsyncIterator[Service]:
     port = free_port()
     env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(workdir),
-        "LANG": "C.UTF-8",
-        "DEEPMEMORY_DATABASE_URL": db_url,
-        "DEEPMEMORY_DATA_DIR": str(workdir / "data"),
-        "DEEPMEMORY_SERVICE_TOKEN": TOKEN,
+        **backend_env(workdir, workdir / "data", db_url, TOKEN, log_level="info"),
         "DEEPMEMORY_ADMIN_TOKEN": ADMIN,
         "DEEPMEMORY_SECRET_KEY": SECRET,
         "DEEPMEMORY_GENERATOR": "llm",
         "DEEPMEMORY_LLM_BASE_URL": f"{llm.url}/v1",
         "DEEPMEMORY_LLM_TIMEOUT_S": "600",
-        "DEEPMEMORY_LOG_LEVEL": "info",
-        "DEEPMEMORY_LOG_FORMAT": "console",
         **extra,
     }
     if root is not None:

@@ -43,6 +43,7 @@ from typing import Any
 
 import aiohttp
 from benchlib import (  # scripts/, beside this file
+    backend_env,
     free_port,
     fresh_database,
     machine_load,
@@ -172,17 +173,10 @@ async def start_service(root: Path, db_url: str, workdir: Path) -> Service:
     port = free_port()
     await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
     env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(workdir),
-        "LANG": "C.UTF-8",
+        **backend_env(workdir, workdir, db_url, TOKEN),
         "PYTHONPATH": str(root),
-        "DEEPMEMORY_DATABASE_URL": db_url,
-        "DEEPMEMORY_DATA_DIR": str(workdir),
-        "DEEPMEMORY_SERVICE_TOKEN": TOKEN,
         "DEEPMEMORY_HTTP_ROLE": "backend",
         "DEEPMEMORY_INSTANCE_ID": f"bench-ingest-{port}",
-        "DEEPMEMORY_LOG_LEVEL": "warning",
-        "DEEPMEMORY_LOG_FORMAT": "console",
         "DEEPMEMORY_HTTP_MAX_BODY_BYTES": str(16 * 2**20),
     }
     proc = await start_backend(sys.executable, root, port, env, workdir / "service.log")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import time
@@ -36,7 +35,15 @@ import asyncpg
 import numpy as np
 import psutil
 import yarl
-from benchlib import Latency, machine_load, mb, say, start_backend, stop_process  # scripts/
+from benchlib import (  # scripts/, beside this file
+    Latency,
+    backend_env,
+    machine_load,
+    mb,
+    say,
+    start_backend,
+    stop_process,
+)  # scripts/
 
 from deepmemory_service.db import migrations
 from deepmemory_service.db.embedded import EmbeddedPostgres
@@ -110,14 +117,7 @@ def user(n: int) -> uuid.UUID:
 async def serve(python: str, cwd: Path, db_url: str, data: Path, env: dict[str, str]) -> Any:
     port = free_port()
     environ = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(data),
-        "LANG": "C.UTF-8",
-        "DEEPMEMORY_DATABASE_URL": db_url,
-        "DEEPMEMORY_DATA_DIR": str(data),
-        "DEEPMEMORY_SERVICE_TOKEN": TOKEN,
-        "DEEPMEMORY_LOG_LEVEL": "warning",
-        "DEEPMEMORY_LOG_FORMAT": "console",
+        **backend_env(data, data, db_url, TOKEN),
         "DEEPMEMORY_HTTP_MAX_BODY_BYTES": str(16 * 2**20),
         **env,
     }

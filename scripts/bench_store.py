@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ from typing import Any
 import aiohttp
 from benchlib import (  # scripts/, beside this file
     Latency,
+    backend_env,
     free_port,
     fresh_database,
     machine_load,
@@ -153,16 +153,9 @@ async def start(
     port = free_port()
     data = workdir / name
     environ = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(data),
-        "LANG": "C.UTF-8",
-        "DEEPMEMORY_DATABASE_URL": db_url,
-        "DEEPMEMORY_DATA_DIR": str(data),
-        "DEEPMEMORY_SERVICE_TOKEN": TOKEN,
+        **backend_env(data, data, db_url, TOKEN),
         "DEEPMEMORY_HTTP_ROLE": "backend",
         "DEEPMEMORY_INSTANCE_ID": f"bench-{name}",
-        "DEEPMEMORY_LOG_LEVEL": "warning",
-        "DEEPMEMORY_LOG_FORMAT": "console",
         # the body limit fits a seeding request
         "DEEPMEMORY_HTTP_MAX_BODY_BYTES": str(8 * 2**20),
         **env,

@@ -170,6 +170,24 @@ async def wait_http(
             await asyncio.sleep(0.05)
 
 
+def backend_env(
+    home: Path, data_dir: Path, db_url: str, token: str, log_level: str = "warning"
+) -> dict[str, str]:
+    """The environment a benchmark's service process starts from (whole: nothing else is
+    inherited, so a developer's DEEPMEMORY_* variables cannot change a figure); each
+    benchmark adds its own settings."""
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),
+        "LANG": "C.UTF-8",
+        "DEEPMEMORY_DATABASE_URL": db_url,
+        "DEEPMEMORY_DATA_DIR": str(data_dir),
+        "DEEPMEMORY_SERVICE_TOKEN": token,
+        "DEEPMEMORY_LOG_LEVEL": log_level,
+        "DEEPMEMORY_LOG_FORMAT": "console",
+    }
+
+
 async def start_backend(
     python: str,
     cwd: Path | None,

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 import psutil
-from benchlib import Standin, stop_process, wait_http  # scripts/, beside this file
+from benchlib import Standin, backend_env, stop_process, wait_http  # scripts/, beside this file
 
 from deepmemory_service.testing.client import free_port
 
@@ -53,12 +52,7 @@ class Cluster:
     async def start(self, name: str, **extra_env: str) -> Instance:
         port = free_port()
         env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": str(self.workdir),
-            "LANG": "C.UTF-8",
-            "DEEPMEMORY_DATABASE_URL": self.db_url,
-            "DEEPMEMORY_DATA_DIR": str(self.workdir / "data"),
-            "DEEPMEMORY_SERVICE_TOKEN": TOKEN,
+            **backend_env(self.workdir, self.workdir / "data", self.db_url, TOKEN),
             "DEEPMEMORY_ADMIN_TOKEN": ADMIN,
             "DEEPMEMORY_HTTP_ROLE": "backend",
             "DEEPMEMORY_INSTANCE_ID": f"bench-{name}",
@@ -69,8 +63,6 @@ class Cluster:
             "DEEPMEMORY_LLM_MAX_RETRIES": "1",
             "DEEPMEMORY_LLM_BACKOFF_BASE_S": "0.01",
             "DEEPMEMORY_LLM_BACKOFF_MAX_S": "0.05",
-            "DEEPMEMORY_LOG_LEVEL": "warning",
-            "DEEPMEMORY_LOG_FORMAT": "console",
             **extra_env,
         }
         log = self.workdir / f"instance-{name}.log"
