@@ -228,10 +228,12 @@ async def measure_users(
 ) -> None:
     proc, url = await serve(python, cwd, *where, env)
     try:
+        # each user's queries made once (each remakes the user's documents), not per search
+        asked = {u: queries(u, sizes.each, sizes.rounds) for u in range(1, sizes.users + 1)}
         async with aiohttp.ClientSession() as http:
             for r in range(sizes.rounds):
                 for u in range(1, sizes.users + 1):
-                    took, _ = await search(http, url, u, queries(u, sizes.each, sizes.rounds)[r])
+                    took, _ = await search(http, url, u, asked[u][r])
                     side.turn_latencies.append(took)
                     side.rss_peak = max(side.rss_peak, rss(proc))
             side.rss_users = rss(proc)
