@@ -182,11 +182,10 @@ class SearchCache:
             self.misses += 1
             dtype = np.float16 if rows > self.compact_above else np.float32
             base = held if held is not None and held.rows <= rows else None
-            if held is not None:
-                # the old version's arrays go once the new ones are made: counted until then
-                self._make_room(_size(rows, store.dimension, dtype), keep=key)
-            else:
-                self._make_room(_size(rows, store.dimension, dtype), keep=None)
+            # an old version's arrays go once the new ones are made: counted until then
+            self._make_room(
+                _size(rows, store.dimension, dtype), keep=key if held is not None else None
+            )
             (ids, vectors), filed = await store.read_vectors(
                 version,
                 rows,
