@@ -16,6 +16,7 @@ why not, and the training time; then the goals' figures over all models.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import sys
@@ -29,9 +30,17 @@ import attrs
 import numpy as np
 import numpy.typing as npt
 
-from deepmemory_service.llm.generators import OfflineQuestionGenerator, QuestionGenerator
+from deepmemory_service.llm.client import LLMQuestionGenerator
+from deepmemory_service.llm.generators import (
+    CheckedGenerator,
+    GenerationError,
+    OfflineQuestionGenerator,
+    QuestionGenerator,
+)
+from deepmemory_service.llm.question_checks import duplicate_key
 from deepmemory_service.models import Chunk
-from deepmemory_service.platform.config import Settings
+from deepmemory_service.platform.config import QuestionSettings, Settings
+from deepmemory_service.runs.questioning import Asker, RoundTrip
 from deepmemory_service.storage.dataset import Rows
 from deepmemory_service.storage.embedders import Embedder
 from deepmemory_service.storage.store import ChunkStore
@@ -323,28 +332,13 @@ class MixedGenerator:
             await part.aclose()
 
 
-@attrs.frozen
-class LLMSource:
-    """Where the LLM's questions come from: cached answers, or a live OpenAI-compatible
-    server (`base_url`, `model`, the service's own generator)."""
+def live_llm(base_url: str, model: str) -> LLMQuestionGenerator:
+    """The service's own generator, asking the OpenAI-compatible server at `base_url`
+    (DEEPMEMORY_LLM_API_KEY from the environment, when the server wants one)."""
+    from deepmemory_service.platform.config import load_settings
 
-    cached: Path | None = None
-    base_url: str | None = None
-    model: str = ""
-
-    def generator(self) -> QuestionGenerator:
-        if self.cached is not None:
-            return CachedQuestionGenerator("llm", self.cached)
-        if self.base_url is None:
-            raise SystemExit("an llm generator needs --llm-questions PATH or --llm-url URL")
-        from deepmemory_service.llm.client import LLMQuestionGenerator
-        from deepmemory_service.platform.config import load_settings
-
-        overrides = {"llm.base_url": self.base_url} | (
-            {"llm.model": self.model} if self.model else {}
-        )
-        # the environment too: DEEPMEMORY_LLM_API_KEY, when the server wants one
-        return LLMQuestionGenerator(load_settings(overrides=overrides).llm)
+    overrides = {"llm.base_url": base_url} | ({"llm.model": model} if model else {})
+    return LLMQuestionGenerator(load_settings(overrides=overrides).llm)
 
 
 class FilteredGenerator:
@@ -393,20 +387,126 @@ class FilteredGenerator:
         await self.inner.aclose()
 
 
+async def record_llm_questions(
+    corpora: Sequence[Corpus],
+    generator: CheckedGenerator,
+    questions: QuestionSettings,
+    embedder: Embedder,
+    count: int,
+    path: Path,
+) -> RecordTally:
+    """Asks a live server for every chunk of `corpora` that `path` (a JSON object of chunk
+    text → questions) lacks, as a run asks (`runs/questioning.py`: the checks, asking
+    again with what was wrong, the round trip with `embedder` over the corpus), and keeps
+    each chunk's questions in `path` as soon as they come: a run stopped halfway goes on
+    from where it was. The chunks are asked all at once; the generator holds the calls to
+    the server's slots."""
+    recorded = _read_recorded(path)
+    tally = RecordTally()
+    for corpus in corpora:
+        missing = [i for i, text in enumerate(corpus.chunks) if text not in recorded]
+        if not missing:
+            continue
+        vectors = await embedder.embed(corpus.chunks)
+        rows = np.arange(len(corpus.chunks), dtype=np.int64)
+        asker = Asker(
+            generator,
+            questions,
+            RoundTrip(embedder, questions.round_trip_k, vectors, rows + 1, rows)
+            if questions.round_trip_k
+            else None,
+        )
+        # a chunk recorded earlier holds its questions' keys, as a proceed's run does
+        asker.keys.update(
+            duplicate_key(q) for text in corpus.chunks for q in recorded.get(text, [])
+        )
+        started = time.monotonic()
+        chunks = [Chunk(row + 1, corpus.chunks[row]) for row in missing]
+        asking = asyncio.as_completed([_ask(asker, c, count) for c in chunks])
+        for done, task in enumerate(asking, 1):
+            chunk, asked = await task
+            if asked is None:
+                tally.failed += 1
+                continue
+            recorded[chunk.text] = asked
+            _write_recorded(path, recorded)
+            if done % 10 == 0 or done == len(missing):
+                print(
+                    f"  {corpus.name}: {done}/{len(missing)} chunks asked, "
+                    f"{time.monotonic() - started:.0f}s",
+                    file=sys.stderr,
+                )
+        tally.chunks += len(missing)
+        tally.rejections.update(asker.tally.rejections)
+        tally.reasks += asker.tally.reasks
+        tally.short_chunks += asker.tally.short_chunks
+    return tally
+
+
+async def _ask(asker: Asker, chunk: Chunk, count: int) -> tuple[Chunk, list[str] | None]:
+    """The chunk's questions, or None when the server failed it (every retry spent)."""
+    try:
+        return chunk, await asker.ask(chunk, count, None)
+    except GenerationError as exc:
+        print(f"  chunk {chunk.id}: failed ({exc})", file=sys.stderr)
+        return chunk, None
+
+
+def _read_recorded(path: Path) -> dict[str, list[str]]:
+    if not path.exists():
+        return {}
+    found = json.loads(path.read_text())
+    if not isinstance(found, dict):
+        raise SystemExit(f"{path}: expected a JSON object of chunk text → questions")
+    return found
+
+
+def _write_recorded(path: Path, recorded: dict[str, list[str]]) -> None:
+    """`recorded` in `path`, whole or not at all (written beside it, then renamed)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(recorded, indent=1, ensure_ascii=False))
+    tmp.replace(path)
+
+
+@attrs.define
+class RecordTally:
+    """What asking a live server did: chunks asked and failed, the checks' tally."""
+
+    chunks: int = 0
+    failed: int = 0
+    rejections: Counter[str] = attrs.field(factory=Counter)
+    reasks: int = 0
+    short_chunks: int = 0
+
+    def __str__(self) -> str:
+        turned_down = ", ".join(f"{r} {n}" for r, n in sorted(self.rejections.items()) if n)
+        return (
+            f"{self.chunks} chunks asked, {self.failed} failed; asked again {self.reasks} "
+            f"times, {self.short_chunks} chunks left short; turned down: {turned_down or 'none'}"
+        )
+
+
 GENERATORS = "offline, templates, llm, llm-filtered, llm+offline"
 
 
-def generator_named(name: str, llm: LLMSource = LLMSource()) -> QuestionGenerator:
+def generator_named(name: str, llm_questions: Path | None = None) -> QuestionGenerator:
+    """A generator by its name; the llm ones read `llm_questions` (chunk text → questions)."""
+
+    def llm() -> QuestionGenerator:
+        if llm_questions is None:
+            raise SystemExit(f"the {name} generator needs --llm-questions PATH or --llm-url URL")
+        return CachedQuestionGenerator("llm", llm_questions)
+
     if name == "offline":
         return OfflineQuestionGenerator()
     if name == "templates":
         return TemplateQuestionGenerator()
     if name == "llm":
-        return llm.generator()
+        return llm()
     if name == "llm-filtered":
-        return FilteredGenerator(llm.generator())
+        return FilteredGenerator(llm())
     if name == "llm+offline":
-        return MixedGenerator([llm.generator(), OfflineQuestionGenerator()])
+        return MixedGenerator([llm(), OfflineQuestionGenerator()])
     raise SystemExit(f"unknown generator {name!r}: one of {GENERATORS}")
 
 

@@ -44,7 +44,7 @@ import structlog
 
 from deepmemory_service.llm.generators import OfflineQuestionGenerator
 from deepmemory_service.models import Chunk
-from deepmemory_service.platform.config import load_settings
+from deepmemory_service.platform.config import Settings, load_settings
 from deepmemory_service.storage.dataset import Rows
 from deepmemory_service.storage.embedders import Embedder, HashingEmbedder
 from deepmemory_service.storage.store import ChunkStore
@@ -155,10 +155,15 @@ async def bench_human(args: argparse.Namespace, embedders: list[Embedder]) -> No
     if len(collections) > 1 and not args.no_pooled:
         corpora.append(human_bench.chunk_corpus("all pooled", collections, settings))
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    llm = human_bench.LLMSource(args.llm_questions, args.llm_url, args.llm_model)
-    generators = [human_bench.generator_named(g, llm) for g in args.generators.split(",")]
     results: list[human_bench.ModelResult] = []
     with tempfile.TemporaryDirectory(prefix="bench-human-") as tmp:
+        llm_questions = args.llm_questions
+        if args.llm_url is not None:
+            llm_questions = args.llm_record or Path(tmp) / "llm-questions.json"
+            await ask_live_llm(args, corpora[: len(collections)], settings, llm_questions)
+        generators = [
+            human_bench.generator_named(g, llm_questions) for g in args.generators.split(",")
+        ]
         for embedder in embedders:
             cached = human_bench.CachedEmbedder(embedder, args.embedding_cache)
             for generator in generators:
@@ -173,8 +178,8 @@ async def bench_human(args: argparse.Namespace, embedders: list[Embedder]) -> No
                         Path(tmp),
                     )
             await cached.aclose()
-    for generator in generators:
-        await generator.aclose()  # a live LLM's connection pool
+        for generator in generators:
+            await generator.aclose()
     print(
         f"\nHuman questions from {args.human.name}/: "
         + ", ".join(f"{c.name} {len(c.questions)}" for c in collections)
@@ -186,6 +191,34 @@ async def bench_human(args: argparse.Namespace, embedders: list[Embedder]) -> No
         f"{blas_threads(settings.train.blas_threads)} BLAS thread(s) on {cores()} cores"
     )
     human_bench.report(results, [c.name for c in collections], dev)
+
+
+async def ask_live_llm(
+    args: argparse.Namespace,
+    corpora: list[human_bench.Corpus],
+    settings: Settings,
+    path: Path,
+) -> None:
+    """The collections' chunks that `path` lacks asked of the server at --llm-url as a run
+    asks (checks, asking again, the round trip with the hashing embedder, the service's
+    default), kept in `path`."""
+    print(f"asking {args.llm_url} for the chunks {path} lacks...", file=sys.stderr)
+    started = time.monotonic()
+    generator = human_bench.live_llm(args.llm_url, args.llm_model)
+    embedder = human_bench.CachedEmbedder(HashingEmbedder(), args.embedding_cache)
+    try:
+        tally = await human_bench.record_llm_questions(
+            corpora, generator, settings.questions, embedder, args.questions_per_chunk, path
+        )
+    finally:
+        await generator.aclose()
+        await embedder.aclose()
+    stats = generator.stats
+    print(
+        f"{args.llm_url}: {tally}; {stats.calls} calls, {stats.prompt_tokens} prompt and "
+        f"{stats.completion_tokens} completion tokens, faults {dict(stats.faults) or 'none'}, "
+        f"{time.monotonic() - started:.0f}s; the questions are in {path}"
+    )
 
 
 def gains(with_: dict[str, float], without: dict[str, float]) -> str:
@@ -251,9 +284,17 @@ async def main() -> int:
         "--llm-url",
         metavar="URL",
         help="the llm generator asks this OpenAI-compatible server (base URL, e.g. "
-        "http://127.0.0.1:8080/v1) instead; DEEPMEMORY_LLM_API_KEY is its key",
+        "http://127.0.0.1:8080/v1) instead, as a run asks (the question checks, asking "
+        "again, the round trip), once per chunk; DEEPMEMORY_LLM_API_KEY is its key",
     )
     human.add_argument("--llm-model", default="", help="the model name the server is asked for")
+    human.add_argument(
+        "--llm-record",
+        metavar="PATH",
+        type=Path,
+        help="with --llm-url: keep the server's questions in PATH (chunk text → questions); "
+        "chunks already there are not asked again, so a stopped run goes on where it was",
+    )
     human.add_argument("--no-pooled", action="store_true", help="skip the all-collections corpus")
     human.add_argument(
         "--blas-threads",
