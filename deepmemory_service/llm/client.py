@@ -40,6 +40,8 @@ from deepmemory_service.platform.retry import RetryPolicy, retry, retry_after
 
 log = structlog.get_logger(__name__)
 
+# the good question the prompt shows
+PROMPT_EXAMPLE = "How do I resume a failed download with curl?"
 SYSTEM_PROMPT = (
     "You write the questions people type into a search box to find a passage of "
     "documentation. Rules: each question is answered by the passage; it is short (at most 15 "
@@ -48,8 +50,8 @@ SYSTEM_PROMPT = (
     "this passage, not what any passage on the subject would answer; it is in your own "
     "words, not a sentence of the passage; the questions differ from each other; never "
     "include the answer. Never refer to the passage itself: no 'the passage', 'the text', "
-    "'the document', 'the author', 'mentioned', 'according to'. Good: 'How do I resume a "
-    "failed download with curl?'. Bad: 'What does the passage say about resuming?'. "
+    "'the document', 'the author', 'mentioned', 'according to'. "
+    f"Good: '{PROMPT_EXAMPLE}'. Bad: 'What does the passage say about resuming?'. "
     'Reply with JSON only: {"questions": ["...", "..."]}.'
 )
 # the longest a call's timeout grows to, as a multiple of `timeout_s`
@@ -154,6 +156,7 @@ class LLMQuestionGenerator:
     name = "llm"
     # the run checks its questions and asks again (`CheckedGenerator`)
     checks_questions = True
+    examples = (PROMPT_EXAMPLE,)
 
     def __init__(
         self,

@@ -41,6 +41,9 @@ class CheckedGenerator(Protocol):
 
     name: str
     checks_questions: bool
+    # the questions its prompt shows as examples: a small model copies them into chunks
+    # they do not fit, so a run holds them as asked already
+    examples: tuple[str, ...]
 
     async def generate(
         self, chunk: Chunk, count: int, lane: Lane | None = None, feedback: Feedback | None = None

@@ -119,6 +119,10 @@ class Asker:
     keys: set[str] = attrs.field(factory=set)
     tally: Tally = attrs.field(factory=Tally)
 
+    def __attrs_post_init__(self) -> None:
+        # the prompt's own examples count as asked: a copy is never a chunk's question
+        self.keys.update(duplicate_key(q) for q in self.generator.examples)
+
     async def load_keys(self, db: Database, run_id: uuid.UUID) -> None:
         """The keys of the questions the run has stored (a proceed's earlier jobs, questions
         reused from an earlier run), a page at a time."""

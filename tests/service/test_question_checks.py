@@ -15,6 +15,7 @@ from typing import Any
 import attrs
 import pytest
 
+from deepmemory_service.llm.client import PROMPT_EXAMPLE
 from deepmemory_service.platform.config import Settings
 from deepmemory_service.testing.standin_llm import (
     CONFIG,
@@ -243,3 +244,18 @@ async def test_the_offline_generator_is_not_checked(
     run = await api.wait_status(user_id, run_id, "generated")
     assert run["question_rejections"] == {}
     assert (run["question_reasks"], run["short_chunks"], run["pair_count"]) == (0, 0, 6)
+
+
+async def test_a_copy_of_the_prompts_example_is_turned_down_as_asked_already(
+    api_factory: Any, standin: Any, settings: Settings, user_id: uuid.UUID
+) -> None:
+    api = await checked_api(api_factory, standin, settings, reasks=1)
+    await api.ingest(user_id, 1)
+    # a small model pastes the prompt's good example into a chunk it does not fit
+    standin.app[CONFIG].replies = [[PROMPT_EXAMPLE.lower()], ["How does component0 work?"]]
+    run_id = await generate(api, user_id, 1)
+    run = await api.wait_status(user_id, run_id, "generated")
+    await api.idle(user_id)
+    assert run["question_rejections"] == {**NO_REJECTIONS, "duplicate": 1}
+    assert run["question_reasks"] == 1
+    assert await stored_questions(api, run_id) == {1: ["How does component0 work?"]}
