@@ -200,6 +200,31 @@ class ModelResult:
     rejected: dict[str, int] = attrs.field(factory=dict)
 
 
+def results_json(results: Sequence[ModelResult]) -> list[dict[str, object]]:
+    """Every model's verdict, the trainer's own figures (held-out questions and queries like
+    people's, won and lost at each guarded k) and each human question's hits at 1 and 10
+    without and with it: what a judge can be scored against without training again."""
+    return [
+        {
+            "embedder": r.embedder,
+            "generator": r.generator,
+            "corpus": r.corpus,
+            "seed": r.seed,
+            "pairs": r.pairs,
+            "chunks": r.chunks,
+            "enabled": r.enabled,
+            "reason": r.reason,
+            "trainer": r.metrics,
+            "human": {
+                f"{side}@{k}": hits[k].tolist()
+                for side, hits in (("without", r.paired.without), ("with", r.paired.with_model))
+                for k in (1, 10)
+            },
+        }
+        for r in results
+    ]
+
+
 class CachedEmbedder:
     """The embedder, remembering every text it embedded: the corpora share chunks and the
     seeds share questions, and embedding (MiniLM's especially) dominates the bench time.

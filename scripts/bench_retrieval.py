@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
+import json
 import logging
 import sys
 import tempfile
@@ -191,6 +192,9 @@ async def bench_human(args: argparse.Namespace, embedders: list[Embedder]) -> No
         f"{blas_threads(settings.train.blas_threads)} BLAS thread(s) on {cores()} cores"
     )
     human_bench.report(results, [c.name for c in collections], dev)
+    if args.results_json is not None:
+        args.results_json.write_text(json.dumps(human_bench.results_json(results)))
+        print(f"\nEvery model's verdict, figures and human hits: {args.results_json}")
 
 
 async def ask_live_llm(
@@ -302,6 +306,13 @@ async def main() -> int:
         metavar="N",
         help="numpy's BLAS threads while training (the service's setting by default: 1 on "
         "two cores or fewer)",
+    )
+    human.add_argument(
+        "--results-json",
+        metavar="PATH",
+        type=Path,
+        help="write every model's verdict, the trainer's figures and each human question's "
+        "hits without and with it to PATH (to score another judge without training again)",
     )
     human.add_argument(
         "--embedding-cache",
