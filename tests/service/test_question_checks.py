@@ -259,3 +259,24 @@ async def test_a_copy_of_the_prompts_example_is_turned_down_as_asked_already(
     assert run["question_rejections"] == {**NO_REJECTIONS, "duplicate": 1}
     assert run["question_reasks"] == 1
     assert await stored_questions(api, run_id) == {1: ["How does component0 work?"]}
+
+
+async def test_a_chunk_that_passed_nothing_keeps_its_own_sentence_before_another_chunks_question(
+    api_factory: Any, standin: Any, settings: Settings, user_id: uuid.UUID
+) -> None:
+    api = await checked_api(api_factory, standin, settings, reasks=1)
+    await api.ingest(user_id, 2)
+    kept = ["How does component0 talk to module0?", "Why is component0 split from module0?"]
+    # chunk 2 repeats chunk 1's question and copies a sentence of its own, twice
+    repeat = "How does module0 talk to component0?"
+    copy = (
+        "Why does item 1 explain detail number 7 about component1 and its interaction with module1?"
+    )
+    standin.app[CONFIG].replies = [kept, [repeat, copy], [repeat, copy]]
+    run_id = await generate(api, user_id, 2)
+    run = await api.wait_status(user_id, run_id, "generated")
+    await api.idle(user_id)
+    assert run["question_rejections"] == {**NO_REJECTIONS, "duplicate": 2, "copied": 2}
+    assert run["short_chunks"] == 1
+    # the copy still points at its own chunk; the repeat would point one question at two
+    assert await stored_questions(api, run_id) == {1: kept, 2: [copy]}
