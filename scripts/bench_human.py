@@ -40,7 +40,7 @@ from deepmemory_service.llm.generators import (
 from deepmemory_service.llm.question_checks import duplicate_key
 from deepmemory_service.models import Chunk
 from deepmemory_service.platform.config import QuestionSettings, Settings
-from deepmemory_service.runs.questioning import Asker, RoundTrip
+from deepmemory_service.runs.questioning import Asker, RoundTrip, Tally
 from deepmemory_service.storage.dataset import Rows
 from deepmemory_service.storage.embedders import Embedder
 from deepmemory_service.storage.store import ChunkStore
@@ -440,6 +440,7 @@ async def record_llm_questions(
             RoundTrip(embedder, questions.round_trip_k, vectors, rows + 1, rows)
             if questions.round_trip_k
             else None,
+            tally=tally.checks,
         )
         # a chunk recorded earlier holds its questions' keys, as a proceed's run does
         asker.keys.update(
@@ -462,9 +463,6 @@ async def record_llm_questions(
                     file=sys.stderr,
                 )
         tally.chunks += len(missing)
-        tally.rejections.update(asker.tally.rejections)
-        tally.reasks += asker.tally.reasks
-        tally.short_chunks += asker.tally.short_chunks
     return tally
 
 
@@ -495,19 +493,19 @@ def _write_recorded(path: Path, recorded: dict[str, list[str]]) -> None:
 
 @attrs.define
 class RecordTally:
-    """What asking a live server did: chunks asked and failed, the checks' tally."""
+    """What asking a live server did: chunks asked and failed, and the checks' tally (one
+    for every corpus's Asker)."""
 
     chunks: int = 0
     failed: int = 0
-    rejections: Counter[str] = attrs.field(factory=Counter)
-    reasks: int = 0
-    short_chunks: int = 0
+    checks: Tally = attrs.field(factory=Tally)
 
     def __str__(self) -> str:
-        turned_down = ", ".join(f"{r} {n}" for r, n in sorted(self.rejections.items()) if n)
+        c = self.checks
+        turned_down = ", ".join(f"{r} {n}" for r, n in sorted(c.rejections.items()) if n)
         return (
-            f"{self.chunks} chunks asked, {self.failed} failed; asked again {self.reasks} "
-            f"times, {self.short_chunks} chunks left short; turned down: {turned_down or 'none'}"
+            f"{self.chunks} chunks asked, {self.failed} failed; asked again {c.reasks} "
+            f"times, {c.short_chunks} chunks left short; turned down: {turned_down or 'none'}"
         )
 
 

@@ -65,9 +65,9 @@ async def test_every_chunk_is_asked_once_within_the_slots_and_a_rerun_asks_what_
     recorded = json.loads(path.read_text())
     assert set(recorded) == set(corpus.chunks)
     assert all(len(questions) == 3 for questions in recorded.values())
-    assert (tally.chunks, tally.failed, tally.short_chunks) == (14, 0, 0)
+    assert (tally.chunks, tally.failed, tally.checks.short_chunks) == (14, 0, 0)
     # one call a chunk and one for each time a chunk was asked again, never past the slots
-    assert stats.successes == 14 + tally.reasks
+    assert stats.successes == 14 + tally.checks.reasks
     assert stats.most_working == SLOTS
 
     # a run stopped before two chunks were kept: only those are asked
@@ -96,8 +96,8 @@ async def test_a_chunk_whose_questions_are_turned_down_is_asked_again_and_counte
 
     tally = await record(standin, corpus, path)
 
-    assert tally.rejections["about_text"] == 1
-    assert tally.reasks == 1
+    assert tally.checks.rejections["about_text"] == 1
+    assert tally.checks.reasks == 1
     assert standin.app[STATS].reasks == 1
     [questions] = json.loads(path.read_text()).values()
     assert len(questions) == 3
