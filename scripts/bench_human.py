@@ -39,7 +39,7 @@ from deepmemory_service.llm.generators import (
 )
 from deepmemory_service.llm.question_checks import duplicate_key
 from deepmemory_service.models import Chunk
-from deepmemory_service.platform.config import QuestionSettings, Settings
+from deepmemory_service.platform.config import QuestionSettings, Settings, load_settings
 from deepmemory_service.runs.questioning import Asker, RoundTrip, Tally
 from deepmemory_service.storage.dataset import Rows
 from deepmemory_service.storage.embedders import Embedder
@@ -360,8 +360,6 @@ class MixedGenerator:
 def live_llm(base_url: str, model: str) -> LLMQuestionGenerator:
     """The service's own generator, asking the OpenAI-compatible server at `base_url`
     (DEEPMEMORY_LLM_API_KEY from the environment, when the server wants one)."""
-    from deepmemory_service.platform.config import load_settings
-
     overrides = {"llm.base_url": base_url} | ({"llm.model": model} if model else {})
     return LLMQuestionGenerator(load_settings(overrides=overrides).llm)
 

@@ -43,7 +43,7 @@ from benchlib import (  # scripts/, beside this file
     say,
     start_backend,
     stop_process,
-)  # scripts/
+)
 
 from deepmemory_service.db import migrations
 from deepmemory_service.db.embedded import EmbeddedPostgres
