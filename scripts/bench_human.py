@@ -17,6 +17,7 @@ why not, and the training time; then the goals' figures over all models.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import re
 import sys
@@ -365,11 +366,13 @@ def live_llm(base_url: str, model: str) -> LLMQuestionGenerator:
 
 
 class FilteredGenerator:
-    """The inner generator's questions, then only those the service's question checks keep
-    (`question_checks`): per question (not a question, about the text itself, copied from
-    the chunk, asked already of another chunk), then the round trip (the base embedder
-    ranks its chunk in the top `ROUND_TRIP_K` of the corpus). Nothing is asked again: this
-    measures what the checks alone do to cached answers."""
+    """The inner generator's questions, then only those the service's question checks keep,
+    checked as a run checks one answer (`question_checks.check_answer` and
+    `after_round_trip`, chunk by chunk, the prompt's example held as asked already): per
+    question (not a question, about the text itself, copied from the chunk, asked already
+    of another chunk), then the round trip (the base embedder ranks its chunk in the top
+    `ROUND_TRIP_K` of the corpus). Nothing is asked again, and a chunk that passed nothing
+    keeps nothing: this measures what the checks alone do to cached answers."""
 
     def __init__(self, inner: QuestionGenerator) -> None:
         self.inner = inner
@@ -387,24 +390,29 @@ class FilteredGenerator:
         embedder: Embedder,
         corpus: Matrix,
     ) -> tuple[list[str], list[int]]:
-        """The questions (and their chunk rows) that pass every check, in order."""
+        """The questions (and their chunk rows) that pass every check, in order; `rows`
+        holds each chunk's questions together, as asked."""
         from deepmemory_service.llm import question_checks as checks
 
         self.rejected = Counter()
-        kept_keys: set[str] = set()
-        passed: list[int] = []
-        for i, (question, row) in enumerate(zip(questions, rows, strict=True)):
-            reason = checks.check_question(question, texts[row], kept_keys)
-            if reason is not None:
-                self.rejected[str(reason)] += 1
-                continue
-            kept_keys.add(checks.duplicate_key(question))
-            passed.append(i)
-        vectors = await embedder.embed([questions[i] for i in passed])
-        found = checks.ranks_within(vectors, corpus, [rows[i] for i in passed], ROUND_TRIP_K)
-        self.rejected["round_trip"] += found.count(False)
-        kept = [i for i, ok in zip(passed, found, strict=True) if ok]
-        return [questions[i] for i in kept], [rows[i] for i in kept]
+        keys = {duplicate_key(q) for q in LLMQuestionGenerator.examples}
+        # every question embedded at once (the embedder caches), each chunk's checked in turn
+        vectors = dict(
+            zip([q.strip() for q in questions], await embedder.embed(questions), strict=True)
+        )
+        kept: list[str] = []
+        kept_rows: list[int] = []
+        for row, answer in itertools.groupby(zip(questions, rows, strict=True), lambda q: q[1]):
+            passing, rejected = checks.check_answer([q for q, _ in answer], texts[row], keys)
+            if passing:
+                asked = np.stack([vectors[q] for q in passing])
+                found = checks.ranks_within(asked, corpus, [row] * len(passing), ROUND_TRIP_K)
+                passing, missed = checks.after_round_trip(passing, found, keys)
+                rejected += missed
+            self.rejected.update(str(r.reason) for r in rejected)
+            kept += passing
+            kept_rows += [row] * len(passing)
+        return kept, kept_rows
 
     async def aclose(self) -> None:
         await self.inner.aclose()

@@ -7,8 +7,10 @@ the name of the author?"), a sentence of the chunk with a question mark stuck on
 generic question for many chunks ("What is the purpose of curl?"), statements. Each check
 names one such fault (`Reason`); `check_question` applies the checks that need only the
 question, its chunk and the questions already kept, in order, and says why a question is
-turned down (or None). The round-trip check (InPars, Promptagator: keep a question only
-when retrieval with the base embedder finds its chunk) needs vectors: `ranks_within`.
+turned down (or None), and `check_answer` applies it to one answer, claiming each passing
+question's key. The round-trip check (InPars, Promptagator: keep a question only when
+retrieval with the base embedder finds its chunk) needs vectors: `ranks_within`, and
+`after_round_trip` applies its verdicts.
 
 Measured on the cached answers of Qwen2.5-Coder-1.5B for 284 FAQ chunks (852 questions) and
 on the 221 questions people wrote for the same FAQs (the patterns below turn down none of
@@ -314,6 +316,42 @@ def check_question(question: str, chunk_text: str, kept_keys: Iterable[str] = ()
     if duplicate_key(question) in kept_keys:
         return Reason.DUPLICATE
     return None
+
+
+def check_answer(
+    answer: Iterable[str], chunk_text: str, keys: set[str]
+) -> tuple[list[str], list[Rejection]]:
+    """One answer's questions (stripped) that pass `check_question`, in order, and those
+    turned down. A passing question's key is claimed in `keys` at once: a later question of
+    the answer, or of a chunk asked meanwhile, may not keep the same question."""
+    passing: list[str] = []
+    rejected: list[Rejection] = []
+    for raw in answer:
+        question = raw.strip()
+        reason = check_question(question, chunk_text, keys)
+        if reason is not None:
+            rejected.append(Rejection(question, reason))
+            continue
+        keys.add(duplicate_key(question))
+        passing.append(question)
+    return passing, rejected
+
+
+def after_round_trip(
+    passing: list[str], found: Iterable[bool], keys: set[str]
+) -> tuple[list[str], list[Rejection]]:
+    """The questions of `passing` (from `check_answer`) whose chunk the round trip found
+    (`found`, one verdict each), and those it turned down, whose keys go back to `keys`:
+    another chunk may still ask such a question and keep it."""
+    kept: list[str] = []
+    rejected: list[Rejection] = []
+    for question, ok in zip(passing, found, strict=True):
+        if ok:
+            kept.append(question)
+        else:
+            keys.discard(duplicate_key(question))
+            rejected.append(Rejection(question, Reason.ROUND_TRIP))
+    return kept, rejected
 
 
 def ranks_within(questions: Matrix, chunks: Matrix, rows: Iterable[int], k: int) -> list[bool]:

@@ -38,7 +38,8 @@ from deepmemory_service.llm.question_checks import (
     Feedback,
     Reason,
     Rejection,
-    check_question,
+    after_round_trip,
+    check_answer,
     duplicate_key,
     ranks_within,
 )
@@ -171,27 +172,11 @@ class Asker:
     async def _check(self, chunk: Chunk, answer: list[str]) -> tuple[list[str], list[Rejection]]:
         """The questions of one answer that pass every check, and those turned down (each
         counted by reason)."""
-        passing: list[str] = []
-        claimed: list[str] = []
-        rejected: list[Rejection] = []
-        for raw in answer:
-            question = raw.strip()
-            reason = check_question(question, chunk.text, self.keys)
-            if reason is not None:
-                rejected.append(Rejection(question, reason))
-                continue
-            key = duplicate_key(question)
-            # claimed now: a chunk asked meanwhile may not keep the same question
-            self.keys.add(key)
-            claimed.append(key)
-            passing.append(question)
+        passing, rejected = check_answer(answer, chunk.text, self.keys)
         if self.round_trip is not None and passing:
-            verdicts = await self.round_trip.kept(chunk.id, passing)
-            for question, key, ok in zip(list(passing), claimed, verdicts, strict=True):
-                if not ok:
-                    passing.remove(question)
-                    self.keys.discard(key)
-                    rejected.append(Rejection(question, Reason.ROUND_TRIP))
+            found = await self.round_trip.kept(chunk.id, passing)
+            passing, missed = after_round_trip(passing, found, self.keys)
+            rejected += missed
         for r in rejected:
             log.debug(
                 "question turned down",
