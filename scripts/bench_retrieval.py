@@ -149,6 +149,8 @@ async def bench_human(args: argparse.Namespace, embedders: list[Embedder]) -> No
     if args.blas_threads is not None:
         train = attrs.evolve(settings.train, blas_threads=args.blas_threads)
         settings = attrs.evolve(settings, train=train)
+    if args.members is not None:
+        settings = attrs.evolve(settings, train=attrs.evolve(settings.train, members=args.members))
     only = [c for c in args.collections.split(",") if c]
     dev = [c for c in args.dev.split(",") if c]
     collections = human_bench.read_collections(args.human, only)
@@ -189,6 +191,7 @@ async def bench_human(args: argparse.Namespace, embedders: list[Embedder]) -> No
         + f"answers chunked at {settings.store.chunk_chars}/{settings.store.chunk_overlap} "
         f"characters; {args.questions_per_chunk} generated questions per chunk; run seeds "
         f"{', '.join(map(str, seeds))}; local trainer with the default settings, "
+        f"{settings.train.members} member model(s) a run, "
         f"{blas_threads(settings.train.blas_threads)} BLAS thread(s) on {cores()} cores"
     )
     human_bench.report(results, [c.name for c in collections], dev)
@@ -306,6 +309,12 @@ async def main() -> int:
         metavar="N",
         help="numpy's BLAS threads while training (the service's setting by default: 1 on "
         "two cores or fewer)",
+    )
+    human.add_argument(
+        "--members",
+        type=int,
+        metavar="N",
+        help="models trained and averaged per run (the service's setting by default: 3)",
     )
     human.add_argument(
         "--results-json",

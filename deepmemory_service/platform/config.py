@@ -187,6 +187,7 @@ class TrainSettings:
     epochs: int
     blas_threads: int
     seed: int
+    members: int
 
 
 @frozen
@@ -438,6 +439,8 @@ def _complete(settings: Settings) -> Settings:
         problems.append("DEEPMEMORY_TRAIN_HOLDOUT must be between 0 and 1")
     if settings.train.seed < 0:
         problems.append("DEEPMEMORY_TRAIN_SEED must not be negative (0: each run's own)")
+    if settings.train.members < 1:
+        problems.append("DEEPMEMORY_TRAIN_MEMBERS must be at least 1")
     if settings.train.blas_threads < 0:
         problems.append("DEEPMEMORY_TRAIN_BLAS_THREADS must not be negative (0: automatic)")
     if settings.llm.max_retries < 0:

@@ -4,7 +4,8 @@ instance serving the store reads it; `side_files.py`), and a bounded cache of lo
 
 The transform is `q' = normalise(q + q*w + q A B)`: a per-dimension re-weighting `w` (for a
 hashing embedder, learned term weights) plus a map `A B`, of low rank or full (`A` the
-identity). With `w` and `B` at zero it is exactly the identity.
+identity). With `w` and `B` at zero it is exactly the identity. A run's model is the
+average of several such transforms, trained on other validation splits (`Weights.mean`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,31 @@ class Weights:
     def shrunk(self, alpha: float) -> Weights:
         """Pulled toward the identity: `q + alpha * (q*w + q A B)`."""
         return Weights(self.w * alpha, self.a.copy(), self.b * alpha)
+
+    @classmethod
+    def mean(cls, members: Sequence[Weights | None]) -> Weights | None:
+        """The average of the members' transforms before normalising; None when no member
+        has weights. A member without (no model beat none on its validation questions)
+        abstains: counted as the identity, it would shrink the others' correction, and one
+        that must outweigh a distractor's words then no longer does (on the noisy corpus of
+        tests/service/test_training.py, one member of three found no model: with it as the
+        identity the average won none of the 21 test questions one model alone won, without
+        it all 21). `A B` of the average is the members' maps side by side (`A` stacked,
+        `B` divided by their number), or one full map when a member's is full (no larger,
+        and cheaper to apply)."""
+        found = [m for m in members if m is not None]
+        if not found:
+            return None
+        n = len(found)
+        dim = found[0].w.shape[0]
+        w = (np.sum([m.w for m in found], axis=0) / n).astype(np.float32)
+        if any(m.a.shape[1] >= dim for m in found):
+            a = np.eye(dim, dtype=np.float32)
+            b = (np.sum([m.a @ m.b for m in found], axis=0) / n).astype(np.float32)
+        else:
+            a = np.concatenate([m.a for m in found], axis=1).astype(np.float32)
+            b = (np.concatenate([m.b for m in found], axis=0) / n).astype(np.float32)
+        return cls(w, a, b)
 
 
 @attrs.frozen

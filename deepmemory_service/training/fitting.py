@@ -11,7 +11,7 @@ epoch's weights are also tried shrunk toward the identity.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -123,6 +123,26 @@ class Fit:
     tried: tuple[ShapeReport, ...]
     validation_without_model: Recalls
     validation_queries: int
+    # the members averaged into this one (none: a single fit)
+    members: tuple[Fit, ...] = ()
+
+    @classmethod
+    def mean(cls, members: Sequence[Fit]) -> Fit:
+        """The members' fits as one model: their weights averaged (`Weights.mean`: a member
+        that found no model abstains), the first chosen shape and its
+        validation figures reported, every member's shapes tried, and each member's
+        choice in `members`."""
+        if len(members) == 1:
+            return members[0]
+        reported = next((m for m in members if m.chosen is not None), members[0])
+        return cls(
+            Weights.mean([m.weights for m in members]),
+            reported.chosen,
+            tuple(r for m in members for r in m.tried),
+            reported.validation_without_model,
+            reported.validation_queries,
+            tuple(members),
+        )
 
     def as_json(self) -> dict[str, Any]:
         chosen = self.chosen
@@ -140,12 +160,26 @@ class Fit:
             ),
         }
         if chosen is not None:
-            metrics["chosen"] = {
-                "rank": chosen.shape.rank,
-                "l2": chosen.shape.l2,
-                "shrink": chosen.shrink,
-            }
+            metrics["chosen"] = _choice(chosen)
+        if self.members:
+            metrics["members"] = [
+                {
+                    "chosen": _choice(m.chosen) if m.chosen is not None else None,
+                    "best_epoch": m.chosen.best_epoch if m.chosen is not None else 0,
+                    "validation_without_model": m.validation_without_model,
+                    "validation_with_model": (
+                        m.chosen.validation_with_model
+                        if m.chosen is not None
+                        else m.validation_without_model
+                    ),
+                }
+                for m in self.members
+            ]
         return metrics
+
+
+def _choice(report: ShapeReport) -> dict[str, Any]:
+    return {"rank": report.shape.rank, "l2": report.shape.l2, "shrink": report.shrink}
 
 
 # (shape index, epoch, loss, validation recalls), called from the fitting thread

@@ -9,7 +9,10 @@ The pairs are split three ways by the run's seed: test questions are held out fi
 only measure the chosen model (the reported figures); validation questions, held out of the
 rest, help pick the epoch, the shrink toward the identity and the model's shape
 (`fitting.py`). Chunks keep a question for training where they have two or more; with one
-question per chunk, whole chunks' questions are held out.
+question per chunk, whole chunks' questions are held out. Three members are trained, each
+on its own validation split and start, and the run's model is their average
+(`Weights.mean`): one model is one draw of the split, and measured on questions people
+wrote the average found more of them (fewer members for a large run, `members_within`).
 
 Measured on 1,110 questions people wrote: held-out generated questions can improve while
 people's searches get worse, so the trainer also judges queries like people's, cut from the
@@ -22,6 +25,7 @@ it may be enabled (`refusal`): the reason, when not, is a sentence with the figu
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 import uuid
@@ -49,8 +53,10 @@ from deepmemory_service.training.query_sets import (
     QuerySet,
     at_most,
     eval_view,
+    held_out,
+    member_seed,
+    member_splits,
     plain_queries,
-    split_three,
 )
 from deepmemory_service.training.ranking import Evaluation, Ranks, Recalls, ranks_of
 from deepmemory_service.training.trainer import (
@@ -80,25 +86,29 @@ class Bounds:
 @attrs.define
 class _ProgressBridge:
     """Carries the fitting thread's progress to the event loop, at most five reports a
-    second (and every shape's last epoch)."""
+    second (and every shape's last epoch). The models are numbered across the members:
+    member 2's first shape of four is model 5."""
 
     loop: asyncio.AbstractEventLoop
     epochs: int
+    members: int = 1
     queue: asyncio.Queue[TrainingProgress | None] = attrs.field(factory=asyncio.Queue)
     last: float = 0.0
 
-    def post(self, model: int, epoch: int, loss: float, evaluated: Recalls) -> None:
+    def post(self, member: int, shape: int, epoch: int, loss: float, evaluated: Recalls) -> None:
         """Called in the fitting thread."""
         now = time.monotonic()
         if now - self.last < 0.2 and epoch < self.epochs:
             return
         self.last = now
         # each shape may stop early: the bar moves on to the next shape's share
+        model = member * len(SHAPES) + shape
+        models = self.members * len(SHAPES)
         step = model * self.epochs + epoch
         update = TrainingProgress(
-            f"Model {model + 1}/{len(SHAPES)}, epoch {epoch}/{self.epochs}: loss {loss:.3f}, "
+            f"Model {model + 1}/{models}, epoch {epoch}/{self.epochs}: loss {loss:.3f}, "
             f"validation recall@10 {evaluated['recall@10']:.2f}",
-            step / (len(SHAPES) * self.epochs),
+            step / (models * self.epochs),
             {"model": model + 1, "epoch": epoch, "step": step, "loss": round(loss, 4)} | evaluated,
         )
         self.loop.call_soon_threadsafe(self.queue.put_nowait, update)
@@ -259,22 +269,29 @@ class LocalTrainer:
             )
         rows = np.array([row_of[request.chunk_ids[i]] for i in keep], dtype=np.int64)
         seed = self.settings.seed or uuid.UUID(str(request.run_id)).int % 2**32
-        test, valid = split_three(rows, self.settings.holdout, seed)
+        holdout = self.settings.holdout
+        test = held_out(rows, holdout, seed)
         # a large run trains and measures on seeded samples; only those are embedded
         rng = np.random.default_rng(seed + 3)
         bounds = self.bounds
-        train_i = at_most(np.flatnonzero(~(test | valid)), bounds.train_queries, rng)
-        valid_i = at_most(np.flatnonzero(valid), bounds.eval_queries, rng)
+        rest = np.flatnonzero(~test)
+        members = members_within(self.settings.members, len(rest), holdout, bounds.train_queries)
+        splits = [
+            (at_most(train, bounds.train_queries, rng), at_most(valid, bounds.eval_queries, rng))
+            for train, valid in member_splits(rows, rest, holdout, seed, members)
+        ]
         test_i = at_most(np.flatnonzero(test), bounds.eval_queries, rng)
-        embedded = await request.embedder.embed(
-            [request.questions[keep[i]] for i in np.concatenate([train_i, valid_i, test_i])]
-        )
+        asked = np.unique(np.concatenate([test_i, *(np.concatenate(s) for s in splits)]))
+        embedded = await request.embedder.embed([request.questions[keep[i]] for i in asked])
         if embedded.shape[1] != corpus.shape[1]:
             raise TrainingError(
                 f"query vectors have dimension {embedded.shape[1]} but the store holds "
                 f"{corpus.shape[1]}: the embedder changed since ingestion"
             )
-        train_q, valid_q, test_q = np.split(embedded, [len(train_i), len(train_i) + len(valid_i)])
+
+        def queries(indexes: Ranks) -> QuerySet:
+            return QuerySet(embedded[np.searchsorted(asked, indexes)], rows[indexes])
+
         loop = asyncio.get_running_loop()
         embedder = request.embedder
 
@@ -292,48 +309,55 @@ class LocalTrainer:
         test_plain = await _plain(
             embedder, texts, np.sort(chunk_rows[half:][:cap]), seed, trained_on, cap
         )
-        train_rows = rows[train_i]
-        eval_corpus, (valid_set, valid_plain) = await loop.run_in_executor(
-            None,
-            eval_view,
-            corpus,
-            [QuerySet(valid_q, rows[valid_i]), valid_plain],
-            rng,
-            bounds.mining_pool,
-        )
-        data = TrainingData(
-            QuerySet(train_q, train_rows),
-            corpus,
-            eval_corpus,
-            valid_set,
-            (valid_plain,),
-            bounds.mining_pool,
-        )
 
-        bridge = _ProgressBridge(loop, self.settings.epochs)
+        bridge = _ProgressBridge(loop, self.settings.epochs, members)
         stop = threading.Event()
         forwarder = asyncio.create_task(bridge.forward(report))
+        fits: list[Fit] = []
         try:
-            fitted = await loop.run_in_executor(
-                None, fit, data, self.settings.epochs, seed, stop, bridge.post
-            )
+            # each member: its own validation split and start, the same test questions
+            for member, (train_i, valid_i) in enumerate(splits):
+                eval_corpus, (valid_set, member_plain) = await loop.run_in_executor(
+                    None,
+                    eval_view,
+                    corpus,
+                    [queries(valid_i), valid_plain],
+                    rng,
+                    bounds.mining_pool,
+                )
+                data = TrainingData(
+                    queries(train_i),
+                    corpus,
+                    eval_corpus,
+                    valid_set,
+                    (member_plain,),
+                    bounds.mining_pool,
+                )
+                fits.append(
+                    await loop.run_in_executor(
+                        None,
+                        fit,
+                        data,
+                        self.settings.epochs,
+                        member_seed(seed, member),
+                        stop,
+                        functools.partial(bridge.post, member),
+                    )
+                )
         finally:
             # a timeout cancels this coroutine; the numpy thread stops at its next epoch
             stop.set()
             bridge.close()
             await forwarder
+        fitted = Fit.mean(fits)
         # the reported figures: test questions and guards, which chose nothing
+        test_q = queries(test_i)
         evaluations = await loop.run_in_executor(
-            None,
-            _evaluate_all,
-            fitted.weights,
-            QuerySet(test_q, rows[test_i]),
-            test_plain,
-            corpus,
+            None, _evaluate_all, fitted.weights, test_q, test_plain, corpus
         )
         metrics = fitted.as_json() | evaluations.as_json()
         metrics.update(
-            train_pairs=len(data.train),
+            train_pairs=len(splits[0][0]),
             eval_queries=len(test_q),
             eval_chunks=len(np.unique(rows[test_i])),
             corpus_chunks=len(ids),
@@ -351,6 +375,15 @@ class LocalTrainer:
 
     async def aclose(self) -> None:
         return None
+
+
+def members_within(wanted: int, questions: int, holdout: float, bound: int) -> int:
+    """How many member models a run trains, of `questions` to train and choose on (those
+    not held out as test questions): as many as wanted while their training questions
+    together stay within the bound one model's are held to, so a large run takes no longer
+    than one model did (one member at the bound, three up to a third of it)."""
+    per_member = max(1, questions - round(questions * holdout))
+    return max(1, min(wanted, bound // per_member))
 
 
 async def _plain(

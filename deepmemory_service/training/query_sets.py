@@ -1,7 +1,7 @@
 """The query sets a local training is built from and judged on: held-out splits of the
-run's questions, samples that bound a large run, and queries cut from the chunks' own text
-(phrases, and sentences and key terms as people search) that are none of the questions
-trained on."""
+run's questions (test questions, and each member model's validation questions), samples
+that bound a large run, and queries cut from the chunks' own text (sentences and key terms
+as people search) that are none of the questions trained on."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ Mask = npt.NDArray[np.bool_]
 
 MINING_POOL = 10_000
 EVAL_NEAREST = 5
+# how far apart the seeds of a run's members are
+MEMBER_STRIDE = 1000
 
 
 @attrs.frozen
@@ -33,7 +35,7 @@ class QuerySet:
         return len(self.q)
 
 
-def _split(rows: Ranks, holdout: float, seed: int) -> Mask:
+def held_out(rows: Ranks, holdout: float, seed: int) -> Mask:
     """Held-out questions, chosen by a seed: never trained on. They are taken first from
     chunks that keep another question for training (the model's use is new queries about
     the same corpus), then, with one question per chunk, whole chunks are held out."""
@@ -62,15 +64,22 @@ def _split(rows: Ranks, holdout: float, seed: int) -> Mask:
     return held
 
 
-def split_three(rows: Ranks, holdout: float, seed: int) -> tuple[Mask, Mask]:
-    """(test, validation) masks. The test questions are held out first, by the run's seed,
-    and only measure the chosen model; validation questions, held out of the rest by another
-    seed, choose the epoch and the model shape. Neither is trained on."""
-    test = _split(rows, holdout, seed)
-    rest = np.flatnonzero(~test)
-    valid = np.zeros(len(rows), dtype=bool)
-    valid[rest[_split(rows[rest], holdout, seed + 1)]] = True
-    return test, valid
+def member_seed(seed: int, member: int) -> int:
+    """The seed of one member of a run's models (member 0: the run's own)."""
+    return seed + MEMBER_STRIDE * member
+
+
+def member_splits(
+    rows: Ranks, rest: Ranks, holdout: float, seed: int, members: int
+) -> list[tuple[Ranks, Ranks]]:
+    """Each member's (training, validation) question indexes, all of them from `rest` (the
+    run's questions that are not test questions): every member holds out other validation
+    questions, by its own seed, to choose its epoch and shape, and trains on the rest."""
+    splits = []
+    for member in range(members):
+        valid = held_out(rows[rest], holdout, member_seed(seed, member) + 1)
+        splits.append((rest[~valid], rest[valid]))
+    return splits
 
 
 def at_most(indexes: Ranks, cap: int, rng: np.random.Generator) -> Ranks:

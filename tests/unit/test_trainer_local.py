@@ -24,9 +24,15 @@ from deepmemory_service.training.adapter import (
     model_path,
     save_adapter,
 )
-from deepmemory_service.training.fitting import Fit
-from deepmemory_service.training.local import Bounds, Evaluations, LocalTrainer, refusal
-from deepmemory_service.training.query_sets import split_three
+from deepmemory_service.training.fitting import SHAPES, Fit
+from deepmemory_service.training.local import (
+    Bounds,
+    Evaluations,
+    LocalTrainer,
+    members_within,
+    refusal,
+)
+from deepmemory_service.training.query_sets import held_out, member_splits
 from deepmemory_service.training.ranking import Change, Evaluation, changes
 from deepmemory_service.training.trainer import TrainingError, TrainingProgress, TrainingRequest
 
@@ -110,7 +116,13 @@ async def test_training_helps_held_out_and_differently_phrased_queries(tmp_path:
     assert [r.fraction for r in reports] == sorted(r.fraction for r in reports)
     assert {"model", "epoch", "loss", "recall@10"} <= set(reports[-1].details)
     assert all(0 < r.fraction <= 1 for r in reports)
-    assert reports[-1].message.startswith(f"Model {reports[-1].details['model']}/")
+    # numbered across the run's three members, each trying every shape
+    last = reports[-1].details["model"]
+    assert last > len(SHAPES)
+    assert reports[-1].message.startswith(f"Model {last}/{3 * len(SHAPES)}, epoch ")
+    # the model is their average, each member chosen on its own validation questions
+    assert len(m["members"]) == 3
+    assert any(member["chosen"] is not None for member in m["members"])
 
     # the model lives beside the store, with what it was made from
     with np.load(model_path(store)) as saved:
@@ -238,26 +250,31 @@ async def test_a_store_made_by_another_embedder_is_a_training_error(tmp_path: Pa
 
 def test_test_and_validation_questions_are_disjoint_and_every_chunk_keeps_one() -> None:
     rows = np.repeat(np.arange(40, dtype=np.int64), 3)
-    test, valid = split_three(rows, 0.2, seed=7)
-    assert not (test & valid).any()
+    test = held_out(rows, 0.2, seed=7)
     assert test.sum() == round(len(rows) * 0.2)
-    assert valid.sum() == round((~test).sum() * 0.2)
-    # every chunk keeps a training question
-    assert set(rows[~(test | valid)]) == set(rows)
-    # the reported test questions do not depend on the validation split
-    again, _ = split_three(rows, 0.2, seed=7)
-    assert (again == test).all()
+    rest = np.flatnonzero(~test)
+    splits = member_splits(rows, rest, 0.2, seed=7, members=3)
+    for train, valid in splits:
+        # a member trains on the questions its validation split leaves, never on a test one
+        assert sorted(np.concatenate([train, valid])) == list(rest)
+        assert len(valid) == round(len(rest) * 0.2)
+        # every chunk keeps a training question
+        assert set(rows[train]) == set(rows)
+    # the members choose on other validation questions
+    assert len({tuple(valid) for _, valid in splits}) == 3
+    # the reported test questions depend neither on the validation splits nor the members
+    assert (held_out(rows, 0.2, seed=7) == test).all()
+    assert [list(v) for _, v in member_splits(rows, rest, 0.2, 7, 1)] == [list(splits[0][1])]
 
 
 def test_with_one_question_per_chunk_whole_chunks_are_held_out() -> None:
     rows = np.concatenate([np.arange(30), np.repeat(np.arange(30, 35), 2)]).astype(np.int64)
-    test, valid = split_three(rows, 0.2, seed=3)
-    assert not (test & valid).any()
+    test = held_out(rows, 0.2, seed=3)
     assert test.sum() == round(len(rows) * 0.2)
     # the chunks with two questions gave one each first
     assert set(rows[test]) >= set(range(30, 35))
     with pytest.raises(TrainingError, match="too few pairs to train and evaluate: 3 pairs"):
-        split_three(np.arange(3, dtype=np.int64), 0.2, seed=3)
+        held_out(np.arange(3, dtype=np.int64), 0.2, seed=3)
 
 
 def _recalls(r1: float, r10: float) -> dict[str, float]:
@@ -395,3 +412,45 @@ def test_the_trainer_sets_numpys_blas_threads() -> None:
             assert {p["num_threads"] for p in blas} == {wanted}
     finally:
         settings()  # back to the default for the rest of the session
+
+
+def test_a_runs_model_is_the_average_of_its_members_transforms() -> None:
+    rng = np.random.default_rng(5)
+    dim = 16
+
+    def member(rank: int | None) -> Weights:
+        a = np.eye(dim) if rank is None else rng.standard_normal((dim, rank))
+        b = rng.standard_normal((a.shape[1], dim)) * 0.1
+        w = rng.standard_normal(dim) * 0.1
+        return Weights(w.astype(np.float32), a.astype(np.float32), b.astype(np.float32))
+
+    def unnormalised(weights: Weights, q: np.ndarray) -> np.ndarray:
+        return q + q * weights.w + (q @ weights.a) @ weights.b
+
+    queries = rng.standard_normal((7, dim)).astype(np.float32)
+    # low-rank maps side by side; with a full map among them, one full map; a member that
+    # found no model abstains
+    for found in ([member(4), member(0)], [member(8), member(None), member(2)]):
+        mean = Weights.mean([*found, None])
+        assert mean is not None
+        expected = np.mean([unnormalised(m, queries) for m in found], axis=0)
+        expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+        np.testing.assert_allclose(mean.apply(queries), expected, rtol=1e-4, atol=1e-5)
+    single = Weights.mean([member(None)])
+    assert single is not None
+    assert single.a.shape == (dim, dim)
+    assert Weights.mean([None, None]) is None
+
+
+def test_a_large_run_trains_fewer_members_within_one_models_bound() -> None:
+    # members' training questions together stay within the bound (1,000 here); a member
+    # trains on what its validation split leaves of the questions (80 %)
+    assert [members_within(3, n, 0.2, 1000) for n in (100, 416, 417, 625, 626, 5000)] == [
+        3,
+        3,
+        2,
+        2,
+        1,
+        1,
+    ]
+    assert members_within(1, 100, 0.2, 1000) == 1
