@@ -38,7 +38,11 @@ from deepmemory_service.llm.generators import (
     OfflineQuestionGenerator,
     QuestionGenerator,
 )
-from deepmemory_service.llm.question_checks import duplicate_key
+from deepmemory_service.llm.question_checks import (
+    after_round_trip,
+    check_answer,
+    duplicate_key,
+)
 from deepmemory_service.models import Chunk
 from deepmemory_service.platform.config import QuestionSettings, Settings, load_settings
 from deepmemory_service.runs.questioning import Asker, RoundTrip, Tally
@@ -367,8 +371,9 @@ def live_llm(base_url: str, model: str) -> LLMQuestionGenerator:
 
 class FilteredGenerator:
     """The inner generator's questions, then only those the service's question checks keep,
-    checked as a run checks one answer (`question_checks.check_answer` and
-    `after_round_trip`, chunk by chunk, the prompt's example held as asked already): per
+    checked as a run checks one answer (`question_checks.check_answer`, the run's
+    `RoundTrip` and `after_round_trip`, chunk by chunk, the prompt's example held as asked
+    already): per
     question (not a question, about the text itself, copied from the chunk, asked already
     of another chunk), then the round trip (the base embedder ranks its chunk in the top
     `ROUND_TRIP_K` of the corpus). Nothing is asked again, and a chunk that passed nothing
@@ -387,27 +392,25 @@ class FilteredGenerator:
         questions: list[str],
         rows: list[int],
         texts: Sequence[str],
-        embedder: Embedder,
+        embedder: CachedEmbedder,
         corpus: Matrix,
     ) -> tuple[list[str], list[int]]:
         """The questions (and their chunk rows) that pass every check, in order; `rows`
         holds each chunk's questions together, as asked."""
-        from deepmemory_service.llm import question_checks as checks
-
         self.rejected = Counter()
         keys = {duplicate_key(q) for q in LLMQuestionGenerator.examples}
-        # every question embedded at once (the embedder caches), each chunk's checked in turn
-        vectors = dict(
-            zip([q.strip() for q in questions], await embedder.embed(questions), strict=True)
-        )
+        # the run's round trip over these chunks (a chunk's id is its row here); embedded
+        # in one batch first, so that its calls chunk by chunk find every vector cached
+        ids = np.arange(len(corpus), dtype=np.int64)
+        round_trip = RoundTrip(embedder, ROUND_TRIP_K, corpus, ids, ids)
+        await embedder.embed([q.strip() for q in questions])
         kept: list[str] = []
         kept_rows: list[int] = []
         for row, answer in itertools.groupby(zip(questions, rows, strict=True), lambda q: q[1]):
-            passing, rejected = checks.check_answer([q for q, _ in answer], texts[row], keys)
+            passing, rejected = check_answer([q for q, _ in answer], texts[row], keys)
             if passing:
-                asked = np.stack([vectors[q] for q in passing])
-                found = checks.ranks_within(asked, corpus, [row] * len(passing), ROUND_TRIP_K)
-                passing, missed = checks.after_round_trip(passing, found, keys)
+                found = await round_trip.kept(row, passing)
+                passing, missed = after_round_trip(passing, found, keys)
                 rejected += missed
             self.rejected.update(str(r.reason) for r in rejected)
             kept += passing
