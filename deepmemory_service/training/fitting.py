@@ -160,26 +160,22 @@ class Fit:
             ),
         }
         if chosen is not None:
-            metrics["chosen"] = _choice(chosen)
+            metrics["chosen"] = {
+                "rank": chosen.shape.rank,
+                "l2": chosen.shape.l2,
+                "shrink": chosen.shrink,
+            }
         if self.members:
-            metrics["members"] = [
-                {
-                    "chosen": _choice(m.chosen) if m.chosen is not None else None,
-                    "best_epoch": m.chosen.best_epoch if m.chosen is not None else 0,
-                    "validation_without_model": m.validation_without_model,
-                    "validation_with_model": (
-                        m.chosen.validation_with_model
-                        if m.chosen is not None
-                        else m.validation_without_model
-                    ),
-                }
-                for m in self.members
-            ]
+            metrics["members"] = [_member_json(m.as_json()) for m in self.members]
         return metrics
 
 
-def _choice(report: ShapeReport) -> dict[str, Any]:
-    return {"rank": report.shape.rank, "l2": report.shape.l2, "shrink": report.shrink}
+def _member_json(metrics: dict[str, Any]) -> dict[str, Any]:
+    """What a member chose, out of its own metrics."""
+    return {"chosen": metrics.get("chosen")} | {
+        key: metrics[key]
+        for key in ("best_epoch", "validation_without_model", "validation_with_model")
+    }
 
 
 # (shape index, epoch, loss, validation recalls), called from the fitting thread
