@@ -129,6 +129,13 @@ class Evaluations:
     test: Evaluation
     plain: Evaluation | None
 
+    def changes_json(self) -> dict[str, Any]:
+        """Won and lost at each k on both sets (what the verdict counts)."""
+        metrics: dict[str, Any] = {"changes": self.test.changes_json()}
+        if self.plain is not None:
+            metrics["plain_changes"] = self.plain.changes_json()
+        return metrics
+
     def as_json(self) -> dict[str, Any]:
         metrics: dict[str, Any] = {
             "without_model": self.test.without,
@@ -356,6 +363,13 @@ class LocalTrainer:
             None, _evaluate_all, fitted.weights, test_q, test_plain, corpus
         )
         metrics = fitted.as_json() | evaluations.as_json()
+        if fitted.members:
+            # each member on the same test questions and queries: how far they agreed
+            for one, entry in zip(fitted.members, metrics["members"], strict=True):
+                alone = await loop.run_in_executor(
+                    None, _evaluate_all, one.weights, test_q, test_plain, corpus
+                )
+                entry.update(alone.changes_json())
         metrics.update(
             train_pairs=len(splits[0][0]),
             eval_queries=len(test_q),
