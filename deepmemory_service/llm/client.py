@@ -122,8 +122,9 @@ def _error_code(reply: object) -> object:
     return error.get("code") if isinstance(error, dict) else None
 
 
-def parse_questions(content: str, count: int) -> list[str]:
-    """Exactly `count` distinct, non-empty questions from the model's reply, or a fault."""
+def parse_questions(content: str, count: int, least: int | None = None) -> list[str]:
+    """At most `count` distinct, non-empty questions from the model's reply, and at least
+    `least` (default: `count`), or a fault."""
     text = _FENCE.sub("", content.strip())
     try:
         data = json.loads(text)
@@ -142,7 +143,7 @@ def parse_questions(content: str, count: int) -> list[str]:
             refused.append(problem)
         elif q.strip() not in seen:
             seen.append(q.strip())
-    if len(seen) < count:
+    if len(seen) < (count if least is None else least):
         why = f" ({len(refused)} refused: {refused[0]})" if refused else ""
         raise UpstreamFault(
             "wrong_count",
@@ -218,10 +219,17 @@ class LLMQuestionGenerator:
         return min(base * 2.0**timed_out, MAX_TIMEOUT_FACTOR * self.settings.timeout_s)
 
     async def generate(
-        self, chunk: Chunk, count: int, lane: Lane | None = None, feedback: Feedback | None = None
+        self,
+        chunk: Chunk,
+        count: int,
+        lane: Lane | None = None,
+        feedback: Feedback | None = None,
+        spare: int = 0,
     ) -> list[str]:
-        """`count` questions about the chunk (`feedback`: it is asked again, told what was
-        wrong with its last questions); the call retried under the retry policy."""
+        """`count` questions about the chunk, and up to `spare` more: the prompt asks for
+        `count + spare`, and a reply with at least `count` will do (`feedback`: it is asked
+        again, told what was wrong with its last questions); the call retried under the
+        retry policy."""
         tries = 0
         timed_out = 0
 
@@ -229,7 +237,9 @@ class LLMQuestionGenerator:
             nonlocal tries, timed_out
             tries += 1
             try:
-                return await self._call(chunk, count, lane, self.timeout_for(timed_out), feedback)
+                return await self._call(
+                    chunk, count, spare, lane, self.timeout_for(timed_out), feedback
+                )
             except UpstreamFault as fault:
                 self.stats.faults[fault.kind] += 1
                 timed_out += fault.kind == "timeout"
@@ -271,19 +281,21 @@ class LLMQuestionGenerator:
         self,
         chunk: Chunk,
         count: int,
+        spare: int,
         lane: Lane | None,
         limit_s: float,
         feedback: Feedback | None = None,
     ) -> list[str]:
-        messages = chat_messages(chunk, count, feedback)
+        asked = count + spare
+        messages = chat_messages(chunk, asked, feedback)
         prompt_chars = sum(len(m["content"]) for m in messages)
-        grant = await lane.acquire(prompt_chars, count) if lane else None
+        grant = await lane.acquire(prompt_chars, asked) if lane else None
         payload: dict[str, Any] = {
             "model": self.settings.model,
             "messages": messages,
             "temperature": 0.3,
             "response_format": {"type": "json_object"},
-            "max_tokens": reply_tokens(count),
+            "max_tokens": reply_tokens(asked),
         }
         sent = False
         try:
@@ -351,7 +363,7 @@ class LLMQuestionGenerator:
             ) from None
         if not isinstance(content, str):
             raise UpstreamFault("bad_reply", "the completion has no text content", True)
-        return parse_questions(content, count)
+        return parse_questions(content, asked, least=count)
 
     def _answered(
         self, lane: Lane | None, grant: Grant | None, usage: Usage | None, *, ok: bool

@@ -46,8 +46,15 @@ class CheckedGenerator(Protocol):
     examples: tuple[str, ...]
 
     async def generate(
-        self, chunk: Chunk, count: int, lane: Lane | None = None, feedback: Feedback | None = None
-    ) -> list[str]: ...
+        self,
+        chunk: Chunk,
+        count: int,
+        lane: Lane | None = None,
+        feedback: Feedback | None = None,
+        spare: int = 0,
+    ) -> list[str]:
+        """At least `count` questions and up to `spare` more (asked for all of them)."""
+        ...
 
 
 class OfflineQuestionGenerator:

@@ -197,6 +197,9 @@ class QuestionSettings:
     checks: bool
     # times a chunk left short of questions is asked again
     reasks: int
+    # questions asked for beyond what a chunk lacks, so that one turned down leaves it short
+    # less often (those that pass beyond the count are not kept)
+    spare: int
     # times a chunk is asked again, on average, before a run of the user's has shown it
     # (the estimate's allowance)
     expected_reasks: float
@@ -417,7 +420,7 @@ def _complete(settings: Settings) -> Settings:
             "DEEPMEMORY_GENERATION_QUESTIONS_PER_CHUNK must be between 1 and "
             f"DEEPMEMORY_GENERATION_MAX_QUESTIONS_PER_CHUNK ({gen.max_questions_per_chunk})"
         )
-    for name in ("reasks", "round_trip_k", "expected_reasks"):
+    for name in ("reasks", "spare", "round_trip_k", "expected_reasks"):
         if getattr(settings.questions, name) < 0:
             problems.append(f"DEEPMEMORY_QUESTIONS_{name.upper()} must not be negative")
     if settings.http.sse_send_timeout_s <= 0:

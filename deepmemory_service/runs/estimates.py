@@ -23,7 +23,7 @@ from attrs import frozen
 from deepmemory_service.llm.client import LLMQuestionGenerator, chat_messages
 from deepmemory_service.llm.usage import Prices
 from deepmemory_service.models import Chunk
-from deepmemory_service.platform.config import GeneratorName
+from deepmemory_service.platform.config import GeneratorName, Settings
 from deepmemory_service.runs.services import Services
 
 # how the tokens were found: "tokenizer" (the prompt counted by the model's own tokenizer),
@@ -34,17 +34,23 @@ Basis = Literal["tokenizer", "replies", "guess", "none"]
 # character (a corpus's texts are alike enough: a 32-chunk sample is within 1 % on the
 # bundled corpus)
 SAMPLE_CHUNKS = 32
-# completion tokens a question costs before any reply has shown the model's own figure: the
-# prompt asks for search questions in a JSON list, which Qwen2.5-Coder-1.5B-Instruct answered
-# with 18.9 tokens a question, its JSON included (1,190 for the bundled corpus's 63);
-# re-measure when the prompt changes (tests/real_llm prints it)
-QUESTION_TOKENS = 19.0
+# completion tokens a question asked for costs before any reply has shown the model's own
+# figure: the prompt asks for search questions in a JSON list, which Qwen2.5-Coder-1.5B-Instruct
+# answered with about 15 tokens a question asked, its JSON included, when asked for 5 (3 and
+# the 2 spares: 1,966 and 2,033 tokens in two runs of the bundled corpus; 18.9 when asked for
+# 3); re-measure when the prompt changes (tests/real_llm prints it)
+QUESTION_TOKENS = 15.0
 # of the questions a first call asks for, the share a call that asks again asks for (it asks
 # for what the chunk lacks): 1.4 of 3 on Qwen2.5-Coder-1.5B-Instruct, the bundled corpus
 REASK_QUESTION_SHARE = 0.47
 # a call that asks again sends the chunk again with the questions turned down and kept: 1.2
 # times a first call's prompt tokens on the same model and corpus
 REASK_PROMPT_SHARE = 1.2
+
+
+def spare_questions(settings: Settings) -> int:
+    """The questions a call asks for beyond what a chunk lacks (where they are checked)."""
+    return settings.questions.spare if settings.questions.checks else 0
 
 
 @frozen
@@ -82,7 +88,8 @@ async def _counted_prompt_tokens(
     if not isinstance(gen, LLMQuestionGenerator):
         return None
     session = gen.session()
-    fixed = await gen.server.count_chat(session, chat_messages(Chunk(0, ""), questions_per_chunk))
+    asked = questions_per_chunk + spare_questions(svc.settings)
+    fixed = await gen.server.count_chat(session, chat_messages(Chunk(0, ""), asked))
     if fixed is None:
         return None
     async with svc.request_db.conn() as conn:
@@ -120,9 +127,12 @@ async def estimate(
         calls_per_chunk = 1.0 + reasks
     calls_per_chunk = max(1.0, calls_per_chunk)
     calls = round(new * calls_per_chunk) if uses_llm else 0
-    # a first call's tokens, and those of the calls after it (retries, asking again)
+    # a first call's tokens, and those of the calls after it (retries, asking again); each
+    # call asks for the questions the chunk lacks and the spares
+    spare = spare_questions(settings)
     prompts = 1.0 + (calls_per_chunk - 1.0) * REASK_PROMPT_SHARE
-    asked = 1.0 + (calls_per_chunk - 1.0) * REASK_QUESTION_SHARE
+    asked = float(questions_per_chunk + spare)
+    asked += (calls_per_chunk - 1.0) * (questions_per_chunk * REASK_QUESTION_SHARE + spare)
     prompt_tokens = completion_tokens = 0
     estimate_basis: Basis = "none"
     if uses_llm and new:
@@ -137,12 +147,14 @@ async def estimate(
         else:
             # every prompt is the same text around its chunk's: the budget's estimates,
             # which learn from the provider's replies, priced per chunk and per character
-            fixed = sum(len(m["content"]) for m in chat_messages(Chunk(0, ""), questions_per_chunk))
+            fixed = sum(
+                len(m["content"]) for m in chat_messages(Chunk(0, ""), questions_per_chunk + spare)
+            )
             per_prompt = svc.budget.estimate(fixed, 0)
             first_calls = new * per_prompt + new_chars * estimator.per_char
             prompt_tokens = round(first_calls * prompts)
         per_question = estimator.per_question if estimator.replies else QUESTION_TOKENS
-        completion_tokens = round(new * questions_per_chunk * per_question * asked)
+        completion_tokens = round(new * per_question * asked)
     rpm = settings.llm.rpm
     at_limit = calls / rpm if uses_llm and rpm > 0 else None
     at_pace = calls * per_call_s / 60 if uses_llm and per_call_s is not None else None

@@ -5,7 +5,9 @@ short is asked again for what it lacks, told what was wrong, at most `reasks` ti
 The checks that need only the question come first; then the round trip (InPars,
 Promptagator): the configured embedder embeds the questions that passed, and a question
 is kept only when its chunk is among the `round_trip_k` nearest of the user's chunks (the
-store at the catalog's version, read once per job).
+store at the catalog's version, read once per job). Each call asks for `spare` questions more
+than the chunk lacks, and the first that pass are kept: a question turned down then seldom
+costs a call that sends the chunk again.
 
 A question must not repeat one asked of another chunk of the run: the keys of the run's
 stored questions are read when the job starts (a proceed after a failure checks against
@@ -155,10 +157,17 @@ class Asker:
                 if self.metrics is not None:
                     self.metrics.question_reasks += 1
                 feedback = Feedback(tuple(turned_down), tuple(kept))
+            lacking = count - len(kept)
             with in_call():
-                answer = await self.generator.generate(chunk, count - len(kept), lane, feedback)
+                answer = await self.generator.generate(
+                    chunk, lacking, lane, feedback, spare=self.settings.spare
+                )
             new, rejected = await self._check(chunk, answer)
-            kept += new
+            # spares that passed beyond what the chunk lacks are not kept: their keys go
+            # back, so another chunk may still keep such a question
+            for spare in new[lacking:]:
+                self.keys.discard(duplicate_key(spare))
+            kept += new[:lacking]
             turned_down += rejected
             if len(kept) >= count:
                 return kept[:count]

@@ -112,10 +112,13 @@ class StandinStats:
 
     # calls that asked again: their prompt listed questions turned down, and why
     reasks: int = 0
+    # the questions each call's prompt asked for, in order
+    asked: list[int] = attrs.field(factory=list)
 
     def clear(self) -> None:
         self.working = self.most_working = 0
         self.calls = self.successes = self.rate_limited = self.reasks = 0
+        self.asked.clear()
         self.prompt_tokens = self.completion_tokens = 0
         self.faults.clear()
         self.per_chunk.clear()
@@ -269,6 +272,7 @@ async def chat_completions(request: web.Request) -> web.Response:
     avoid = prompt[passage_match.end() :]
     prompt_tokens = sum(4 + count_tokens(m["content"]) for m in body["messages"])
     stats.calls += 1
+    stats.asked.append(count)
     limits_headers: dict[str, str] = {}
     if cfg.rpm > 0 or cfg.tpm > 0:
         now = time.monotonic()

@@ -77,6 +77,51 @@ async def metrics(api: Api) -> str:
         return await resp.text()
 
 
+async def test_spare_questions_save_asking_again_and_those_not_kept_stay_free(
+    api_factory: Any, standin: Any, settings: Settings, user_id: uuid.UUID
+) -> None:
+    api = await checked_api(api_factory, standin, settings, round_trip_k=0, reasks=1, spare=2)
+    await api.ingest(user_id, 2)
+    standin.app[CONFIG].replies = [
+        # chunk 1, asked for its 2 and 2 spares: one about the passage, three fine
+        [
+            "What are the main points of the passage?",
+            "How does component0 talk to module0?",
+            "Why is component0 split from the others?",
+            "How does component1 work with module1?",
+        ],
+        # chunk 2: the spare chunk 1 did not keep, then its own
+        [
+            "How does component1 work with module1?",
+            "Why does component1 need module1 at all?",
+            "Which release first shipped component1?",
+            "Who maintains component1 today?",
+        ],
+    ]
+    run_id = await generate(api, user_id, 2)
+    run = await api.wait_status(user_id, run_id, "generated")
+    await api.idle(user_id)
+
+    stats = standin.app[STATS]
+    # each call asked for what the chunk lacked and two more; the question turned down cost
+    # no call of its own
+    assert stats.asked == [4, 4]
+    assert (run["llm_calls"], run["question_reasks"], run["short_chunks"]) == (2, 0, 0)
+    assert run["question_rejections"] == {**NO_REJECTIONS, "about_text": 1}
+    stored = await stored_questions(api, run_id)
+    first, second = sorted(stored)
+    # the first that passed are kept; a spare not kept is no chunk's question, so another
+    # chunk may keep it
+    assert stored[first] == [
+        "How does component0 talk to module0?",
+        "Why is component0 split from the others?",
+    ]
+    assert stored[second] == [
+        "How does component1 work with module1?",
+        "Why does component1 need module1 at all?",
+    ]
+
+
 async def test_bad_questions_are_counted_by_reason_and_their_chunks_asked_again(
     api_factory: Any, standin: Any, settings: Settings, user_id: uuid.UUID
 ) -> None:

@@ -11,7 +11,7 @@ import attrs
 import pytest
 from structlog.testing import capture_logs
 
-from deepmemory_service.llm.client import LLMQuestionGenerator, parse_questions
+from deepmemory_service.llm.client import LLMQuestionGenerator, UpstreamFault, parse_questions
 from deepmemory_service.llm.generators import GenerationError
 from deepmemory_service.models import Chunk
 from deepmemory_service.platform.config import load_settings
@@ -133,6 +133,10 @@ def test_strict_parsing() -> None:
         "B?",
     ]
     assert parse_questions('{"questions": ["A?", "B?", "C?"]}', 2) == ["A?", "B?"]
+    # asked for spares too: as many as came, at least the least
+    assert parse_questions('{"questions": ["A?", "B?", "C?"]}', 4, least=2) == ["A?", "B?", "C?"]
+    with pytest.raises(UpstreamFault, match="1 usable questions, 4 were asked"):
+        parse_questions('{"questions": ["A?"]}', 4, least=2)
     for bad in ("not json", '{"q": []}', '{"questions": ["only one?"]}', "[1, 2]"):
         with pytest.raises(Exception, match="reply"):
             parse_questions(bad, 2)
