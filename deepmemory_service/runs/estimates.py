@@ -36,10 +36,11 @@ Basis = Literal["tokenizer", "replies", "guess", "none"]
 SAMPLE_CHUNKS = 32
 # completion tokens a question asked for costs before any reply has shown the model's own
 # figure: the prompt asks for search questions in a JSON list, which Qwen2.5-Coder-1.5B-Instruct
-# answered with about 15 tokens a question asked, its JSON included, when asked for 5 (3 and
-# the 2 spares: 1,966 and 2,033 tokens in two runs of the bundled corpus; 18.9 when asked for
-# 3); re-measure when the prompt changes (tests/real_llm prints it)
-QUESTION_TOKENS = 15.0
+# answered with about 16 tokens a question asked, its JSON included, when asked for 4 (3 and
+# the spare: 1,691 and 1,708 tokens in two runs of the bundled corpus; 15 when asked for 5,
+# 18.9 for 3: the reply's JSON is shared); re-measure when the prompt changes (tests/real_llm
+# prints it)
+QUESTION_TOKENS = 16.0
 # of the questions a first call asks for, the share a call that asks again asks for (it asks
 # for what the chunk lacks): 1.4 of 3 on Qwen2.5-Coder-1.5B-Instruct, the bundled corpus
 REASK_QUESTION_SHARE = 0.47
