@@ -51,6 +51,12 @@ def metrics_handler(backend: web.Application) -> Callable[[web.Request], Awaitab
                 for r in Reason
             ),
             ("deepmemory_question_reasks_total", "counter", {}, m.question_reasks),
+            (
+                "deepmemory_question_spares_unused_total",
+                "counter",
+                {},
+                m.question_spares_unused,
+            ),
             ("deepmemory_supervisors", "gauge", {}, len(sups)),
             ("deepmemory_inbox_depth", "gauge", {}, sum(s.inbox.qsize() for s in sups)),
             (

@@ -47,6 +47,8 @@ class Metrics:
     # an LLM's questions turned down by the checks, by reason, and the chunks asked again
     questions_rejected: Counter[str] = attrs.field(factory=Counter)
     question_reasks: int = 0
+    # spare questions that passed but were not needed
+    question_spares_unused: int = 0
 
 
 def render(samples: list[tuple[str, str, dict[str, str], float]]) -> str:

@@ -66,6 +66,9 @@ class Tally:
     rejections: Counter[str] = attrs.field(factory=Counter)
     reasks: int = 0
     short_chunks: int = 0
+    # spares that passed beyond what their chunk lacked, so not kept (the job's and the
+    # process's count: what the spares cost, not a question turned down)
+    spares_unused: int = 0
 
     def total(self, before: Checked) -> Checked:
         """The run's counts: those before this job and this job's."""
@@ -167,6 +170,9 @@ class Asker:
             # back, so another chunk may still keep such a question
             for spare in new[lacking:]:
                 self.keys.discard(duplicate_key(spare))
+            self.tally.spares_unused += len(new[lacking:])
+            if self.metrics is not None:
+                self.metrics.question_spares_unused += len(new[lacking:])
             kept += new[:lacking]
             turned_down += rejected
             if len(kept) >= count:

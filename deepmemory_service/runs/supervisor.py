@@ -83,6 +83,7 @@ def _checks_view(asker: Asker | None) -> dict[str, Any]:
         "question_rejections": dict(tally.rejections) if tally else {},
         "question_reasks": tally.reasks if tally else 0,
         "short_chunks": tally.short_chunks if tally else 0,
+        "spare_questions_unused": tally.spares_unused if tally else 0,
     }
 
 

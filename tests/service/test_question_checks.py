@@ -120,6 +120,8 @@ async def test_spare_questions_save_asking_again_and_those_not_kept_stay_free(
         "How does component1 work with module1?",
         "Why does component1 need module1 at all?",
     ]
+    # the spares that passed and were not needed: one of chunk 1's, two of chunk 2's
+    assert "deepmemory_question_spares_unused_total 3" in await metrics(api)
 
 
 async def test_bad_questions_are_counted_by_reason_and_their_chunks_asked_again(
