@@ -166,14 +166,8 @@ class Asker:
                     chunk, lacking, lane, feedback, spare=self.settings.spare
                 )
             new, rejected = await self._check(chunk, answer)
-            # spares that passed beyond what the chunk lacks are not kept: their keys go
-            # back, so another chunk may still keep such a question
-            for spare in new[lacking:]:
-                self.keys.discard(duplicate_key(spare))
-            self.tally.spares_unused += len(new[lacking:])
-            if self.metrics is not None:
-                self.metrics.question_spares_unused += len(new[lacking:])
             kept += new[:lacking]
+            self._set_aside(new[lacking:])
             turned_down += rejected
             if len(kept) >= count:
                 return kept[:count]
@@ -183,6 +177,15 @@ class Asker:
             self.keys.add(duplicate_key(softest.question))
         self.tally.short_chunks += 1
         return kept
+
+    def _set_aside(self, unused: list[str]) -> None:
+        """Spares that passed beyond what their chunk lacked: not kept, so their keys go back
+        (another chunk may still keep such a question), and counted."""
+        for question in unused:
+            self.keys.discard(duplicate_key(question))
+        self.tally.spares_unused += len(unused)
+        if self.metrics is not None:
+            self.metrics.question_spares_unused += len(unused)
 
     async def _check(self, chunk: Chunk, answer: list[str]) -> tuple[list[str], list[Rejection]]:
         """The questions of one answer that pass every check, and those turned down (each

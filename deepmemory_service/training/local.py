@@ -140,14 +140,12 @@ class Evaluations:
         metrics: dict[str, Any] = {
             "without_model": self.test.without,
             "with_model": self.test.with_model,
-            "changes": self.test.changes_json(),
         }
         if self.plain is not None:
             metrics["plain_queries"] = self.plain.queries
             metrics["plain_without_model"] = self.plain.without
             metrics["plain_with_model"] = self.plain.with_model
-            metrics["plain_changes"] = self.plain.changes_json()
-        return metrics
+        return metrics | self.changes_json()
 
 
 def _evaluate(weights: Weights | None, queries: QuerySet, corpus: Matrix) -> Evaluation:
