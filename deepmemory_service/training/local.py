@@ -148,21 +148,31 @@ class Evaluations:
         return metrics | self.changes_json()
 
 
-def _evaluate(weights: Weights | None, queries: QuerySet, corpus: Matrix) -> Evaluation:
-    without = ranks_of(queries.q, queries.pos, corpus)
-    with_model = (
-        without if weights is None else ranks_of(weights.apply(queries.q), queries.pos, corpus)
-    )
-    return Evaluation.of(without, with_model)
+@attrs.frozen
+class _Judged:
+    """What chose nothing, ranked once without a model: the test questions and (when there
+    are any) the queries like people's, against the whole corpus. Each model judged on them
+    (the run's average, and each member alone) ranks only its own side."""
 
+    sets: tuple[tuple[QuerySet, Ranks], ...]
+    corpus: Matrix
 
-def _evaluate_all(
-    weights: Weights | None, test: QuerySet, plain: QuerySet, corpus: Matrix
-) -> Evaluations:
-    return Evaluations(
-        _evaluate(weights, test, corpus),
-        _evaluate(weights, plain, corpus) if len(plain) else None,
-    )
+    @classmethod
+    def of(cls, test: QuerySet, plain: QuerySet, corpus: Matrix) -> _Judged:
+        sets = [test, plain] if len(plain) else [test]
+        return cls(tuple((s, ranks_of(s.q, s.pos, corpus)) for s in sets), corpus)
+
+    def evaluate(self, weights: Weights | None) -> Evaluations:
+        evaluated = [
+            Evaluation.of(
+                without,
+                without
+                if weights is None
+                else ranks_of(weights.apply(queries.q), queries.pos, self.corpus),
+            )
+            for queries, without in self.sets
+        ]
+        return Evaluations(evaluated[0], evaluated[1] if len(evaluated) > 1 else None)
 
 
 def _figures(evaluation: Evaluation) -> str:
@@ -357,16 +367,13 @@ class LocalTrainer:
         fitted = Fit.mean(fits)
         # the reported figures: test questions and guards, which chose nothing
         test_q = queries(test_i)
-        evaluations = await loop.run_in_executor(
-            None, _evaluate_all, fitted.weights, test_q, test_plain, corpus
-        )
+        judged = await loop.run_in_executor(None, _Judged.of, test_q, test_plain, corpus)
+        evaluations = await loop.run_in_executor(None, judged.evaluate, fitted.weights)
         metrics = fitted.as_json() | evaluations.as_json()
         if fitted.members:
             # each member on the same test questions and queries: how far they agreed
             for one, entry in zip(fitted.members, metrics["members"], strict=True):
-                alone = await loop.run_in_executor(
-                    None, _evaluate_all, one.weights, test_q, test_plain, corpus
-                )
+                alone = await loop.run_in_executor(None, judged.evaluate, one.weights)
                 entry.update(alone.changes_json())
         metrics.update(
             train_pairs=len(splits[0][0]),
