@@ -79,18 +79,18 @@ async def _counted_prompt_tokens(
     svc: Services,
     user_id: uuid.UUID,
     source: uuid.UUID | None,
-    questions_per_chunk: int,
+    first_asked: int,
     new: int,
     new_chars: int,
 ) -> int | None:
-    """The prompt tokens of the calls for `new` chunks in the model's own tokens, or None
-    when the server has no tokenizer to ask."""
+    """The prompt tokens of the first calls for `new` chunks (each asking for
+    `first_asked` questions) in the model's own tokens, or None when the server has no
+    tokenizer to ask."""
     gen = svc.generator
     if not isinstance(gen, LLMQuestionGenerator):
         return None
     session = gen.session()
-    asked = questions_per_chunk + spare_questions(svc.settings)
-    fixed = await gen.server.count_chat(session, chat_messages(Chunk(0, ""), asked))
+    fixed = await gen.server.count_chat(session, chat_messages(Chunk(0, ""), first_asked))
     if fixed is None:
         return None
     async with svc.request_db.conn() as conn:
@@ -131,26 +131,24 @@ async def estimate(
     # a first call's tokens, and those of the calls after it (retries, asking again); each
     # call asks for the questions the chunk lacks and the spares
     spare = spare_questions(settings)
+    first_asked = questions_per_chunk + spare
     prompts = 1.0 + (calls_per_chunk - 1.0) * REASK_PROMPT_SHARE
-    asked = float(questions_per_chunk + spare)
-    asked += (calls_per_chunk - 1.0) * (questions_per_chunk * REASK_QUESTION_SHARE + spare)
+    asked = first_asked + (calls_per_chunk - 1.0) * (
+        questions_per_chunk * REASK_QUESTION_SHARE + spare
+    )
     prompt_tokens = completion_tokens = 0
     estimate_basis: Basis = "none"
     if uses_llm and new:
         estimator = svc.budget.estimator
         estimate_basis = "replies" if estimator.replies else "guess"
-        counted = await _counted_prompt_tokens(
-            svc, user_id, source, questions_per_chunk, new, new_chars
-        )
+        counted = await _counted_prompt_tokens(svc, user_id, source, first_asked, new, new_chars)
         if counted is not None:
             prompt_tokens = round(counted * prompts)
             estimate_basis = "tokenizer"
         else:
             # every prompt is the same text around its chunk's: the budget's estimates,
             # which learn from the provider's replies, priced per chunk and per character
-            fixed = sum(
-                len(m["content"]) for m in chat_messages(Chunk(0, ""), questions_per_chunk + spare)
-            )
+            fixed = sum(len(m["content"]) for m in chat_messages(Chunk(0, ""), first_asked))
             per_prompt = svc.budget.estimate(fixed, 0)
             first_calls = new * per_prompt + new_chars * estimator.per_char
             prompt_tokens = round(first_calls * prompts)

@@ -170,7 +170,7 @@ class Asker:
             self._set_aside(new[lacking:])
             turned_down += rejected
             if len(kept) >= count:
-                return kept[:count]
+                return kept
         if not kept:
             softest = min(turned_down, key=lambda r: SOFTEST_FIRST.index(r.reason))
             kept = [softest.question]
