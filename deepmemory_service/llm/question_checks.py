@@ -120,10 +120,11 @@ _ABOUT_TEXT = [
     ),
     # the writer rather than the subject: "the author", "the writer" (not "the author of X")
     re.compile(r"\b(?:the|this)\s+(?:author|writer)s?\b(?!\s+of\b)"),
-    # "according to the text", "in this document", "the article says"
+    # "according to the text", "in this document", "the article says"; "in the context" but
+    # not "in the context of curl", which names the subject
     re.compile(
         r"\b(?:according\s+to|in|from|within|throughout)\s+(?:the|this)\s+"
-        r"(?:text|document|article|context|section|chapter|faq)\b"
+        r"(?:text|document|article|context(?!\s+of\b)|section|chapter|faq)\b"
     ),
     re.compile(r"\bthis\s+(?:text|document|article|section|chapter|faq|material)\b"),
     re.compile(

@@ -54,6 +54,7 @@ ABOUT_THE_TEXT = [
     "What is the easiest way to do this?",
     "What does the second command do?",
     "What is the name of the author?",
+    "What does the option do in the context?",
 ]
 # questions people wrote (curl, git, Emacs, Vim and Debian FAQs), which must pass
 PEOPLE = [
@@ -71,13 +72,20 @@ PEOPLE = [
 ]
 
 
+# questions the 1.5B model wrote about the subject, naming it, which must pass too
+ABOUT_THE_SUBJECT = [
+    "What does the highest documented error code mean in the context of curl?",
+    "What is the significance of the First Amendment in the context of freedom of speech?",
+]
+
+
 @pytest.mark.parametrize("question", ABOUT_THE_TEXT)
 def test_questions_about_the_text_itself_are_turned_down(question: str) -> None:
     assert about_the_text(question)
     assert check_question(question, CURL_CHUNK) is Reason.ABOUT_TEXT
 
 
-@pytest.mark.parametrize("question", PEOPLE)
+@pytest.mark.parametrize("question", PEOPLE + ABOUT_THE_SUBJECT)
 def test_questions_people_wrote_pass(question: str) -> None:
     assert check_question(question, CURL_CHUNK + EMACS_CHUNK) is None, question
 
