@@ -46,14 +46,17 @@ def real_llm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealLLM]:
 @attrs.define
 class Proxy:
     """Forwards every request to the real server; records the user message of each chat
-    call it forwarded and the `usage` of each reply; with `drop` set, closes the
-    connection of every chat call without an answer (and without forwarding it)."""
+    call it forwarded and, for each reply, the user message and the reply's `usage`; with
+    `drop` set, closes the connection of every chat call without an answer (and without
+    forwarding it)."""
 
     target: str
     drop: bool = False
     dropped: int = 0
     forwarded: list[str] = attrs.field(factory=list)
     answered: list[str] = attrs.field(factory=list)
+    # (prompt, completion) tokens of each answered call, in the order of `answered`
+    usages: list[tuple[int, int]] = attrs.field(factory=list)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     # after this many answered chat calls, `drop` turns itself on
@@ -91,9 +94,11 @@ class Proxy:
             self.in_flight -= chat
         if chat and upstream.status == 200:
             usage = json.loads(reply).get("usage", {})
-            self.prompt_tokens += usage.get("prompt_tokens", 0)
-            self.completion_tokens += usage.get("completion_tokens", 0)
+            prompt, completion = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
+            self.prompt_tokens += prompt
+            self.completion_tokens += completion
             self.answered.append(user_message)
+            self.usages.append((prompt, completion))
             if self.drop_after is not None and len(self.answered) >= self.drop_after:
                 self.drop, self.drop_after = True, None
         return web.Response(body=reply, status=upstream.status, content_type=upstream.content_type)
