@@ -40,20 +40,40 @@ from deepmemory_service.platform.retry import RetryPolicy, retry, retry_after
 
 log = structlog.get_logger(__name__)
 
-# the good question the prompt shows
-PROMPT_EXAMPLE = "How do I resume a failed download with curl?"
+# The prompt. A 1.5B model mirrors its prompt's words: told about "this passage", it asked
+# "What does the passage say about …?" however often the rules forbade it (22 of 164
+# questions for 41 chunks); a prompt that never names the text and shows one worked example,
+# as an earlier turn of the chat, took that to none in two runs, and its questions are
+# shorter, like people's (docs/performance.md, "The prompt").
 SYSTEM_PROMPT = (
-    "You write the questions people type into a search box to find a passage of "
-    "documentation. Rules: each question is answered by the passage; it is short (at most 15 "
-    "words) and names its subject (the program, command, option or idea), so that it makes "
-    "sense to someone who has never seen the passage; it asks about what is particular to "
-    "this passage, not what any passage on the subject would answer; it is in your own "
-    "words, not a sentence of the passage; the questions differ from each other; never "
-    "include the answer. Never refer to the passage itself: no 'the passage', 'the text', "
-    "'the document', 'the author', 'mentioned', 'according to'. "
-    f"Good: '{PROMPT_EXAMPLE}'. Bad: 'What does the passage say about resuming?'. "
+    "You write the questions people type into a search box to find documentation. The user "
+    "gives you a piece of it; write questions that it answers, as a person would type them "
+    "who has never seen it. Rules: each question is short (at most 15 words) and names its "
+    "subject (the program, command, option, law or idea); it asks about what is particular "
+    "to this piece, not what anything on the subject would answer; it is in your own words, "
+    "not a sentence of the piece; the questions differ from each other; never include the "
+    "answer. Never refer to the piece itself: no 'the passage', 'the text', 'the document', "
+    "'this section', 'the author', 'mentioned', 'according to'. "
+    "Good: 'How do I resume a failed download with curl?'. Bad: 'What does the passage say "
+    "about resuming?'. "
     'Reply with JSON only: {"questions": ["...", "..."]}.'
 )
+# the worked example: a piece of documentation and the questions it should get, as many as
+# the call asks for (shown 3 when asked for 4, the model wrote 3 or fewer in 6 of 82 answers)
+EXAMPLE_TEXT = (
+    "To continue a download that was interrupted, give curl the option -C - (a dash) "
+    "together with the same URL and -o name: curl then asks the server for the rest of the "
+    "file, starting where the local file ends. The server must support byte ranges; an FTP "
+    "server needs the REST command."
+)
+EXAMPLE_QUESTIONS = (
+    "How do I resume a failed download with curl?",
+    "What does curl -C - do?",
+    "Does curl resume downloads from FTP servers?",
+    "How does curl know where to restart a broken transfer?",
+    "Which servers let curl continue a partial download?",
+)
+PROMPT_EXAMPLE = EXAMPLE_QUESTIONS[0]
 # the longest a call's timeout grows to, as a multiple of `timeout_s`
 MAX_TIMEOUT_FACTOR = 8.0
 # how fast the slowest recent answer is forgotten: each answer scales it by this first
@@ -82,12 +102,10 @@ class UpstreamFault(Exception):
 
 
 def user_prompt(chunk: Chunk, count: int, feedback: Feedback | None = None) -> str:
-    """The user message: the passage and how many questions; when the chunk is asked again,
+    """The user message: the chunk and how many questions; when the chunk is asked again,
     the questions turned down and why, and those already kept."""
     plural = "question" if count == 1 else "questions"
-    prompt = (
-        f'Write exactly {count} {plural} about this passage.\n\nPassage:\n"""\n{chunk.text}\n"""'
-    )
+    prompt = f'Write exactly {count} search {plural} that this answers:\n"""\n{chunk.text}\n"""'
     if feedback is None:
         return prompt
     lines = [prompt, "", "These questions were turned down; write different ones:"]
@@ -101,7 +119,7 @@ def user_prompt(chunk: Chunk, count: int, feedback: Feedback | None = None) -> s
 def reply_tokens(count: int) -> int:
     """The most tokens a reply of `count` questions may take. A small model in JSON mode can
     loop (the same question again and again) until its context is full: minutes of a CPU
-    server, and a timeout. A question the prompt asks for takes about 19 tokens (its JSON
+    server, and a timeout. A question the prompt asks for takes about 14 tokens (its JSON
     included); a reply cut short is bad JSON, asked again like any other."""
     return 48 + 48 * count
 
@@ -109,9 +127,15 @@ def reply_tokens(count: int) -> int:
 def chat_messages(
     chunk: Chunk, count: int, feedback: Feedback | None = None
 ) -> list[dict[str, str]]:
-    """The messages one call sends for `chunk` (what the estimate counts, too)."""
+    """The messages one call sends for `chunk` (what the estimate counts, too): the rules,
+    the worked example as an earlier exchange asking for as many questions, and the chunk.
+    The example comes first so that a server that caches prompts (llama-server's slots)
+    reuses it."""
+    shown = EXAMPLE_QUESTIONS[: max(1, min(count, len(EXAMPLE_QUESTIONS)))]
     return [
         {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": user_prompt(Chunk(0, EXAMPLE_TEXT), len(shown))},
+        {"role": "assistant", "content": json.dumps({"questions": list(shown)})},
         {"role": "user", "content": user_prompt(chunk, count, feedback)},
     ]
 
@@ -157,7 +181,7 @@ class LLMQuestionGenerator:
     name = "llm"
     # the run checks its questions and asks again (`CheckedGenerator`)
     checks_questions = True
-    examples = (PROMPT_EXAMPLE,)
+    examples = EXAMPLE_QUESTIONS
 
     def __init__(
         self,

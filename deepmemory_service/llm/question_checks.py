@@ -44,13 +44,13 @@ class Reason(enum.StrEnum):
 ADVICE: dict[Reason, str] = {
     Reason.NOT_QUESTION: "it is not a question a person would type",
     Reason.ABOUT_TEXT: (
-        "it asks about the passage itself; ask about its subject, naming it, as if the "
-        "passage were not in front of the reader"
+        "it asks about the piece itself; ask about its subject, naming it, as someone would "
+        "who has never seen the piece"
     ),
-    Reason.COPIED: "it copies a sentence of the passage; ask in your own words",
-    Reason.DUPLICATE: "it was already asked; ask about what is particular to this passage",
+    Reason.COPIED: "it copies a sentence of the piece; ask in your own words",
+    Reason.DUPLICATE: "it was already asked; ask about what is particular to this piece",
     Reason.ROUND_TRIP: (
-        "it is too vague to find this passage among the others; name the specific thing it is about"
+        "it is too vague to find this piece among the others; name the specific thing it is about"
     ),
 }
 
@@ -127,6 +127,8 @@ _ABOUT_TEXT = [
         r"(?:text|document|article|context(?!\s+of\b)|section|chapter|faq)\b"
     ),
     re.compile(r"\bthis\s+(?:text|document|article|section|chapter|faq|material)\b"),
+    # "what does it say about …": the piece as "it" (none of 1,110 people's FAQ questions)
+    re.compile(r"\b(?:does|do|did)\s+it\s+(?:say|state|mention|describe|suggest)\b"),
     re.compile(
         r"\b(?:text|document|article|section|faq)\s+(?:say|says|said|state|states|describe|"
         r"describes|suggest|suggests|discuss|discusses|mention|mentions|explain|explains|"

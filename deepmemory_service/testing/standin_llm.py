@@ -59,8 +59,9 @@ _BAD_TEXT = {
     "surrogate": "What is \ud800 this?",
     "long": "Why " * 100_000,
 }
-_COUNT = re.compile(r"Write exactly (\d+) questions?")
-_PASSAGE = re.compile(r'Passage:\n"""\n(.*)\n"""', re.DOTALL)
+_COUNT = re.compile(r"Write exactly (\d+) (?:search )?questions?")
+# the chunk, between the prompt's fences
+_PASSAGE = re.compile(r'\n"""\n(.*)\n"""', re.DOTALL)
 # the passage's words a question the stand-in writes takes: few enough that it is never a copy
 QUESTION_WORDS = 8
 # a name with letters and digits: what a question names to be about this passage

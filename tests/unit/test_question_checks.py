@@ -5,10 +5,19 @@ not a question)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
-from deepmemory_service.llm.client import user_prompt
+from deepmemory_service.llm.client import (
+    EXAMPLE_QUESTIONS,
+    EXAMPLE_TEXT,
+    PROMPT_EXAMPLE,
+    LLMQuestionGenerator,
+    chat_messages,
+    user_prompt,
+)
 from deepmemory_service.llm.question_checks import (
     ADVICE,
     Feedback,
@@ -55,6 +64,7 @@ ABOUT_THE_TEXT = [
     "What does the second command do?",
     "What is the name of the author?",
     "What does the option do in the context?",
+    "What does it say about the accused's right to counsel?",
 ]
 # questions people wrote (curl, git, Emacs, Vim and Debian FAQs), which must pass
 PEOPLE = [
@@ -155,7 +165,7 @@ def test_round_trip_keeps_a_question_whose_chunk_is_among_the_nearest() -> None:
 def test_asking_again_tells_the_model_what_was_wrong() -> None:
     chunk = Chunk(1, CURL_CHUNK)
     first = user_prompt(chunk, 3)
-    assert first.startswith("Write exactly 3 questions about this passage.")
+    assert first == f'Write exactly 3 search questions that this answers:\n"""\n{CURL_CHUNK}\n"""'
     assert "turned down" not in first
     feedback = Feedback(
         (
@@ -165,12 +175,36 @@ def test_asking_again_tells_the_model_what_was_wrong() -> None:
         ("Who hosts curl's git repository?",),
     )
     again = user_prompt(chunk, 1, feedback)
-    assert again.startswith("Write exactly 1 question about this passage.")
     # the passage as the first time, then each question turned down with the reason's advice,
     # and the questions kept
-    assert again.startswith(first.replace("3 questions", "1 question"))
+    assert again.startswith(first.replace("3 search questions", "1 search question"))
     assert f'- "What is the purpose of the passage?": {ADVICE[Reason.ABOUT_TEXT]}' in again
     assert f'- "What is curl?": {ADVICE[Reason.DUPLICATE]}' in again
     assert again.endswith(
         'Already asked (ask something else):\n- "Who hosts curl\'s git repository?"'
     )
+
+
+def test_a_call_shows_the_worked_example_before_the_chunk() -> None:
+    chunk = Chunk(1, CURL_CHUNK)
+    messages = chat_messages(chunk, 4)
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
+    # the example exchange as a call for as many questions would be, then the chunk's; the
+    # prompt never calls the chunk a passage or a text (a small model mirrors those words)
+    assert messages[1]["content"] == user_prompt(Chunk(0, EXAMPLE_TEXT), 4)
+    assert json.loads(messages[2]["content"]) == {"questions": list(EXAMPLE_QUESTIONS[:4])}
+    assert messages[3]["content"] == user_prompt(chunk, 4)
+    assert "passage" not in messages[3]["content"].lower()
+    # a call asking again for one question shows one; one asking for more than the example
+    # has shows them all
+    assert json.loads(chat_messages(chunk, 1)[2]["content"])["questions"] == [PROMPT_EXAMPLE]
+    assert json.loads(chat_messages(chunk, 9)[2]["content"]) == {
+        "questions": list(EXAMPLE_QUESTIONS)
+    }
+    # the example's questions pass the checks (the model is shown good ones), and count as
+    # asked: no chunk keeps a copy of them
+    keys: set[str] = set()
+    for question in EXAMPLE_QUESTIONS:
+        assert check_question(question, EXAMPLE_TEXT, keys) is None, question
+        keys.add(duplicate_key(question))
+    assert LLMQuestionGenerator.examples == EXAMPLE_QUESTIONS
