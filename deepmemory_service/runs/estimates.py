@@ -35,18 +35,17 @@ Basis = Literal["tokenizer", "replies", "guess", "none"]
 # bundled corpus)
 SAMPLE_CHUNKS = 32
 # completion tokens a question asked for costs before any reply has shown the model's own
-# figure: the prompt asks for search questions in a JSON list, which Qwen2.5-Coder-1.5B-Instruct
-# answered with about 16 tokens a question asked, its JSON included, when asked for 4 (3 and
-# the spare: 1,691 and 1,708 tokens in two runs of the bundled corpus; 15 when asked for 5,
-# 18.9 for 3: the reply's JSON is shared); re-measure when the prompt changes (tests/real_llm
-# prints it)
-QUESTION_TOKENS = 16.0
-# of the questions a first call asks for, the share a call that asks again asks for (it asks
-# for what the chunk lacks): 1.4 of 3 on Qwen2.5-Coder-1.5B-Instruct, the bundled corpus
-REASK_QUESTION_SHARE = 0.47
-# a call that asks again sends the chunk again with the questions turned down and kept: 1.2
+# figure: the prompt asks for short search questions in a JSON list, as its worked example
+# shows, which Qwen2.5-Coder-1.5B-Instruct answered with 13.1 and 14.5 tokens a question
+# asked in two runs of the bundled corpus (3 questions and the spare; 16 with the earlier
+# prompt, which had no example); re-measure when the prompt changes (tests/real_llm prints it)
+QUESTION_TOKENS = 14.0
+# of the questions a chunk takes, the share a call that asks again asks for (it asks for what
+# the chunk lacks, and the spare): 1.5 of 3 on Qwen2.5-Coder-1.5B-Instruct, the bundled corpus
+REASK_QUESTION_SHARE = 0.5
+# a call that asks again sends the chunk again with the questions turned down and kept: 1.3
 # times a first call's prompt tokens on the same model and corpus
-REASK_PROMPT_SHARE = 1.2
+REASK_PROMPT_SHARE = 1.3
 
 
 def spare_questions(settings: Settings) -> int:

@@ -6,6 +6,7 @@ the chunks left."""
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from importlib import resources
@@ -22,6 +23,7 @@ from tests.conftest import Api, read_stream
 from tests.real_llm.conftest import Proxy, RealLLM
 
 QPC = 3
+_ASKED = re.compile(r"Write exactly (\d+) ")
 DEFAULTS = load_settings({})
 
 
@@ -168,10 +170,12 @@ async def test_the_bundled_corpus_generated_by_a_real_model(
         f"(prompt {ahead['prompt_tokens']}, completion {ahead['completion_tokens']}) "
         f"against {recorded} recorded (prompt {run['prompt_tokens']}, completion "
         f"{run['completion_tokens']}): {error:+.1%}; {redone} of them the failure's, made "
-        f"again by the proceed: {unfailed:+.1%} without them; timeouts {_timeouts(api)}; at most "
+        f"again by the proceed: {unfailed:+.1%} without them; calls that failed "
+        f"{_faults(api)}; at most "
         f"{state.most_in_flight} calls at the server; of {len(questions)} questions stored: "
         f"{quality}"
     )
+    print(_allowances(state))
     # the prompts are counted in the model's tokens; how often a chunk is asked again
     # varies with the model's sampling (measured within 10 %: docs/performance.md)
     assert abs(error) <= 0.25
@@ -179,6 +183,30 @@ async def test_the_bundled_corpus_generated_by_a_real_model(
     # in its queue (a timeout here is the model's pace on a busy machine; retried with a
     # longer timeout, it failed no chunk)
     assert 0 < state.most_in_flight <= await _slots(real_llm)
+
+
+def _allowances(state: Proxy) -> str:
+    """What the estimate's allowances (runs/estimates.py) measure, from the answered calls:
+    completion tokens a question asked, and a call asking again's prompt tokens and questions
+    asked beside a first call's (re-measure them when the prompt changes)."""
+    first: list[tuple[int, int, int]] = []
+    again: list[tuple[int, int, int]] = []
+    for message, (prompt, completion) in zip(state.answered, state.usages, strict=True):
+        found = _ASKED.search(message)
+        assert found is not None, message
+        (again if "turned down" in message else first).append((int(found[1]), prompt, completion))
+    asked = sum(a for a, _, _ in first + again)
+    completion = sum(c for _, _, c in first + again)
+
+    def mean(rows: list[tuple[int, int, int]], i: int) -> float:
+        return sum(r[i] for r in rows) / len(rows) if rows else 0.0
+
+    return (
+        f"allowances: {completion / asked:.1f} completion tokens a question asked "
+        f"({asked} asked in {len(first) + len(again)} answered calls); asking again: "
+        f"{len(again)} calls, {mean(again, 1) / mean(first, 1):.2f} of a first call's prompt "
+        f"tokens, {mean(again, 0):.2f} questions asked against {mean(first, 0):.2f}"
+    )
 
 
 def _quality(stored: list[tuple[int, str]]) -> str:
@@ -203,6 +231,8 @@ async def _slots(real_llm: RealLLM) -> int:
         return slots
 
 
-def _timeouts(api: Api) -> int:
+def _faults(api: Api) -> dict[str, int]:
+    """The calls that failed (and were tried again), by kind: timeouts, connections dropped,
+    replies with fewer usable questions than the chunk lacked, …"""
     stats = getattr(api.services.generator, "stats", None)
-    return int(stats.faults["timeout"]) if stats is not None else 0
+    return dict(stats.faults) if stats is not None else {}
