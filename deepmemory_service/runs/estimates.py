@@ -36,15 +36,16 @@ Basis = Literal["tokenizer", "replies", "guess", "none"]
 SAMPLE_CHUNKS = 32
 # completion tokens a question asked for costs before any reply has shown the model's own
 # figure: the prompt asks for short search questions in a JSON list, as its worked example
-# shows, which Qwen2.5-Coder-1.5B-Instruct answered with 13.1 and 14.5 tokens a question
-# asked in two runs of the bundled corpus (3 questions and the spare; 16 with the earlier
-# prompt, which had no example); re-measure when the prompt changes (tests/real_llm prints it)
-QUESTION_TOKENS = 14.0
+# shows, which Qwen2.5-Coder-1.5B-Instruct answered with 12.2 to 14.5 tokens a question asked
+# in four runs of the bundled corpus (3 questions and the spare; 16 with the earlier prompt,
+# which had no example); re-measure when the prompt changes (tests/real_llm prints it)
+QUESTION_TOKENS = 13.3
 # of the questions a chunk takes, the share a call that asks again asks for (it asks for what
-# the chunk lacks, and the spare): 1.5 of 3 on Qwen2.5-Coder-1.5B-Instruct, the bundled corpus
-REASK_QUESTION_SHARE = 0.5
-# a call that asks again sends the chunk again with the questions turned down and kept: 1.3
-# times a first call's prompt tokens on the same model and corpus
+# the chunk lacks, and the spare): 2.2 to 2.5 questions in all on Qwen2.5-Coder-1.5B-Instruct,
+# the bundled corpus
+REASK_QUESTION_SHARE = 0.45
+# a call that asks again sends the chunk again with the questions turned down and kept: 1.26
+# to 1.30 times a first call's prompt tokens on the same model and corpus
 REASK_PROMPT_SHARE = 1.3
 
 
