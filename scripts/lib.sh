@@ -18,23 +18,37 @@ pick_python() {
 }
 
 # ensure_venv EXTRAS: installs the package (editable) with EXTRAS ("" or "test" or "test,minilm")
+# Two commands started together on a fresh checkout (`local_llm prepare &` and `scripts/test`)
+# once both ran `python -m venv` into one directory: a venv without pip, stamped as installed.
+# So callers take turns under a lock, and only a finished install is stamped.
 ensure_venv() {
+    local extras="$1"
+    mkdir -p "$VENV"
+    (
+        flock 9
+        _install_venv "$extras"
+    ) 9>"$ROOT/.venv.lock"
+}
+
+_install_venv() {
     local extras="$1"
     local stamp="$VENV/.installed"
     local want
     want="$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16) [$extras]"
-    if [ ! -x "$PY" ]; then
-        "$(pick_python)" -m venv "$VENV"
+    if [ ! -x "$PY" ] || ! "$PY" -m pip --version >/dev/null 2>&1; then
+        rm -f "$stamp"
+        "$(pick_python)" -m venv --clear "$VENV" || return 1
     fi
     # an install with more extras serves a command that needs fewer
     local have=""
     [ -f "$stamp" ] && have="$(cat "$stamp")"
     if [ "$have" != "$want" ] && { [ -n "$extras" ] || [ "${have%% *}" != "${want%% *}" ]; }; then
         echo "Installing deepmemory-service${extras:+[$extras]} into $VENV ..." >&2
-        "$PY" -m pip install --quiet --disable-pip-version-check --upgrade pip
+        rm -f "$stamp"
+        "$PY" -m pip install --quiet --disable-pip-version-check --upgrade pip || return 1
         local spec="$ROOT"
         [ -n "$extras" ] && spec="$ROOT[$extras]"
-        "$PY" -m pip install --quiet --disable-pip-version-check -e "$spec"
+        "$PY" -m pip install --quiet --disable-pip-version-check -e "$spec" || return 1
         echo "$want" > "$stamp"
     fi
 }
