@@ -101,6 +101,37 @@ class UpstreamFault(Exception):
     retry_after_s: float | None = None
 
 
+# the user prompt as its reader (`read_user_prompt`) finds it again: greedy to the last
+# fence, since what follows it (questions as JSON strings) never holds a bare one
+_ASKED = re.compile(
+    r'^Write exactly (\d+) search questions? that this answers:\n"""\n(.*)\n"""', re.DOTALL
+)
+TURNED_DOWN_HEADING = "These questions were turned down; write different ones:"
+
+
+@attrs.frozen
+class AskedPrompt:
+    """What a user prompt asks: how many questions of which text, and when it asks again,
+    what follows the text (the questions turned down and why, and those kept)."""
+
+    count: int
+    text: str
+    feedback: str
+
+    @property
+    def asking_again(self) -> bool:
+        return TURNED_DOWN_HEADING in self.feedback
+
+
+def read_user_prompt(message: str) -> AskedPrompt | None:
+    """The inverse of `user_prompt`, for the stand-in server and the real-model stage: one
+    reader of the format, beside its writer. None for a message `user_prompt` did not write."""
+    found = _ASKED.match(message)
+    if found is None:
+        return None
+    return AskedPrompt(int(found[1]), found[2], message[found.end() :])
+
+
 def user_prompt(chunk: Chunk, count: int, feedback: Feedback | None = None) -> str:
     """The user message: the chunk and how many questions; when the chunk is asked again,
     the questions turned down and why, and those already kept."""
@@ -108,7 +139,7 @@ def user_prompt(chunk: Chunk, count: int, feedback: Feedback | None = None) -> s
     prompt = f'Write exactly {count} search {plural} that this answers:\n"""\n{chunk.text}\n"""'
     if feedback is None:
         return prompt
-    lines = [prompt, "", "These questions were turned down; write different ones:"]
+    lines = [prompt, "", TURNED_DOWN_HEADING]
     lines += [f"- {json.dumps(r.question)}: {ADVICE[r.reason]}" for r in feedback.turned_down]
     if feedback.kept:
         lines += ["Already asked (ask something else):"]

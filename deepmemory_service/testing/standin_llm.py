@@ -49,6 +49,7 @@ import attrs
 from aiohttp import web
 
 from deepmemory_service.llm.budget_math import TokenBucket
+from deepmemory_service.llm.client import TURNED_DOWN_HEADING, read_user_prompt
 from deepmemory_service.llm.question_checks import duplicate_key, words
 from deepmemory_service.text.queries import STOPWORDS, key_terms, plain
 
@@ -59,9 +60,6 @@ _BAD_TEXT = {
     "surrogate": "What is \ud800 this?",
     "long": "Why " * 100_000,
 }
-_COUNT = re.compile(r"Write exactly (\d+) (?:search )?questions?")
-# the chunk, between the prompt's fences
-_PASSAGE = re.compile(r'\n"""\n(.*)\n"""', re.DOTALL)
 # the passage's words a question the stand-in writes takes: few enough that it is never a copy
 QUESTION_WORDS = 8
 # a name with letters and digits: what a question names to be about this passage
@@ -265,12 +263,11 @@ async def chat_completions(request: web.Request) -> web.Response:
         )
     body = await request.json()
     prompt = body["messages"][-1]["content"]
-    count_match, passage_match = _COUNT.search(prompt), _PASSAGE.search(prompt)
-    if not count_match or not passage_match:
+    asked = read_user_prompt(prompt)
+    if asked is None:
         return web.json_response({"error": {"message": "unrecognised prompt"}}, status=400)
-    count, passage = int(count_match[1]), passage_match[1]
     # a re-ask lists, after the passage, the questions turned down and those kept
-    avoid = prompt[passage_match.end() :]
+    count, passage, avoid = asked.count, asked.text, asked.feedback
     prompt_tokens = sum(4 + count_tokens(m["content"]) for m in body["messages"])
     stats.calls += 1
     stats.asked.append(count)
@@ -341,7 +338,7 @@ async def _work(
         return web.json_response({"error": {"message": "The server had an error"}}, status=500)
     if fault == "hang":
         await asyncio.sleep(cfg.hang_s)
-    if "turned down" in avoid:
+    if TURNED_DOWN_HEADING in avoid:
         stats.reasks += 1
     scripted = cfg.replies.pop(0) if cfg.replies and fault is None else None
     questions = scripted if scripted is not None else write_questions(passage, count, avoid)

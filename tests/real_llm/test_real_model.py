@@ -6,7 +6,6 @@ the chunks left."""
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from importlib import resources
@@ -17,13 +16,13 @@ import attrs
 import pytest
 
 from deepmemory_service.demo import CORPUS
+from deepmemory_service.llm.client import read_user_prompt
 from deepmemory_service.llm.question_checks import about_the_text, duplicate_key, is_question
 from deepmemory_service.platform.config import load_settings
 from tests.conftest import Api, read_stream
 from tests.real_llm.conftest import Proxy, RealLLM
 
 QPC = 3
-_ASKED = re.compile(r"Write exactly (\d+) ")
 DEFAULTS = load_settings({})
 
 
@@ -162,7 +161,7 @@ async def test_the_bundled_corpus_generated_by_a_real_model(
     # against the tokens of the run without the calls the failure made it make again
     unfailed = (estimated - (recorded - redone)) / (recorded - redone)
     calls = len(state.forwarded)
-    reasks = sum("turned down" in m for m in state.forwarded)
+    reasks = sum(_asking_again(m) for m in state.forwarded)
     print(
         f"\nreal model {real_llm.model}: {total} chunks, {calls} calls "
         f"({state.dropped} dropped, {reasks} asking again; run's rejections "
@@ -185,6 +184,12 @@ async def test_the_bundled_corpus_generated_by_a_real_model(
     assert 0 < state.most_in_flight <= await _slots(real_llm)
 
 
+def _asking_again(message: str) -> bool:
+    asked = read_user_prompt(message)
+    assert asked is not None, message
+    return asked.asking_again
+
+
 def _allowances(state: Proxy) -> str:
     """What the estimate's allowances (runs/estimates.py) measure, from the answered calls:
     completion tokens a question asked, and a call asking again's prompt tokens and questions
@@ -192,9 +197,9 @@ def _allowances(state: Proxy) -> str:
     first: list[tuple[int, int, int]] = []
     again: list[tuple[int, int, int]] = []
     for message, (prompt, completion) in zip(state.answered, state.usages, strict=True):
-        found = _ASKED.search(message)
-        assert found is not None, message
-        (again if "turned down" in message else first).append((int(found[1]), prompt, completion))
+        asked = read_user_prompt(message)
+        assert asked is not None, message
+        (again if asked.asking_again else first).append((asked.count, prompt, completion))
     asked = sum(a for a, _, _ in first + again)
     completion = sum(c for _, _, c in first + again)
 

@@ -14,8 +14,10 @@ from deepmemory_service.llm.client import (
     EXAMPLE_QUESTIONS,
     EXAMPLE_TEXT,
     PROMPT_EXAMPLE,
+    TURNED_DOWN_HEADING,
     LLMQuestionGenerator,
     chat_messages,
+    read_user_prompt,
     user_prompt,
 )
 from deepmemory_service.llm.question_checks import (
@@ -183,6 +185,21 @@ def test_asking_again_tells_the_model_what_was_wrong() -> None:
     assert again.endswith(
         'Already asked (ask something else):\n- "Who hosts curl\'s git repository?"'
     )
+
+
+def test_the_prompts_reader_finds_what_the_writer_asked() -> None:
+    # a chunk may hold the prompt's own fence and a line like the heading of asking again
+    text = f'{CURL_CHUNK}\n"""\n{TURNED_DOWN_HEADING}'
+    chunk = Chunk(1, text)
+    first = read_user_prompt(user_prompt(chunk, 1))
+    assert first is not None
+    assert (first.count, first.text, first.asking_again) == (1, text, False)
+    feedback = Feedback((Rejection('Why """ here?', Reason.COPIED),), ("What is curl?",))
+    again = read_user_prompt(user_prompt(chunk, 3, feedback))
+    assert again is not None
+    assert (again.count, again.text, again.asking_again) == (3, text, True)
+    assert '"What is curl?"' in again.feedback
+    assert read_user_prompt("Write 3 questions about this passage") is None
 
 
 def test_a_call_shows_the_worked_example_before_the_chunk() -> None:
