@@ -299,6 +299,68 @@ async def test_training_and_its_verdict_are_said_in_a_users_words_with_details_o
     await shot(page, "truth-verdict-words")
 
 
+# a model the local trainer refused on its held-out generated questions, which broke even on
+# the queries like people's (a real model's run of the bundled corpus, trimmed)
+REFUSED_ON_GENERATED = TrainingOutcome(
+    {
+        "eval_queries": 12,
+        "with_model": {"recall@1": 0.92, "recall@10": 1.0},
+        "without_model": {"recall@1": 1.0, "recall@10": 1.0},
+        "changes": {"recall@1": {"lost": 1, "won": 0}, "recall@10": {"lost": 0, "won": 0}},
+        "plain_queries": 55,
+        "plain_with_model": {"recall@1": 0.87, "recall@10": 1.0},
+        "plain_without_model": {"recall@1": 0.87, "recall@10": 1.0},
+        "plain_changes": {"recall@1": {"lost": 0, "won": 0}, "recall@10": {"lost": 0, "won": 0}},
+        "shapes_tried": [{"rank": 8}],
+        "chosen": {"rank": 8, "l2": 0.1, "shrink": 0.5},
+    },
+    False,
+    "It lost more searches than it won at recall@1 on 12 held-out generated questions "
+    "(recall@1: 0 won, 1 lost; recall@10: 0 won, 0 lost): recall@1 1.00 → 0.92 and recall@10 "
+    "1.00 → 1.00 with it.",
+)
+
+
+@attrs.define
+class RefusingTrainer(ScriptedTrainer):
+    outcome: TrainingOutcome = REFUSED_ON_GENERATED
+
+    async def train(self, request: TrainingRequest, report: Reporter) -> TrainingOutcome:
+        return self.outcome
+
+
+async def test_a_refused_model_is_described_by_the_searches_it_was_refused_on(
+    browser: Any, api_factory: Any
+) -> None:
+    # the verdict's sentence and figures are of the set the model lost, not of the 55
+    # queries it broke even on ("55 searches: it did no better", beside a verdict of 12
+    # questions, 1 lost)
+    api: Api = await api_factory(generator=ControlledGenerator(), trainer=RefusingTrainer())
+    user = uuid.uuid4()
+    await api.ingest(user, 21)
+    page = await open_page(browser, api, user)
+    code, body = await api.call(
+        "POST", "/deep-memory/generate", json={"user_id": str(user), "auto_train": True}
+    )
+    assert code == 202, body
+    await expect(page.get_by_test_id("notice")).to_have_text(
+        "The model from your latest training was not enabled, because it found the right "
+        "passage first less often than plain search. Search uses no model until a training "
+        "makes one that is.",
+        timeout=TIMEOUT,
+    )
+    await expect(page.get_by_test_id("last-metrics")).to_have_text(
+        "Testing the new model on 12 generated questions it was not trained on: it found the "
+        "right passage first less often than plain search, so it was not enabled."
+    )
+    await page.get_by_test_id("verdict-details").locator("summary").click()
+    await expect(page.get_by_test_id("verdict-figures")).to_have_text(
+        "recall@1 1.00 → 0.92, recall@10 1.00 → 1.00 (without → with Deep Memory)"
+    )
+    await expect(page.get_by_test_id("enable-reason")).to_contain_text("on 12 held-out generated")
+    await shot(page, "truth-refused-on-generated")
+
+
 async def test_the_header_fits_a_phone_and_the_estimate_says_how_long(
     browser: Any, api_factory: Any, aiohttp_server: Any, settings: Any
 ) -> None:

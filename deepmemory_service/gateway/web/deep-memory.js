@@ -258,36 +258,52 @@ function tellChange(before, s, lastRun) {
 // The figures a person can follow, from a trainer's metrics: on how many searches held out of
 // training, how often the right passage came first (and in the top 10) with and without the
 // model. The local trainer reports queries like people's (plain_*) and held-out generated
-// questions; others report the latter, or only recall@10.
-function testedOn(m) {
+// questions; others report the latter, or only recall@10. For a refused model, the set the
+// verdict rests on, as the trainer checks them (generated questions first): a model refused
+// for losing generated questions is not described by queries it broke even on.
+function testedOn(m, refused = false) {
   if (!m) { return null; }
-  const plain = m.plain_with_model && m.plain_without_model;
-  const withModel = plain ? m.plain_with_model : m.with_model;
-  const without = plain ? m.plain_without_model : m.without_model;
-  if (withModel && without) {
-    return { count: plain ? m.plain_queries : m.eval_queries, withModel, without,
-      changes: plain ? m.plain_changes : m.changes, chosen: m.chosen !== undefined };
+  const sets = [];
+  if (m.with_model && m.without_model) {
+    sets.push({ count: m.eval_queries, withModel: m.with_model, without: m.without_model,
+      changes: m.changes, chosen: m.chosen !== undefined, what: "generated" });
+  }
+  if (m.plain_with_model && m.plain_without_model) {
+    sets.push({ count: m.plain_queries, withModel: m.plain_with_model,
+      without: m.plain_without_model, changes: m.plain_changes, chosen: m.chosen !== undefined,
+      what: "plain" });
+  }
+  if (sets.length) {
+    return (refused && sets.find(lostMore)) || sets[sets.length - 1];
   }
   const k10 = m["recall@10"];
   if (k10 && typeof k10 === "object" && "with_model" in k10) {
     return { count: null, withModel: { "recall@10": k10.with_model },
-      without: { "recall@10": k10.without_model }, changes: null, chosen: true };
+      without: { "recall@10": k10.without_model }, changes: null, chosen: true,
+      what: "generated" };
   }
   return null;
 }
 
+// whether a model lost more of a set's searches than it won (at any k), or scored lower
+function lostMore(t) {
+  return Object.keys(t.without).some((k) => (t.changes && t.changes[k] && t.changes[k].lost > t.changes[k].won)
+    || (typeof t.withModel[k] === "number" && t.withModel[k] < t.without[k]));
+}
+
 // why a model was kept out, in a user's words (the trainer's own sentence is in the details)
 function verdictBecause(m) {
-  const t = testedOn(m);
+  const t = testedOn(m, true);
   if (!t) { return "it did not do better than plain search in the trainer's tests"; }
   if (m && m.shapes_tried && !t.chosen) {
     return "none of the models it tried did better than plain search on practice questions";
   }
-  const lostMore = (k) => t.changes && t.changes[k] && t.changes[k].lost > t.changes[k].won;
-  if (lostMore("recall@1") || (t.withModel["recall@1"] < t.without["recall@1"])) {
+  const worse = (k) => (t.changes && t.changes[k] && t.changes[k].lost > t.changes[k].won)
+    || t.withModel[k] < t.without[k];
+  if (worse("recall@1")) {
     return "it found the right passage first less often than plain search";
   }
-  if (lostMore("recall@10") || (t.withModel["recall@10"] < t.without["recall@10"])) {
+  if (worse("recall@10")) {
     return "it found the right passage in the top 10 less often than plain search";
   }
   return "it did no better than plain search";
@@ -297,10 +313,12 @@ function verdictBecause(m) {
 // under "How the model was tested".
 function renderVerdict(s, run) {
   const m = run ? run.metrics : null;
-  const t = testedOn(m);
+  const t = testedOn(m, !s.can_enable);
   let sentence = "";
   if (t && s.last_training_run_id) {
-    const on = t.count ? `Testing the new model on ${plural(t.count, "search", "searches")} it had not seen` : "Testing the new model";
+    const on = !t.count ? "Testing the new model"
+      : t.what === "generated" ? `Testing the new model on ${plural(t.count, "generated question", "generated questions")} it was not trained on`
+        : `Testing the new model on ${plural(t.count, "search", "searches")} it had not seen`;
     if (s.can_enable && typeof t.withModel["recall@1"] === "number") {
       const [first, before] = [t.withModel["recall@1"], t.without["recall@1"]];
       let how = percent(first) === percent(before) ? `as often as without it (${percent(first)})`
