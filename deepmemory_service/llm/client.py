@@ -1,15 +1,18 @@
 """The LLM question generator: an OpenAI-compatible chat-completions client.
 
-One shared connection pool; a per-call timeout that adapts to the server's pace (twice the
-slowest recent answer when that is longer than `timeout_s`, and doubled for each try of a
-call that timed out, up to `MAX_TIMEOUT_FACTOR` times `timeout_s`: a slow CPU server answers
-late, not never); retries under the service's retry policy
-(exponential backoff, full jitter, `Retry-After` on 429/503 honoured); at most as many
-calls in flight as the server works on at once (`max_in_flight`, or the slots a llama-server
-reports), so that a call's timeout counts from when the server takes it up, not from when
-it joined the server's queue; strict parsing of
-the reply (a reply that is not exactly the questions asked for is a retryable fault, never
-a silent empty pair).
+One shared connection pool; at most as many calls in flight as the server works on at once
+(`max_in_flight`, or the slots a llama-server reports), so that a call's timeout counts
+from when the server takes it up, not from when it joined the server's queue. A call to a
+llama-server is streamed and times out on silence, not on length: the server pings while
+it reads a prompt and sends its answer token by token, so however slowly a CPU server
+works, a call is cut off only after `timeout_s` without a byte, or at `MAX_TIMEOUT_FACTOR`
+times `timeout_s` in all. Other servers answer whole, with a per-call timeout that adapts
+to their pace (twice the slowest recent answer when that is longer than `timeout_s`, and
+doubled for each try of a call that timed out, up to `MAX_TIMEOUT_FACTOR` times
+`timeout_s`: a slow server answers late, not never). Retries follow the service's retry
+policy (exponential backoff, full jitter, `Retry-After` on 429/503 honoured); the reply is
+parsed strictly (a reply that is not exactly the questions asked for is a retryable fault,
+never a silent empty pair).
 The API key goes only into the Authorization header: never into logs, reprs or messages.
 """
 
@@ -78,6 +81,8 @@ PROMPT_EXAMPLE = EXAMPLE_QUESTIONS[0]
 MAX_TIMEOUT_FACTOR = 8.0
 # how fast the slowest recent answer is forgotten: each answer scales it by this first
 SLOWEST_DECAY = 0.9
+# a streamed call's pings a silence timeout: a working server is heard from this often
+PINGS_PER_SILENCE = 3
 _FENCE = re.compile(r"^```(?:json)?\s*|\s*```$", re.MULTILINE)
 
 
@@ -206,6 +211,61 @@ def parse_questions(content: str, count: int, least: int | None = None) -> list[
             True,
         )
     return seen[:count]
+
+
+def _json_or_none(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
+
+
+@attrs.define
+class _StreamedReply:
+    """A streamed chat completion put back together: the content's pieces, the usage of
+    its last event, and an error event's status (a fault after the headers were sent)."""
+
+    pieces: list[str] = attrs.field(factory=list)
+    usage: Any = None
+    status: int = 200
+    error: Any = None
+    # an event that is not JSON: the reply is not a chat completion (its usage still counts)
+    garbled: bool = False
+
+    def take(self, line: bytes) -> bool:
+        """Reads one line of the stream; False at its end (`[DONE]` or an error)."""
+        line = line.strip()
+        # pings (":"), the blank lines between events, and event names carry nothing
+        if not line.startswith(b"data:"):
+            return True
+        data = line[len(b"data:") :].strip()
+        if data == b"[DONE]":
+            return False
+        event = _json_or_none(data)
+        if not isinstance(event, dict):
+            self.garbled = True
+            return True
+        if "error" in event:
+            self.status, self.error = 500, event
+            return False
+        for choice in event.get("choices") or []:
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            content = delta.get("content") if isinstance(delta, dict) else None
+            if isinstance(content, str):
+                self.pieces.append(content)
+        if event.get("usage"):
+            self.usage = event["usage"]
+        return True
+
+    def as_json(self) -> Any:
+        if self.error is not None:
+            return self.error
+        reply: dict[str, Any] = {}
+        if not self.garbled:
+            reply["choices"] = [{"message": {"content": "".join(self.pieces)}}]
+        if self.usage is not None:
+            reply["usage"] = self.usage
+        return reply
 
 
 class LLMQuestionGenerator:
@@ -357,22 +417,27 @@ class LLMQuestionGenerator:
             # the timeout starts once a slot is free: a wait in the queue is not the
             # server failing to answer
             async with self._slot():
+                streams = await self.server.slots(self._client()) > 0
                 self.stats.calls += 1
                 sent = True
-                started = time.monotonic()
-                async with (
-                    asyncio.timeout(limit_s),
-                    self._client().post(self._url, json=payload, headers=self._headers) as resp,
-                ):
-                    status = resp.status
-                    body = await resp.read()
-                    wait = retry_after(resp.headers.get("Retry-After"))
-                self.slowest_s = max(time.monotonic() - started, self.slowest_s * SLOWEST_DECAY)
-        except TimeoutError:
+                if streams:
+                    status, reply, wait = await self._streamed(payload, limit_s)
+                else:
+                    started = time.monotonic()
+                    async with (
+                        asyncio.timeout(limit_s),
+                        self._client().post(self._url, json=payload, headers=self._headers) as resp,
+                    ):
+                        status = resp.status
+                        body = await resp.read()
+                        wait = retry_after(resp.headers.get("Retry-After"))
+                    elapsed = time.monotonic() - started
+                    self.slowest_s = max(elapsed, self.slowest_s * SLOWEST_DECAY)
+                    reply = _json_or_none(body)
+        except TimeoutError as exc:
             self._answered(lane, grant, None, ok=False)
-            raise UpstreamFault(
-                "timeout", f"chat/completions timed out after {limit_s:g}s", True
-            ) from None
+            why = exc.args[0] if exc.args else f"timed out after {limit_s:g}s"
+            raise UpstreamFault("timeout", f"chat/completions {why}", True) from None
         except asyncio.CancelledError:
             # a cancel or a shutdown cut the call off: it was paid for all the same (unless
             # it never left its wait for a slot)
@@ -384,10 +449,6 @@ class LLMQuestionGenerator:
             raise UpstreamFault(
                 "connection", f"cannot reach the LLM API ({type(exc).__name__})", True
             ) from None
-        try:
-            reply = json.loads(body)
-        except ValueError:
-            reply = None
         if status in (429, 503):
             if _error_code(reply) == "insufficient_quota":
                 self._answered(lane, grant, None, ok=False)
@@ -419,6 +480,47 @@ class LLMQuestionGenerator:
         if not isinstance(content, str):
             raise UpstreamFault("bad_reply", "the completion has no text content", True)
         return parse_questions(content, asked, least=count)
+
+    async def _streamed(
+        self, payload: dict[str, Any], silence_s: float
+    ) -> tuple[int, Any, float | None]:
+        """A call to a llama-server, streamed: (status, the reply as a whole, Retry-After).
+        The server sends the headers when a slot takes the call up, a ping every
+        `sse_ping_interval` seconds while it reads the prompt, then the answer token by
+        token, so a working server is never silent for long however slow it is: the call
+        times out when nothing came for `silence_s` (a stalled server, a lost connection),
+        or at `MAX_TIMEOUT_FACTOR` times `timeout_s` in all. Sent whole, a first call's
+        prompt on a cold CPU server took 43 s and timed out at 30 s, and a reply that ran
+        to its token limit with both slots busy did too: work thrown away, done again."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + MAX_TIMEOUT_FACTOR * self.settings.timeout_s
+        ping_s = max(1, int(silence_s / PINGS_PER_SILENCE))
+        streamed = payload | {
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "sse_ping_interval": ping_s,
+        }
+        quiet = asyncio.timeout_at(min(loop.time() + silence_s, end))
+        try:
+            async with (
+                quiet,
+                self._client().post(self._url, json=streamed, headers=self._headers) as resp,
+            ):
+                wait = retry_after(resp.headers.get("Retry-After"))
+                if resp.status != 200 or resp.content_type != "text/event-stream":
+                    return resp.status, _json_or_none(await resp.read()), wait
+                reply = _StreamedReply()
+                while line := await resp.content.readline():
+                    quiet.reschedule(min(loop.time() + silence_s, end))
+                    if not reply.take(line):
+                        break
+                return reply.status, reply.as_json(), wait
+        except TimeoutError:
+            if loop.time() >= end:
+                raise TimeoutError(
+                    f"took longer than {MAX_TIMEOUT_FACTOR * self.settings.timeout_s:g}s"
+                ) from None
+            raise TimeoutError(f"sent nothing for {silence_s:g}s") from None
 
     def _answered(
         self, lane: Lane | None, grant: Grant | None, usage: Usage | None, *, ok: bool

@@ -10,7 +10,10 @@ fails every call after the Nth with a 500. The config can be changed while it ru
 
 With `slots` set it works as llama.cpp's `llama-server` does: `GET /props` says
 `total_slots`, and it works on at most that many calls at once (the others wait in its
-queue, their latency starting when a slot takes them up); `tokenizer` adds its
+queue, their latency starting when a slot takes them up), and a call that asks for a
+`stream` is streamed as it streams one (the headers when a slot takes the call up, an SSE
+ping every `sse_ping_interval` seconds while it works, the content in pieces, then the
+usage and `[DONE]`); `tokenizer` adds its
 `POST /apply-template` and `POST /tokenize` (tokens are words here, and the template adds
 the 4 words a message costs in `usage`).
 
@@ -253,7 +256,7 @@ def _completion(content: str, model: str, prompt_tokens: int) -> dict[str, Any]:
     }
 
 
-async def chat_completions(request: web.Request) -> web.Response:
+async def chat_completions(request: web.Request) -> web.StreamResponse:
     app = request.app
     cfg, stats = app[CONFIG], app[STATS]
     if cfg.api_key is not None and request.headers.get("Authorization") != f"Bearer {cfg.api_key}":
@@ -319,12 +322,18 @@ async def _work(
     avoid: str,
     prompt_tokens: int,
     limits_headers: dict[str, str],
-) -> web.Response:
+) -> web.StreamResponse:
     app = request.app
     cfg, stats = app[CONFIG], app[STATS]
     fault = _pick_fault(app)
     delay = cfg.latency_ms + (app[RNG].uniform(0, cfg.jitter_ms) if cfg.jitter_ms else 0.0)
-    if delay:
+    stream: web.StreamResponse | None = None
+    if body.get("stream") and fault not in ("429", "500", "hang"):
+        # as llama-server: the headers when a slot takes the call up, pings while it works
+        stream = web.StreamResponse(headers={"Content-Type": "text/event-stream", **limits_headers})
+        await stream.prepare(request)
+        await _pinging(stream, delay / 1000, float(body.get("sse_ping_interval", 30)))
+    elif delay:
         await asyncio.sleep(delay / 1000)
     if fault is not None:
         stats.faults[fault] += 1
@@ -362,7 +371,40 @@ async def _work(
         bucket = app[LIMITS][key].tokens
         if bucket is not None:
             bucket.take(completion_tokens, time.monotonic())
+    if stream is not None:
+        await _stream_reply(stream, reply)
+        return stream
     return web.json_response(reply, headers=limits_headers)
+
+
+async def _pinging(stream: web.StreamResponse, seconds: float, every_s: float) -> None:
+    """Works `seconds`, sending llama-server's SSE ping (a comment) every `every_s`."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    while (left := end - loop.time()) > 0:
+        await asyncio.sleep(min(left, every_s) if every_s > 0 else left)
+        if every_s > 0 and end - loop.time() > 0:
+            await stream.write(b":\n\n")
+
+
+async def _stream_reply(stream: web.StreamResponse, reply: dict[str, Any]) -> None:
+    """The reply as llama-server streams one: the content in pieces, then the finish, the
+    usage (`stream_options.include_usage`) and `[DONE]`."""
+    content = reply["choices"][0]["message"]["content"]
+    head = {k: reply[k] for k in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
+
+    async def event(data: dict[str, Any]) -> None:
+        await stream.write(b"data: " + json.dumps(head | data).encode() + b"\n\n")
+
+    step = max(1, len(content) // 4)
+    for start in range(0, len(content), step):
+        await event(
+            {"choices": [{"index": 0, "delta": {"content": content[start : start + step]}}]}
+        )
+    await event({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    await event({"choices": [], "usage": reply["usage"]})
+    await stream.write(b"data: [DONE]\n\n")
+    await stream.write_eof()
 
 
 async def props(request: web.Request) -> web.Response:

@@ -89,19 +89,37 @@ class Proxy:
                 data=body,
                 headers={**headers, "Content-Type": request.content_type},
             ) as upstream:
+                if upstream.content_type == "text/event-stream":
+                    # a streamed reply goes on as it comes (pings, tokens); its usage is in
+                    # its last event
+                    response = web.StreamResponse(
+                        status=upstream.status, headers={"Content-Type": "text/event-stream"}
+                    )
+                    await response.prepare(request)
+                    usage: dict[str, int] = {}
+                    async for line in upstream.content:
+                        await response.write(line)
+                        if line.startswith(b"data: {"):
+                            usage = json.loads(line[len(b"data: ") :]).get("usage") or usage
+                    await response.write_eof()
+                    if chat and upstream.status == 200:
+                        self._answered(user_message, usage)
+                    return response
                 reply = await upstream.read()
         finally:
             self.in_flight -= chat
         if chat and upstream.status == 200:
-            usage = json.loads(reply).get("usage", {})
-            prompt, completion = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
-            self.prompt_tokens += prompt
-            self.completion_tokens += completion
-            self.answered.append(user_message)
-            self.usages.append((prompt, completion))
-            if self.drop_after is not None and len(self.answered) >= self.drop_after:
-                self.drop, self.drop_after = True, None
+            self._answered(user_message, json.loads(reply).get("usage", {}))
         return web.Response(body=reply, status=upstream.status, content_type=upstream.content_type)
+
+    def _answered(self, user_message: str, usage: dict[str, int]) -> None:
+        prompt, completion = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
+        self.prompt_tokens += prompt
+        self.completion_tokens += completion
+        self.answered.append(user_message)
+        self.usages.append((prompt, completion))
+        if self.drop_after is not None and len(self.answered) >= self.drop_after:
+            self.drop, self.drop_after = True, None
 
 
 SESSION = web.AppKey("proxy_session", aiohttp.ClientSession)

@@ -1,6 +1,7 @@
-"""The LLM generator against the local stand-in: every fault retried and recovered, exhausted
-retries and rejected keys reported clearly, and the key kept out of every log (a run that
-fails against it and proceeds: service/test_llm_runs.py)."""
+"""The LLM generator against the local stand-in, its replies sent whole and streamed (as to a
+llama-server): every fault retried and recovered, exhausted retries and rejected keys
+reported clearly, and the key kept out of every log (a run that fails against it and
+proceeds: service/test_llm_runs.py)."""
 
 from __future__ import annotations
 
@@ -32,9 +33,11 @@ CHUNK = Chunk(
 )
 
 
-@pytest.fixture
-async def standin(aiohttp_server: Any) -> Any:
-    return await aiohttp_server(create_standin_app(StandinConfig(api_key=KEY)))
+@pytest.fixture(params=[0, 2], ids=["whole", "streamed"])
+async def standin(aiohttp_server: Any, request: Any) -> Any:
+    # a server that says its slots is a llama-server, and its calls are streamed
+    cfg = StandinConfig(api_key=KEY, slots=request.param)
+    return await aiohttp_server(create_standin_app(cfg))
 
 
 def llm_settings(standin: Any, **changes: Any) -> Any:
@@ -122,7 +125,10 @@ async def test_the_key_never_reaches_logs_or_reprs(standin: Any) -> None:
     with capture_logs() as logs:
         await gen.generate(CHUNK, 2)
     await gen.aclose()
-    assert len(logs) == 3  # one line per retry
+    # one line per retry (and the slots of a server that says them)
+    assert [e["event"] for e in logs if e["event"] != "llm server slots"] == [
+        "llm call retried"
+    ] * 3
     for text in (repr(logs), repr(settings), repr(gen), repr(standin.app[CONFIG])):
         assert KEY not in text
 

@@ -1,16 +1,20 @@
 """Calls in flight held to the server's slots: against a stand-in that works on two calls at
 once and queues the rest (as llama-server does), more workers than slots never time out
-waiting in its queue; a server that does not say its slots is not held back."""
+waiting in its queue; a server that does not say its slots is not held back. A llama-server's
+calls are streamed and time out on silence, not on length, within a bound in all."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import attrs
 import pytest
 
-from deepmemory_service.llm.client import LLMQuestionGenerator
+from deepmemory_service.llm import client
+from deepmemory_service.llm.client import LLMQuestionGenerator, _StreamedReply
+from deepmemory_service.llm.generators import GenerationError
 from deepmemory_service.llm.llama_server import root_url
 from deepmemory_service.models import Chunk
 from deepmemory_service.platform.config import load_settings
@@ -116,3 +120,93 @@ def test_timeouts_grow_with_the_slowest_answer_and_stop_at_a_bound() -> None:
     assert gen.timeout_for(0) == 30.0
     gen.slowest_s = 1.0  # faster answers never cut it below timeout_s
     assert gen.timeout_for(0) == 10.0
+
+
+async def test_a_slow_server_that_keeps_sending_is_not_timed_out(aiohttp_server: Any) -> None:
+    """A llama-server's calls are streamed: its pings while it reads a prompt, then its
+    tokens, show it working, so a call longer than the timeout is not cut off (sent whole,
+    a cold CPU server's first calls timed out at 30 s and were made again)."""
+    cfg = StandinConfig(api_key=KEY, slots=2, latency_ms=2500)
+    server = await aiohttp_server(create_standin_app(cfg))
+    gen = LLMQuestionGenerator(llm_settings(server, timeout_s=1.2, max_retries=0))
+    started = time.monotonic()
+    try:
+        questions = await gen.generate(CHUNKS[0], 2)
+    finally:
+        await gen.aclose()
+    assert len(questions) == 2
+    assert time.monotonic() - started >= 2.5  # twice the timeout, and more
+    assert gen.stats.faults["timeout"] == 0
+    # the usage came at the stream's end
+    stats = server.app[STATS]
+    assert (gen.stats.prompt_tokens, gen.stats.completion_tokens) == (
+        stats.prompt_tokens,
+        stats.completion_tokens,
+    )
+    assert stats.completion_tokens > 0
+
+
+async def test_a_silent_server_times_out_after_the_silence(aiohttp_server: Any) -> None:
+    cfg = StandinConfig(api_key=KEY, slots=2, schedule=["hang"], hang_s=30)
+    server = await aiohttp_server(create_standin_app(cfg))
+    gen = LLMQuestionGenerator(llm_settings(server, timeout_s=0.5, max_retries=0))
+    started = time.monotonic()
+    try:
+        with pytest.raises(GenerationError) as info:
+            await gen.generate(CHUNKS[0], 2)
+    finally:
+        await gen.aclose()
+    assert (
+        str(info.value) == "LLM call failed after 1 attempt: chat/completions sent nothing for 0.5s"
+    )
+    assert time.monotonic() - started < 5
+
+
+async def test_a_server_that_only_pings_is_timed_out_at_the_bound(
+    aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pings come from llama-server's HTTP side: a server whose work is stuck still sends
+    them, so a streamed call has a bound in all (`MAX_TIMEOUT_FACTOR` times the timeout)."""
+    monkeypatch.setattr(client, "MAX_TIMEOUT_FACTOR", 3.0)  # 3.6 s, not 9.6 s, of a test
+    cfg = StandinConfig(api_key=KEY, slots=2, latency_ms=30_000)
+    server = await aiohttp_server(create_standin_app(cfg))
+    # a ping a second (llama-server's least), within the 1.2 s of silence allowed
+    gen = LLMQuestionGenerator(llm_settings(server, timeout_s=1.2, max_retries=0))
+    try:
+        with pytest.raises(GenerationError) as info:
+            await gen.generate(CHUNKS[0], 2)
+    finally:
+        await gen.aclose()
+    assert str(info.value) == (
+        "LLM call failed after 1 attempt: chat/completions took longer than 3.6s"
+    )
+
+
+def test_a_streamed_reply_is_put_back_together() -> None:
+    reply = _StreamedReply()
+    lines = [
+        b": ping\n",
+        b"\n",
+        b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":null}}]}\n',
+        b'data: {"choices":[{"index":0,"delta":{"content":"{\\"questions\\": "}}]}\n',
+        b'data: {"choices":[{"index":0,"delta":{"content":"[\\"A?\\"]}"}}]}\n',
+        b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n',
+        b'data: {"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":4}}\n',
+    ]
+    assert all(reply.take(line) for line in lines)
+    assert not reply.take(b"data: [DONE]\n")
+    assert reply.as_json() == {
+        "choices": [{"message": {"content": '{"questions": ["A?"]}'}}],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 4},
+    }
+    # an error after the headers is a server error; an event that is not JSON, no completion
+    failed = _StreamedReply()
+    assert not failed.take(b'data: {"error": {"message": "context full", "code": 500}}\n')
+    assert (failed.status, failed.as_json()) == (
+        500,
+        {"error": {"message": "context full", "code": 500}},
+    )
+    garbled = _StreamedReply()
+    assert garbled.take(b"data: {not json\n")
+    assert garbled.take(b'data: {"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":4}}\n')
+    assert garbled.as_json() == {"usage": {"prompt_tokens": 9, "completion_tokens": 4}}
