@@ -274,7 +274,9 @@ function testedOn(m, refused = false) {
       what: "plain" });
   }
   if (sets.length) {
-    return (refused && sets.find(lostMore)) || sets[sets.length - 1];
+    // an enabled model: the set it did better on, queries like people's first
+    const deciding = refused ? sets.find(lostMore) : [...sets].reverse().find(improved);
+    return deciding || sets[sets.length - 1];
   }
   const k10 = m["recall@10"];
   if (k10 && typeof k10 === "object" && "with_model" in k10) {
@@ -283,6 +285,20 @@ function testedOn(m, refused = false) {
       what: "generated" };
   }
   return null;
+}
+
+// whether a model found more of a set's passages at some k
+function improved(t) {
+  return Object.keys(t.without).some((k) => typeof t.withModel[k] === "number" && t.withModel[k] > t.without[k]);
+}
+
+// the k beyond the first to speak of: the first where the model gained most (top 10 when it
+// gained nowhere), so that an enabled model's sentence shows what it was enabled for
+function topK(t) {
+  const gain = (k) => (typeof t.withModel[k] === "number" ? t.withModel[k] - t.without[k] : -1);
+  const ks = Object.keys(t.without).filter((k) => k !== "recall@1" && gain(k) > 0);
+  ks.sort((a, b) => gain(b) - gain(a) || Number(a.split("@")[1]) - Number(b.split("@")[1]));
+  return ks.length ? ks[0] : "recall@10";
 }
 
 // whether a model lost more of a set's searches than it won (at any k), or scored lower
@@ -323,9 +339,10 @@ function renderVerdict(s, run) {
       const [first, before] = [t.withModel["recall@1"], t.without["recall@1"]];
       let how = percent(first) === percent(before) ? `as often as without it (${percent(first)})`
         : `${percent(first)} of the time, against ${percent(before)} without it`;
-      const [top, topBefore] = [t.withModel["recall@10"], t.without["recall@10"]];
+      const k = topK(t);
+      const [top, topBefore] = [t.withModel[k], t.without[k]];
       if (typeof top === "number" && typeof topBefore === "number") {
-        how += `, and in the top 10 ${percent(top)} of the time, against ${percent(topBefore)}`;
+        how += `, and in the top ${k.split("@")[1]} ${percent(top)} of the time, against ${percent(topBefore)}`;
       }
       sentence = `${on}, Deep Memory put the right passage first ${how}. It can be used for search.`;
     } else if (s.can_enable) {
