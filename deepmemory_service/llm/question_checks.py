@@ -223,11 +223,9 @@ SOFTEST_FIRST = (
 
 @frozen
 class Feedback:
-    """What asking a chunk again tells the model: the questions turned down, and why,
-    and the questions already kept (not to be asked again)."""
+    """What asking a chunk again tells the model: why its questions were turned down."""
 
     turned_down: tuple[Rejection, ...]
-    kept: tuple[str, ...]
 
 
 def words(text: str) -> list[str]:

@@ -44,9 +44,10 @@ QUESTION_TOKENS = 13.3
 # the chunk lacks, and the spare): 2.2 to 2.5 questions in all on Qwen2.5-Coder-1.5B-Instruct,
 # the bundled corpus
 REASK_QUESTION_SHARE = 0.45
-# a call that asks again sends the chunk again with the questions turned down and kept: 1.26
-# to 1.30 times a first call's prompt tokens on the same model and corpus
-REASK_PROMPT_SHARE = 1.3
+# a call that asks again sends the chunk again with why its questions were turned down (a
+# line of advice a reason, never the questions): 1.07 times a first call's prompt tokens on
+# the same model and corpus (1.26 to 1.30 when it quoted the questions turned down and kept)
+REASK_PROMPT_SHARE = 1.1
 
 
 def spare_questions(settings: Settings) -> int:

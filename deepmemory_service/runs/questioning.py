@@ -159,7 +159,7 @@ class Asker:
                 self.tally.reasks += 1
                 if self.metrics is not None:
                     self.metrics.question_reasks += 1
-                feedback = Feedback(tuple(turned_down), tuple(kept))
+                feedback = Feedback(tuple(turned_down))
             lacking = count - len(kept)
             with in_call():
                 answer = await self.generator.generate(

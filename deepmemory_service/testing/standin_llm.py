@@ -20,8 +20,8 @@ the 4 words a message costs in `usage`).
 Its questions are what a model that follows the prompt writes (`write_questions`: they pass
 the service's checks of an LLM's questions); `replies` scripts the answers of the next
 successful calls instead (questions a small model gets wrong, say). A call that asks again
-(its prompt lists questions turned down) is counted in `reasks`, and its own questions avoid
-those listed.
+(its prompt says why earlier questions were turned down) is counted in `reasks`, and writes
+other questions than the calls before it for the chunk.
 
 Every reply carries `usage` (tokens counted as words). With `rpm` or
 `tpm` set it enforces a provider's limits per API key, as OpenAI does: a bucket of
@@ -52,7 +52,7 @@ import attrs
 from aiohttp import web
 
 from deepmemory_service.llm.budget_math import TokenBucket
-from deepmemory_service.llm.client import TURNED_DOWN_HEADING, read_user_prompt
+from deepmemory_service.llm.client import read_user_prompt
 from deepmemory_service.llm.question_checks import duplicate_key, words
 from deepmemory_service.text.queries import STOPWORDS, key_terms, plain
 
@@ -112,8 +112,10 @@ class StandinStats:
     working: int = 0
     most_working: int = 0
 
-    # calls that asked again: their prompt listed questions turned down, and why
+    # calls that asked again: their prompt said why earlier questions were turned down
     reasks: int = 0
+    # questions written for each chunk (by `chunk_key`), which a call asking again skips
+    written: Counter[str] = attrs.field(factory=Counter)
     # the questions each call's prompt asked for, in order
     asked: list[int] = attrs.field(factory=list)
 
@@ -124,6 +126,7 @@ class StandinStats:
         self.prompt_tokens = self.completion_tokens = 0
         self.faults.clear()
         self.per_chunk.clear()
+        self.written.clear()
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -207,22 +210,26 @@ def _pick_fault(app: web.Application) -> str | None:
     return None
 
 
-def write_questions(passage: str, count: int, avoid: str = "") -> list[str]:
+def write_questions(passage: str, count: int, skip: int = 0) -> list[str]:
     """`count` questions about the passage, as a model that follows the prompt writes them:
     each asks about a few of the passage's telling words in turn (never a stretch of it)
     and names the passage's most particular one (a name with digits in it, `component7`,
-    else its first key term), no two alike (`duplicate_key`), none of those quoted in
-    `avoid` (a re-ask's list of the questions turned down and kept)."""
+    else its first key term), no two alike (`duplicate_key`), after the first `skip` it
+    would write (a call asking again writes other questions than the calls before it)."""
     telling = [w for w in words(plain(passage)) if w not in STOPWORDS]
     named = [w for w in telling if _NAME.search(w)] or key_terms(passage, 1) or ["it"]
     questions: list[str] = []
     keys: set[str] = set()
 
     def add(question: str) -> None:
+        nonlocal skip
         key = duplicate_key(question)
-        if len(questions) < count and key not in keys and json.dumps(question) not in avoid:
+        if len(questions) < count and key not in keys:
             keys.add(key)
-            questions.append(question)
+            if skip > 0:
+                skip -= 1
+            else:
+                questions.append(question)
 
     # windows of the telling words, overlapping by half (a short last one adds nothing new)
     for start in range(0, max(1, len(telling) - QUESTION_WORDS // 2), QUESTION_WORDS // 2):
@@ -269,8 +276,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     asked = read_user_prompt(prompt)
     if asked is None:
         return web.json_response({"error": {"message": "unrecognised prompt"}}, status=400)
-    # a re-ask lists, after the passage, the questions turned down and those kept
-    count, passage, avoid = asked.count, asked.text, asked.feedback
+    count, passage, again = asked.count, asked.text, asked.asking_again
     prompt_tokens = sum(4 + count_tokens(m["content"]) for m in body["messages"])
     stats.calls += 1
     stats.asked.append(count)
@@ -300,7 +306,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         slot = app[SLOTS].setdefault(cfg.slots, asyncio.Semaphore(cfg.slots))
     async with slot:
         with _working(app[STATS]):
-            return await _work(request, body, count, passage, avoid, prompt_tokens, limits_headers)
+            return await _work(request, body, count, passage, again, prompt_tokens, limits_headers)
 
 
 @contextlib.contextmanager
@@ -319,7 +325,7 @@ async def _work(
     body: dict[str, Any],
     count: int,
     passage: str,
-    avoid: str,
+    again: bool,
     prompt_tokens: int,
     limits_headers: dict[str, str],
 ) -> web.StreamResponse:
@@ -347,10 +353,13 @@ async def _work(
         return web.json_response({"error": {"message": "The server had an error"}}, status=500)
     if fault == "hang":
         await asyncio.sleep(cfg.hang_s)
-    if TURNED_DOWN_HEADING in avoid:
+    if again:
         stats.reasks += 1
     scripted = cfg.replies.pop(0) if cfg.replies and fault is None else None
-    questions = scripted if scripted is not None else write_questions(passage, count, avoid)
+    key = chunk_key(passage)
+    skip = stats.written[key] if again else 0
+    questions = scripted if scripted is not None else write_questions(passage, count, skip)
+    stats.written[key] = skip + len(questions)
     if fault == "bad_json":
         content = '{"questions": ["unterminated'
     elif fault in _BAD_TEXT:
