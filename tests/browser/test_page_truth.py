@@ -342,7 +342,7 @@ ENABLED_ON_GENERATED = TrainingOutcome(
 
 
 @attrs.define
-class RefusingTrainer(ScriptedTrainer):
+class OutcomeTrainer(ScriptedTrainer):
     """Ends every training with `outcome`."""
 
     outcome: TrainingOutcome = REFUSED_ON_GENERATED
@@ -351,13 +351,12 @@ class RefusingTrainer(ScriptedTrainer):
         return self.outcome
 
 
-async def test_a_refused_model_is_described_by_the_searches_it_was_refused_on(
-    browser: Any, api_factory: Any
-) -> None:
-    # the verdict's sentence and figures are of the set the model lost, not of the 55
-    # queries it broke even on ("55 searches: it did no better", beside a verdict of 12
-    # questions, 1 lost)
-    api: Api = await api_factory(generator=ControlledGenerator(), trainer=RefusingTrainer())
+async def trained_page(browser: Any, api_factory: Any, outcome: TrainingOutcome) -> Any:
+    """The page of a user with 21 chunks, open while a run is generated and trained to
+    `outcome`."""
+    api: Api = await api_factory(
+        generator=ControlledGenerator(), trainer=OutcomeTrainer(outcome=outcome)
+    )
     user = uuid.uuid4()
     await api.ingest(user, 21)
     page = await open_page(browser, api, user)
@@ -365,6 +364,16 @@ async def test_a_refused_model_is_described_by_the_searches_it_was_refused_on(
         "POST", "/deep-memory/generate", json={"user_id": str(user), "auto_train": True}
     )
     assert code == 202, body
+    return page
+
+
+async def test_a_refused_model_is_described_by_the_searches_it_was_refused_on(
+    browser: Any, api_factory: Any
+) -> None:
+    # the verdict's sentence and figures are of the set the model lost, not of the 55
+    # queries it broke even on ("55 searches: it did no better", beside a verdict of 12
+    # questions, 1 lost)
+    page = await trained_page(browser, api_factory, REFUSED_ON_GENERATED)
     await expect(page.get_by_test_id("notice")).to_have_text(
         "The model from your latest training was not enabled, because it found the right "
         "passage first less often than plain search. Search uses no model until a training "
@@ -388,15 +397,7 @@ async def test_an_enabled_model_is_described_by_the_searches_it_did_better_on(
 ) -> None:
     # not "57 searches: first as often as without it (84%), in the top 10 100% against
     # 100%. It can be used for search." (it changed none of them), but what it was enabled for
-    trainer = RefusingTrainer(outcome=ENABLED_ON_GENERATED)
-    api: Api = await api_factory(generator=ControlledGenerator(), trainer=trainer)
-    user = uuid.uuid4()
-    await api.ingest(user, 21)
-    page = await open_page(browser, api, user)
-    code, body = await api.call(
-        "POST", "/deep-memory/generate", json={"user_id": str(user), "auto_train": True}
-    )
-    assert code == 202, body
+    page = await trained_page(browser, api_factory, ENABLED_ON_GENERATED)
     await expect(page.get_by_test_id("last-metrics")).to_have_text(
         "Testing the new model on 12 generated questions it was not trained on, Deep Memory "
         "put the right passage first as often as without it (67%), and in the top 3 92% of "
