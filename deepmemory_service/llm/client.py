@@ -238,6 +238,8 @@ class _StreamedReply:
     error: Any = None
     # an event that is not JSON: the reply is not a chat completion (its usage still counts)
     garbled: bool = False
+    # `[DONE]` or an error came: a stream without either was cut off
+    ended: bool = False
 
     def take(self, line: bytes) -> bool:
         """Reads one line of the stream; False at its end (`[DONE]` or an error)."""
@@ -247,6 +249,7 @@ class _StreamedReply:
             return True
         data = line[len(b"data:") :].strip()
         if data == b"[DONE]":
+            self.ended = True
             return False
         event = _json_or_none(data)
         if not isinstance(event, dict):
@@ -256,7 +259,7 @@ class _StreamedReply:
             self.garbled = True
             return True
         if "error" in event:
-            self.status, self.error = 500, event
+            self.status, self.error, self.ended = 500, event, True
             return False
         for choice in event.get("choices") or []:
             delta = choice.get("delta") if isinstance(choice, dict) else None
@@ -525,6 +528,9 @@ class LLMQuestionGenerator:
                     quiet.reschedule(min(loop.time() + silence_s, end))
                     if not reply.take(line):
                         break
+                if not reply.ended:
+                    # the connection closed mid-answer: a transport fault, not a bad reply
+                    raise aiohttp.ClientPayloadError("the stream ended before its [DONE]")
                 return reply.status, reply.as_json(), wait
         except TimeoutError:
             if loop.time() >= end:

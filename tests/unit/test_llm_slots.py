@@ -11,6 +11,7 @@ from typing import Any
 
 import attrs
 import pytest
+from aiohttp import web
 
 from deepmemory_service.llm import client
 from deepmemory_service.llm.client import LLMQuestionGenerator, _StreamedReply
@@ -194,7 +195,9 @@ def test_a_streamed_reply_is_put_back_together() -> None:
         b'data: {"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":4}}\n',
     ]
     assert all(reply.take(line) for line in lines)
+    assert not reply.ended
     assert not reply.take(b"data: [DONE]\n")
+    assert reply.ended
     assert reply.as_json() == {
         "choices": [{"message": {"content": '{"questions": ["A?"]}'}}],
         "usage": {"prompt_tokens": 9, "completion_tokens": 4},
@@ -210,3 +213,36 @@ def test_a_streamed_reply_is_put_back_together() -> None:
     assert garbled.take(b"data: {not json\n")
     assert garbled.take(b'data: {"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":4}}\n')
     assert garbled.as_json() == {"usage": {"prompt_tokens": 9, "completion_tokens": 4}}
+
+
+async def test_a_stream_cut_off_mid_answer_is_a_connection_fault(aiohttp_server: Any) -> None:
+    """A llama-server whose connection closes after part of its answer: the call failed at
+    the transport (tried again as such), not a reply that is not JSON."""
+    calls = 0
+
+    async def props(request: web.Request) -> web.Response:
+        return web.json_response({"total_slots": 2})
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        nonlocal calls
+        calls += 1
+        stream = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await stream.prepare(request)
+        await stream.write(b'data: {"choices":[{"index":0,"delta":{"content":"{\\"quest"}}]}\n\n')
+        assert request.transport is not None
+        request.transport.close()
+        return stream
+
+    app = web.Application()
+    app.router.add_get("/props", props)
+    app.router.add_post("/v1/chat/completions", chat)
+    server = await aiohttp_server(app)
+    gen = LLMQuestionGenerator(llm_settings(server, max_retries=1))
+    try:
+        with pytest.raises(GenerationError) as info:
+            await gen.generate(CHUNKS[0], 2)
+    finally:
+        await gen.aclose()
+    assert calls == 2
+    assert dict(gen.stats.faults) == {"connection": 2}
+    assert "cannot reach the LLM API (ClientPayloadError)" in str(info.value)
