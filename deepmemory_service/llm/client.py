@@ -524,10 +524,12 @@ class LLMQuestionGenerator:
                 if resp.status != 200 or resp.content_type != "text/event-stream":
                     return resp.status, _json_or_none(await resp.read()), wait
                 reply = _StreamedReply()
+                # read to the stream's end, past its [DONE]: a connection left mid-response
+                # is closed, not kept for the next call
                 while line := await resp.content.readline():
                     quiet.reschedule(min(loop.time() + silence_s, end))
-                    if not reply.take(line):
-                        break
+                    if not reply.ended:
+                        reply.take(line)
                 if not reply.ended:
                     # the connection closed mid-answer: a transport fault, not a bad reply
                     raise aiohttp.ClientPayloadError("the stream ended before its [DONE]")

@@ -98,12 +98,13 @@ class Proxy:
                     await response.prepare(request)
                     usage: dict[str, int] = {}
                     async for line in upstream.content:
-                        await response.write(line)
                         if line.startswith(b"data: {"):
                             usage = json.loads(line[len(b"data: ") :]).get("usage") or usage
+                        elif line.startswith(b"data: [DONE]") and chat and upstream.status == 200:
+                            # counted before the client can see the end (and close)
+                            self._answered(user_message, usage)
+                        await response.write(line)
                     await response.write_eof()
-                    if chat and upstream.status == 200:
-                        self._answered(user_message, usage)
                     return response
                 reply = await upstream.read()
         finally:
