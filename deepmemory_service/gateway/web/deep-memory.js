@@ -301,10 +301,15 @@ function topK(t) {
   return ks.length ? ks[0] : "recall@10";
 }
 
-// whether a model lost more of a set's searches than it won (at any k), or scored lower
+// whether a model lost more of a set's searches than it won at recall@k, or scored lower
+function lostAt(t, k) {
+  return Boolean(t.changes && t.changes[k] && t.changes[k].lost > t.changes[k].won)
+    || (typeof t.withModel[k] === "number" && t.withModel[k] < t.without[k]);
+}
+
+// whether it did so at any k
 function lostMore(t) {
-  return Object.keys(t.without).some((k) => (t.changes && t.changes[k] && t.changes[k].lost > t.changes[k].won)
-    || (typeof t.withModel[k] === "number" && t.withModel[k] < t.without[k]));
+  return Object.keys(t.without).some((k) => lostAt(t, k));
 }
 
 // why a model was kept out, in a user's words (the trainer's own sentence is in the details)
@@ -314,12 +319,10 @@ function verdictBecause(m) {
   if (m && m.shapes_tried && !t.chosen) {
     return "none of the models it tried did better than plain search on practice questions";
   }
-  const worse = (k) => (t.changes && t.changes[k] && t.changes[k].lost > t.changes[k].won)
-    || t.withModel[k] < t.without[k];
-  if (worse("recall@1")) {
+  if (lostAt(t, "recall@1")) {
     return "it found the right passage first less often than plain search";
   }
-  if (worse("recall@10")) {
+  if (lostAt(t, "recall@10")) {
     return "it found the right passage in the top 10 less often than plain search";
   }
   return "it did no better than plain search";
